@@ -1,0 +1,1 @@
+"""The `mmsearch` command line: a thin Typer shell over `retrieval` and `indexer`."""

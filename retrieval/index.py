@@ -1,0 +1,140 @@
+"""An index directory: the SQLite store plus a FAISS index rebuilt from it on demand.
+
+The FAISS file is a cache named after the store's generation (``vectors-<gen>.faiss``): a
+reader that finds no file for the current generation rebuilds it from the stored vectors, so a
+crash between a database commit and a FAISS write can never leave the two out of step.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import threading
+from pathlib import Path
+
+import faiss
+import numpy as np
+import platformdirs
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from .encoders import DEFAULT_MODEL, Encoder, load_encoder
+from .errors import ModelLoadError, UserError
+from .store import DB_NAME, File, Item, bump_generation, get_meta, load_vectors, open_engine, set_meta
+
+
+def default_index_dir() -> str:
+    return os.environ.get("MMSEARCH_INDEX") or os.path.join(platformdirs.user_data_dir("mmsearch"), "index")
+
+
+class Index:
+    def __init__(self, path: str | os.PathLike | None = None, create: bool = False):
+        self.path = str(Path(path or default_index_dir()).expanduser())
+        if not os.path.exists(os.path.join(self.path, DB_NAME)):
+            if not create:
+                raise UserError(f"no index at {self.path}; run `mmsearch index PATH...` first (or pass --index DIR)")
+            os.makedirs(self.path, exist_ok=True)
+        self.engine = open_engine(self.path)
+        self._faiss: tuple[str, faiss.Index] | None = None
+        self._lock = threading.Lock()
+
+    def session(self) -> Session:
+        return Session(self.engine, expire_on_commit=False)
+
+    # -- model -------------------------------------------------------------------------------
+    def meta(self, key: str) -> str | None:
+        with self.session() as s:
+            return get_meta(s, key)
+
+    @property
+    def model_spec(self) -> str | None:
+        return self.meta("model_spec")
+
+    def encoder(self, spec: str | None = None, reindex: bool = False) -> Encoder:
+        """The index's model. Passing a different `spec` is an error unless `reindex`, which
+        then drops every stored vector so the caller can embed afresh."""
+        stored_spec, stored_id = self.model_spec, self.meta("model_identity")
+        enc = load_encoder(spec or stored_spec or DEFAULT_MODEL)
+        if stored_id and stored_id != enc.identity:
+            if not reindex:
+                what = f"--model {spec}" if spec else f"its model {stored_spec}, whose weights changed"
+                raise ModelLoadError(
+                    f"index {self.path} was built with {stored_spec} ({stored_id}); cannot use {what}. "
+                    "Pass --reindex to re-embed everything with the new model, or pick another --index"
+                )
+            with self.session() as s, s.begin():
+                s.query(File).delete()
+                bump_generation(s)
+        if stored_id != enc.identity:
+            with self.session() as s, s.begin():
+                set_meta(s, "model_spec", enc.spec)
+                set_meta(s, "model_identity", enc.identity)
+                set_meta(s, "dim", str(enc.dim))
+        return enc
+
+    # -- vectors ------------------------------------------------------------------------------
+    def generation(self) -> str:
+        return self.meta("generation") or "0"
+
+    def vectors(self) -> faiss.Index:
+        """The FAISS index for the current generation, loading or rebuilding the cache file."""
+        with self._lock:
+            gen = self.generation()
+            if self._faiss and self._faiss[0] == gen:
+                return self._faiss[1]
+            fn = os.path.join(self.path, f"vectors-{gen}.faiss")
+            if os.path.exists(fn):
+                index = faiss.read_index(fn)
+            else:
+                index = self._build(fn)
+            self._faiss = (gen, index)
+            return index
+
+    def _build(self, fn: str) -> faiss.Index:
+        with self.session() as s:
+            ids, vecs = load_vectors(s)
+        dim = vecs.shape[1] if len(vecs) else int(self.meta("dim") or 1)
+        index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        if len(ids):
+            index.add_with_ids(vecs, ids)
+        try:  # a read-only index directory still answers from memory
+            tmp = f"{fn}.{os.getpid()}.tmp"
+            faiss.write_index(index, tmp)
+            os.replace(tmp, fn)
+            for old in glob.glob(os.path.join(self.path, "vectors-*.faiss")):
+                if old != fn:
+                    os.remove(old)
+        except OSError:
+            pass
+        return index
+
+    def search_vector(self, query: np.ndarray, k: int) -> list[tuple[int, float]]:
+        index = self.vectors()
+        if index.ntotal == 0 or k <= 0:
+            return []
+        scores, ids = index.search(np.asarray(query, np.float32).reshape(1, -1), min(k, index.ntotal))
+        return [(int(i), float(sc)) for i, sc in zip(ids[0], scores[0]) if i >= 0]
+
+    # -- description --------------------------------------------------------------------------
+    def info(self) -> dict:
+        with self.session() as s:
+            counts = dict(s.execute(select(Item.kind, func.count()).group_by(Item.kind)).all())
+            files = dict(s.execute(select(File.kind, func.count()).where(File.status == "ok").group_by(File.kind)).all())
+            skipped = [
+                {"path": p, "reason": e}
+                for p, e in s.execute(select(File.path, File.error).where(File.status == "skipped").order_by(File.path))
+            ]
+        index = self.vectors()
+        sizes = {os.path.basename(f): os.path.getsize(f) for f in glob.glob(os.path.join(self.path, "*")) if os.path.isfile(f)}
+        return {
+            "index": self.path,
+            "model": self.model_spec,
+            "model_identity": self.meta("model_identity"),
+            "dim": int(self.meta("dim") or 0),
+            "items": {k: counts.get(k, 0) for k in ("image", "video", "text")},
+            "files": {k: files.get(k, 0) for k in ("image", "video", "text")},
+            "vectors": int(index.ntotal),
+            "index_type": type(faiss.downcast_index(index.index)).__name__ if hasattr(index, "index") else type(index).__name__,
+            "skipped": skipped,
+            "size_bytes": sum(sizes.values()),
+            "files_on_disk": sizes,
+        }

@@ -1,0 +1,96 @@
+"""Shared fixtures: real data fetched once (cached), one tiny random-weight open_clip checkpoint per session."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "data"))
+
+import fetch  # noqa: E402  (data/fetch.py)
+
+TINY_CONFIG = {
+    "embed_dim": 64,
+    "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+
+
+@pytest.fixture(scope="session")
+def photos() -> Path:
+    return fetch.fetch("photos")
+
+
+@pytest.fixture(scope="session")
+def tuxpaint() -> Path:
+    return fetch.fetch("tuxpaint")
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> str:
+    """A model spec for a tiny open_clip model whose random-weight checkpoint we write ourselves,
+    so the real open_clip loading code runs with no network."""
+    import open_clip
+    import torch
+
+    d = tmp_path_factory.mktemp("tiny_clip")
+    cfg = d / "mmsearch-tiny.json"
+    cfg.write_text(json.dumps(TINY_CONFIG))
+    open_clip.add_model_config(cfg)
+    torch.manual_seed(0)
+    model = open_clip.create_model("mmsearch-tiny", pretrained=None)
+    ckpt = d / "tiny.pt"
+    torch.save({"state_dict": model.state_dict()}, ckpt)
+    return f"open_clip:{cfg}:{ckpt}"
+
+
+@pytest.fixture(scope="session")
+def image_set(photos, tuxpaint, tmp_path_factory) -> Path:
+    """A small folder of real images: the scikit-image photos plus a dozen Tux Paint stamps."""
+    d = tmp_path_factory.mktemp("images")
+    for p in sorted(photos.iterdir()):
+        shutil.copy2(p, d / p.name)
+    stamps = sorted(tuxpaint.rglob("*.png"))[:: max(1, len(list(tuxpaint.rglob("*.png"))) // 12)][:12]
+    (d / "stamps").mkdir()
+    for p in stamps:
+        shutil.copy2(p, d / "stamps" / p.name)
+    return d
+
+
+class Cli:
+    """Run `mmsearch` in-process (fast, shares loaded models) against one index directory."""
+
+    def __init__(self, index: Path):
+        self.index = index
+        self.runner = CliRunner()
+
+    def __call__(self, *args: str, ok: bool = True):
+        from cli.main import app
+
+        r = self.runner.invoke(app, [args[0], "--index", str(self.index), *args[1:]])
+        if ok and r.exit_code != 0:
+            raise AssertionError(f"mmsearch {' '.join(args)} -> {r.exit_code}\n{r.output}\n{r.exception!r}")
+        return r
+
+    def json(self, *args: str):
+        return json.loads(self(*args, "--json").stdout)
+
+
+@pytest.fixture
+def cli(tmp_path) -> Cli:
+    return Cli(tmp_path / "index")
+
+
+def run_mmsearch(*args: str, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
+    """Run the installed console script as a user would (separate process, real exit code)."""
+    return subprocess.run(
+        [sys.executable, "-m", "cli.main", *args], capture_output=True, text=True, cwd=ROOT,
+        env={**os.environ, **(env or {})}, **kw,
+    )

@@ -1,0 +1,118 @@
+"""User mistakes give one-line errors (never a traceback); a killed indexer loses nothing committed."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ROOT, run_mmsearch
+
+
+def _one_line_error(r) -> str:
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr and "Traceback" not in r.stdout
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mmsearch: error:"), r.stderr
+    return lines[0]
+
+
+def test_missing_index_is_a_clean_error(tmp_path):
+    msg = _one_line_error(run_mmsearch("search", "a cat", "--index", str(tmp_path / "nope")))
+    assert "no index" in msg
+    msg = _one_line_error(run_mmsearch("info", env={"MMSEARCH_INDEX": str(tmp_path / "nope2")}))
+    assert str(tmp_path / "nope2") in msg
+
+
+@pytest.mark.parametrize(
+    "spec, words",
+    [
+        ("nonsense", "unknown model"),
+        ("open_clip:ViT-B-32:/no/such/file.pt", "does not exist"),
+        ("open_clip:NoSuchArch:whatever", "unknown open_clip architecture"),
+        ("open_clip:ViT-B-32:no_such_tag", "no pretrained tag"),
+    ],
+)
+def test_bad_model_specs(cli, photos, spec, words):
+    r = cli("index", str(photos / "coffee.png"), "--model", spec, ok=False)
+    assert r.exit_code == 2 and words in r.stderr and "Traceback" not in r.stderr
+
+
+def test_checkpoint_of_another_architecture(cli, tiny_clip, photos):
+    ckpt = tiny_clip.rsplit(":", 1)[1]
+    r = cli("index", str(photos / "coffee.png"), "--model", f"open_clip:ViT-S-32:{ckpt}", ok=False)
+    assert r.exit_code == 2 and "does not fit architecture" in r.stderr
+
+
+def test_model_switch_needs_reindex(cli, tiny_clip, photos, tmp_path):
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    shutil.copy2(photos / "coffee.png", lib / "coffee.png")
+    cli("index", str(lib), "--model", tiny_clip)
+    other = tmp_path / "other.pt"
+    import torch
+
+    sd = torch.load(tiny_clip.rsplit(":", 1)[1], weights_only=True)
+    torch.save({"state_dict": {k: v + 0.01 for k, v in sd["state_dict"].items()}}, other)
+    spec2 = tiny_clip.rsplit(":", 1)[0] + f":{other}"
+    r = cli("index", str(lib), "--model", spec2, ok=False)
+    assert r.exit_code == 2 and "--reindex" in r.stderr
+    s = cli.json("index", str(lib), "--model", spec2, "--reindex")
+    assert s["embedded"] == 1
+    assert cli.json("info")["model"] == spec2
+
+
+def test_search_argument_mistakes(cli, tiny_clip, photos):
+    cli("index", str(photos / "coffee.png"), "--model", tiny_clip)
+    for args in (("search",), ("search", "x", "--image", str(photos / "coffee.png")), ("search", "  "),
+                 ("search", "--image", "/no/such.jpg")):
+        r = cli(*args, ok=False)
+        assert r.exit_code == 2 and r.stderr.startswith("mmsearch: error:"), (args, r.stderr)
+
+
+def test_killed_indexer_leaves_a_working_index_and_resumes(tiny_clip, photos, tmp_path):
+    lib, index = tmp_path / "lib", tmp_path / "index"
+    lib.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(120):
+        Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(lib / f"noise{i:03}.png")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "index", str(lib), "--index", str(index), "--model", tiny_clip,
+         "--batch-size", "1", "--workers", "1"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    db = index / "mmsearch.db"
+    deadline = time.time() + 120
+    count = 0
+    while time.time() < deadline and proc.poll() is None:
+        if db.exists():
+            try:
+                with sqlite3.connect(db) as c:
+                    count = c.execute("select count(*) from items").fetchone()[0]
+            except sqlite3.Error:
+                pass
+        if count >= 5:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "indexer finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+    info = json.loads(run_mmsearch("info", "--json", "--index", str(index)).stdout)
+    assert 5 <= info["items"]["image"] < 120 and info["vectors"] == info["items"]["image"]
+    hits = json.loads(run_mmsearch("search", "noise", "--json", "--index", str(index)).stdout)
+    assert hits and all(h["kind"] == "image" for h in hits)
+
+    s = json.loads(run_mmsearch("index", str(lib), "--json", "--index", str(index)).stdout)
+    assert s["unchanged"] == info["items"]["image"] and s["embedded"] == 120 - s["unchanged"]
+    with sqlite3.connect(index / "mmsearch.db") as c:
+        paths = [r[0] for r in c.execute("select path from files join items on items.file_id = files.id")]
+    assert sorted(paths) == sorted(str(p) for p in lib.iterdir())  # every file exactly once

@@ -1,0 +1,73 @@
+"""Incremental indexing: unchanged files cost nothing; add, modify, delete and rename are tracked."""
+from __future__ import annotations
+
+import os
+import shutil
+
+from PIL import Image
+
+
+def _paths(cli) -> list[str]:
+    return sorted(h["path"] for h in cli.json("search", "--image", str(cli.ref), "-k", "1000"))
+
+
+def test_add_modify_delete_rename(cli, tiny_clip, photos, tmp_path):
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    for n in ("chelsea.png", "coffee.png", "rocket.jpg", "astronaut.png"):
+        shutil.copy2(photos / n, lib / n)
+    cli.ref = photos / "coffee.png"
+    first = cli.json("index", str(lib), "--model", tiny_clip)
+    assert (first["new"], first["embedded"]) == (4, 4)
+
+    again = cli.json("index", str(lib))
+    assert again["embedded"] == 0 and again["unchanged"] == 4 and again["new"] == 0
+
+    shutil.copy2(photos / "horse.png", lib / "horse.png")  # add
+    Image.open(photos / "camera.png").save(lib / "rocket.jpg")  # modify in place
+    os.remove(lib / "astronaut.png")  # delete
+    os.rename(lib / "chelsea.png", lib / "cat.png")  # rename: same content, new path
+    s = cli.json("index", str(lib))
+    assert s["removed"] == 2  # astronaut.png and the old chelsea.png
+    assert s["reused"] == 1 and s["embedded"] == 2  # cat.png reuses; horse + changed rocket embed
+    assert (s["new"], s["updated"], s["unchanged"]) == (2, 1, 1)
+    assert _paths(cli) == sorted(str(lib / n) for n in ("cat.png", "coffee.png", "horse.png", "rocket.jpg"))
+    hit = cli.json("search", "--image", str(photos / "camera.png"), "-k", "1")[0]
+    assert hit["path"] == str(lib / "rocket.jpg") and hit["score"] > 0.9999
+
+    os.utime(lib / "coffee.png", ns=(1, 1))  # touched only: hash matches, nothing re-embedded
+    assert cli.json("index", str(lib))["embedded"] == 0
+
+
+def test_duplicates_share_vectors_and_other_roots_survive(cli, tiny_clip, photos, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    shutil.copy2(photos / "coins.png", a / "coins.png")
+    shutil.copy2(photos / "coins.png", a / "same-coins.png")
+    shutil.copy2(photos / "moon.png", b / "moon.png")
+    cli.ref = photos / "coins.png"
+    s = cli.json("index", str(a), "--model", tiny_clip)
+    assert s["new"] == 2 and s["embedded"] + s["reused"] == 2
+    cli("index", str(b))  # indexing another folder must not sweep the first one away
+    assert len(_paths(cli)) == 3
+    shutil.rmtree(b)
+    s = cli.json("index", str(a))
+    assert s["removed"] == 0 and len(_paths(cli)) == 3  # b's file is only swept when b is rescanned
+    r = cli("index", str(b), ok=False)  # naming a folder that does not exist is the user's mistake
+    assert r.exit_code == 2 and "does not exist" in r.stderr
+    s = cli.json("index")  # no PATH: rescan every folder indexed before; the vanished one is swept
+    assert s["removed"] == 1 and _paths(cli) == sorted([str(a / "coins.png"), str(a / "same-coins.png")])
+
+
+def test_unchanged_run_does_not_load_the_model(cli, tiny_clip, photos, tmp_path, monkeypatch):
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    shutil.copy2(photos / "coffee.png", lib / "coffee.png")
+    cli("index", str(lib), "--model", tiny_clip)
+    from retrieval import index as index_module
+
+    def boom(*a, **k):
+        raise AssertionError("model loaded for an unchanged folder")
+
+    monkeypatch.setattr(index_module, "load_encoder", boom)
+    assert cli.json("index", str(lib))["unchanged"] == 1
