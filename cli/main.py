@@ -91,15 +91,22 @@ def search(
     image: Optional[str] = typer.Option(None, "--image", help="Search by example image instead of text."),
     k: int = typer.Option(10, "--k", "-k", min=1, help="How many hits."),
     min_score: Optional[float] = typer.Option(None, "--min-score", help="Drop hits scoring below this (cosine, -1..1)."),
+    queries: Optional[str] = typer.Option(None, "--queries", help="File of text queries, one per line: prints one JSON line per query."),
     index: Optional[str] = IndexOpt,
     json_out: bool = JsonOpt,
 ):
     """Search the index by text or by an example image; best hits first."""
+    from retrieval.errors import UserError
     from retrieval.index import Index
     from retrieval.search import query_vector
     from retrieval.search import search as run_search
 
     idx = Index(index)
+    if queries is not None:
+        if query is not None or image is not None:
+            raise UserError("--queries cannot be combined with a query text or --image")
+        _batch_search(idx, queries, k, min_score)
+        return
     hits = run_search(idx, query_vector(idx, text=query, image=image), k=k, min_score=min_score)
     if json_out:
         typer.echo(json.dumps([h.as_dict() for h in hits]))
@@ -108,6 +115,79 @@ def search(
         typer.echo("no results")
     for rank, h in enumerate(hits, 1):
         typer.echo(f"{rank:>3}  {h.score:6.3f}  {h.path}")
+
+
+def _batch_search(idx, queries: str, k: int, min_score: float | None) -> None:
+    """One JSON line per query; texts are embedded in batches with the model loaded once."""
+    from retrieval.errors import UserError
+    from retrieval.search import search as run_search
+
+    try:
+        lines = [q.strip() for q in open(queries, encoding="utf-8", errors="replace") if q.strip()]
+    except OSError as e:
+        raise UserError(f"cannot read {queries}: {e.strerror}") from None
+    encoder = idx.encoder()
+    for start in range(0, len(lines), 64):
+        chunk = lines[start : start + 64]
+        for q, vec in zip(chunk, encoder.encode_texts(chunk)):
+            hits = run_search(idx, vec, k=k, min_score=min_score)
+            typer.echo(json.dumps({"query": q, "results": [h.as_dict() for h in hits]}))
+
+
+@app.command()
+@user_errors
+def train(
+    data: str = typer.Option(..., "--data", help="Pairs: .csv/.jsonl/.parquet with image and caption columns, or a folder of images with .txt captions."),
+    out: str = typer.Option(..., "--out", help="Where to write the trained checkpoint (lite: a .safetensors head)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model to fine-tune [default: lite]."),
+    what: str = typer.Option("projections", "--train", help="open_clip models: which part learns (projections)."),
+    epochs: int = typer.Option(40, "--epochs", min=1),
+    batch_size: int = typer.Option(256, "--batch-size", min=2),
+    lr: float = typer.Option(1e-3, "--lr"),
+    weight_decay: float = typer.Option(0.05, "--weight-decay"),
+    dropout: float = typer.Option(0.2, "--dropout", min=0.0, max=0.9),
+    val_share: float = typer.Option(0.1, "--val-share", min=0.0, max=0.9, help="Share of captions held out for validation."),
+    conse_weight: float = typer.Option(0.2, "--conse-weight", help="lite: weight of the ImageNet-class (ConSE) vector on the image side."),
+    seed: int = typer.Option(0, "--seed"),
+    json_out: bool = JsonOpt,
+):
+    """Fine-tune a model's head on your image–caption pairs (contrastive InfoNCE); prints recall before/after."""
+    from retrieval.train import train as run_train
+
+    r = run_train(model, data, out, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                  dropout=dropout, val_share=val_share, seed=seed, conse_weight=conse_weight, what=what,
+                  progress=sys.stderr.isatty())
+    if json_out:
+        typer.echo(json.dumps(r))
+        return
+    typer.echo(f"trained on {r['train_pairs']} pairs in {r['train_seconds']}s; validation on {r['val_pairs']}:")
+    for when in ("val_before", "val_after"):
+        m = r[when]
+        typer.echo(f"  {when[4:]:6}  text→image {_fmt(m['text_to_image'])}   image→text {_fmt(m['image_to_text'])}")
+    typer.echo(f"use it with: --model {r['model']}")
+
+
+def _fmt(m: dict) -> str:
+    return " ".join(f"{k} {v:.3f}" for k, v in m.items())
+
+
+@app.command("eval")
+@user_errors
+def evaluate(
+    data: str = typer.Option(..., "--data", help="Pairs file or folder, as for `train`."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model to evaluate [default: lite]."),
+    json_out: bool = JsonOpt,
+):
+    """Text→image and image→text Recall@1/5/10 and MRR on image–caption pairs."""
+    from retrieval.train import evaluate as run_eval
+
+    r = run_eval(model, data, progress=sys.stderr.isatty())
+    if json_out:
+        typer.echo(json.dumps(r))
+        return
+    typer.echo(f"{r['model']} on {r['pairs']} pairs ({r['unique_captions']} distinct captions)")
+    typer.echo(f"  text→image  {_fmt(r['text_to_image'])}")
+    typer.echo(f"  image→text  {_fmt(r['image_to_text'])}")
 
 
 @app.command()

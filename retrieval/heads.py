@@ -1,0 +1,123 @@
+"""Trainable heads over frozen towers: what `mmsearch train` fits for each kind of model.
+
+* lite: the linear image head, the text-side map and the ConSE mix (see encoders/lite.py);
+* open_clip (``--train projections``): the image and text projection matrices.
+Each exposes frozen features, the head's parameters, the embedding functions and how to save
+the result as a file that ``--model`` accepts.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .encoders import Encoder
+from .encoders.lite import LiteEncoder, project_image, project_text
+from .errors import UserError
+from .features import image_features, text_features
+
+
+class LiteHead:
+    def __init__(self, encoder: LiteEncoder, conse_weight: float = 0.2):
+        self.encoder = encoder
+        self.alpha = conse_weight
+        self.feature_id = "lite-effnet-lite2-pooled+conse-v1"
+
+    def features(self, images: list[str], texts: list[str], progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        enc = self.encoder
+
+        def forward(pixels):
+            pooled, conse = enc.image_features(pixels)
+            return torch.cat([pooled, conse], dim=1)
+
+        return (image_features(images, self.feature_id, enc.preprocess, forward, progress=progress),
+                text_features(texts, enc.text_tower))
+
+    def current_params(self) -> dict:
+        return dict(self.encoder.head)
+
+    def init_params(self, seed: int) -> dict[str, torch.nn.Parameter]:
+        g = torch.Generator().manual_seed(seed)
+        return {
+            "img_w": torch.nn.Parameter(torch.randn(384, 1280, generator=g) * 0.02),
+            "img_b": torch.nn.Parameter(torch.zeros(384)),
+            "txt_w": torch.nn.Parameter(torch.eye(384)),
+            "txt_b": torch.nn.Parameter(torch.zeros(384)),
+        }
+
+    def embed_images(self, params: dict, feats: torch.Tensor) -> torch.Tensor:
+        alpha = float(params["alpha"]) if "alpha" in params else self.alpha
+        return project_image(params, feats[:, :1280], feats[:, 1280:], alpha)
+
+    def embed_texts(self, params: dict, feats: torch.Tensor) -> torch.Tensor:
+        return project_text(params, feats)
+
+    def save(self, params: dict, out: str, meta: dict) -> str:
+        from safetensors.torch import save_file
+
+        tensors = {k: v.detach().float().contiguous() for k, v in params.items()}
+        tensors["alpha"] = torch.tensor(self.alpha)
+        tensors["classes"] = self.encoder.class_texts.float().contiguous()
+        save_file(tensors, out, metadata={"mmsearch": json.dumps(meta)})
+        return f"lite:{out}"
+
+
+class ProjectionHead:
+    """open_clip models with ``visual.proj`` and ``text_projection``: features are the pooled
+    tower outputs before projection, so only the two matrices train."""
+
+    def __init__(self, encoder: Encoder):
+        m = encoder.model
+        if getattr(m.visual, "proj", None) is None or getattr(m, "text_projection", None) is None:
+            raise UserError(f"{encoder.spec}: --train projections needs a model with visual.proj and text_projection")
+        self.encoder = encoder
+        self.feature_id = f"openclip-preproj-{encoder.identity}"
+
+    def features(self, images: list[str], texts: list[str], progress: bool = True):
+        m = self.encoder.model
+        vproj, tproj = m.visual.proj, m.text_projection
+        m.visual.proj, m.text_projection = None, None
+        try:
+            img = image_features(images, self.feature_id, self.encoder.preprocess, m.encode_image, progress=progress)
+            txt = text_features(texts, lambda t: m.encode_text(self.encoder.tokenizer(t)))
+        finally:
+            m.visual.proj, m.text_projection = vproj, tproj
+        return img, txt
+
+    def current_params(self) -> dict:
+        return self.init_params(0)
+
+    def init_params(self, seed: int) -> dict[str, torch.nn.Parameter]:
+        m = self.encoder.model
+        return {"visual.proj": torch.nn.Parameter(m.visual.proj.detach().clone()),
+                "text_projection": torch.nn.Parameter(m.text_projection.detach().clone())}
+
+    def embed_images(self, params: dict, feats: torch.Tensor) -> torch.Tensor:
+        return feats @ params["visual.proj"]
+
+    def embed_texts(self, params: dict, feats: torch.Tensor) -> torch.Tensor:
+        return feats @ params["text_projection"]
+
+    def save(self, params: dict, out: str, meta: dict) -> str:
+        sd = self.encoder.model.state_dict()
+        sd.update({k: v.detach() for k, v in params.items()})
+        torch.save({"state_dict": sd, "mmsearch": meta}, out)
+        arch = self.encoder.spec.split(":")[1]
+        return f"open_clip:{arch}:{out}"
+
+
+def head_for(encoder: Encoder, what: str = "projections", conse_weight: float = 0.2):
+    if isinstance(encoder, LiteEncoder):
+        return LiteHead(encoder, conse_weight)
+    if what == "projections":
+        return ProjectionHead(encoder)
+    raise UserError(f"--train {what} is not supported; use --train projections")
+
+
+def embed(head, params: dict, img: np.ndarray, txt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    with torch.no_grad():
+        i = F.normalize(head.embed_images(params, torch.from_numpy(img)), dim=-1).numpy()
+        t = F.normalize(head.embed_texts(params, torch.from_numpy(txt)), dim=-1).numpy()
+    return i, t
