@@ -14,15 +14,15 @@ import torch
 import torch.nn.functional as F
 
 from .encoders import Encoder
-from .encoders.lite import LiteEncoder, project_image, project_text
+from .encoders.lite import DEFAULT_CONSE_WEIGHT, LiteEncoder, project_image, project_text
 from .errors import UserError
 from .features import image_features, text_features
 
 
 class LiteHead:
-    def __init__(self, encoder: LiteEncoder, conse_weight: float = 0.2):
+    def __init__(self, encoder: LiteEncoder, conse_weight: float = DEFAULT_CONSE_WEIGHT):
         self.encoder = encoder
-        self.alpha = conse_weight
+        self.conse_weight = conse_weight
         self.feature_id = "lite-effnet-lite2-pooled+conse-v1"
 
     def features(self, images: list[str], texts: list[str], progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -47,18 +47,24 @@ class LiteHead:
             "txt_b": torch.nn.Parameter(torch.zeros(384)),
         }
 
+    def dropout(self, feats: torch.Tensor, p: float) -> torch.Tensor:
+        """Training noise on the pooled features only; the ConSE block has nothing to learn."""
+        return torch.cat([F.dropout(feats[:, :1280], p), feats[:, 1280:]], dim=1)
+
     def embed_images(self, params: dict, feats: torch.Tensor) -> torch.Tensor:
-        alpha = float(params["alpha"]) if "alpha" in params else self.alpha
-        return project_image(params, feats[:, :1280], feats[:, 1280:], alpha)
+        return project_image(self._with_weight(params), feats[:, :1280], feats[:, 1280:])
 
     def embed_texts(self, params: dict, feats: torch.Tensor) -> torch.Tensor:
-        return project_text(params, feats)
+        return project_text(self._with_weight(params), feats)
+
+    def _with_weight(self, params: dict) -> dict:
+        return params if "conse_weight" in params else {**params, "conse_weight": torch.tensor(self.conse_weight)}
 
     def save(self, params: dict, out: str, meta: dict) -> str:
         from safetensors.torch import save_file
 
         tensors = {k: v.detach().float().contiguous() for k, v in params.items()}
-        tensors["alpha"] = torch.tensor(self.alpha)
+        tensors["conse_weight"] = torch.tensor(self.conse_weight)
         tensors["classes"] = self.encoder.class_texts.float().contiguous()
         save_file(tensors, out, metadata={"mmsearch": json.dumps(meta)})
         return f"lite:{out}"
@@ -94,6 +100,9 @@ class ProjectionHead:
         return {"visual.proj": torch.nn.Parameter(m.visual.proj.detach().clone()),
                 "text_projection": torch.nn.Parameter(m.text_projection.detach().clone())}
 
+    def dropout(self, feats: torch.Tensor, p: float) -> torch.Tensor:
+        return F.dropout(feats, p)
+
     def embed_images(self, params: dict, feats: torch.Tensor) -> torch.Tensor:
         return feats @ params["visual.proj"]
 
@@ -108,7 +117,7 @@ class ProjectionHead:
         return f"open_clip:{arch}:{out}"
 
 
-def head_for(encoder: Encoder, what: str = "projections", conse_weight: float = 0.2):
+def head_for(encoder: Encoder, what: str = "projections", conse_weight: float = DEFAULT_CONSE_WEIGHT):
     if isinstance(encoder, LiteEncoder):
         return LiteHead(encoder, conse_weight)
     if what == "projections":

