@@ -64,7 +64,8 @@ def index(
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Decode threads [default: up to 4]."),
     exclude: List[str] = typer.Option([], "--exclude", help="Glob on file or folder names/paths to skip; repeatable."),
     hidden: bool = typer.Option(False, "--hidden", help="Also index hidden files and folders."),
-    max_pixels: int = typer.Option(100_000_000, "--max-pixels", help="Skip images with more pixels than this (decompression bombs)."),
+    max_pixels: int = typer.Option(100_000_000, "--max-pixels", help="Skip images and videos with more pixels per frame than this (decompression bombs)."),
+    max_gap: float = typer.Option(4.0, "--max-gap", min=0.1, help="Videos: longest stretch of a shot without a keyframe, in seconds."),
     json_out: bool = JsonOpt,
 ):
     """Index (or incrementally update) media folders: new, changed, renamed and deleted files."""
@@ -74,7 +75,7 @@ def index(
     idx = Index(index, create=True)
     summary = index_paths(
         idx, paths or [], model, reindex=reindex, batch_size=batch_size, workers=workers,
-        exclude=exclude, hidden=hidden, max_pixels=max_pixels, progress=sys.stderr.isatty(),
+        exclude=exclude, hidden=hidden, max_pixels=max_pixels, max_gap=max_gap, progress=sys.stderr.isatty(),
     )
     if json_out:
         typer.echo(json.dumps(summary.as_dict()))
@@ -88,7 +89,10 @@ def index(
 @user_errors
 def search(
     query: Optional[str] = typer.Argument(None, help="Text to search for, e.g. \"a dog on a beach\"."),
-    image: Optional[str] = typer.Option(None, "--image", help="Search by example image instead of text."),
+    image: Optional[str] = typer.Option(None, "--image", help="Search by example image (or a video: its frame at --at) instead of text."),
+    at: Optional[float] = typer.Option(None, "--at", help="With --image VIDEO: the frame at this many seconds."),
+    kind: Optional[str] = typer.Option(None, "--type", help="Only hits of this kind: image, video or text."),
+    per_video: int = typer.Option(3, "--per-video", min=1, help="At most this many moments per video (always separate shots)."),
     k: int = typer.Option(10, "--k", "-k", min=1, help="How many hits."),
     min_score: Optional[float] = typer.Option(None, "--min-score", help="Drop hits scoring below this (cosine, -1..1)."),
     queries: Optional[str] = typer.Option(None, "--queries", help="File of text queries, one per line: prints one JSON line per query."),
@@ -105,19 +109,44 @@ def search(
     if queries is not None:
         if query is not None or image is not None:
             raise UserError("--queries cannot be combined with a query text or --image")
-        _batch_search(idx, queries, k, min_score)
+        _batch_search(idx, queries, k, min_score, _kinds(kind), per_video)
         return
-    hits = run_search(idx, query_vector(idx, text=query, image=image), k=k, min_score=min_score)
+    kinds = _kinds(kind)
+    hits = run_search(idx, query_vector(idx, text=query, image=image, at=at), k=k, min_score=min_score,
+                      kinds=kinds, per_video=per_video)
     if json_out:
         typer.echo(json.dumps([h.as_dict() for h in hits]))
         return
     if not hits:
         typer.echo("no results")
     for rank, h in enumerate(hits, 1):
-        typer.echo(f"{rank:>3}  {h.score:6.3f}  {h.path}")
+        typer.echo(f"{rank:>3}  {h.score:6.3f}  {_where(h)}")
 
 
-def _batch_search(idx, queries: str, k: int, min_score: float | None) -> None:
+def _kinds(kind: str | None) -> set[str] | None:
+    from retrieval.errors import UserError
+
+    if kind is None:
+        return None
+    if kind not in ("image", "video", "text"):
+        raise UserError(f"--type must be image, video or text, not {kind!r}")
+    return {kind}
+
+
+def _clock(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600:02}:{s % 3600 // 60:02}:{s % 60:02}"
+
+
+def _where(h) -> str:
+    """`video.mp4 @ 00:03:37 (shot 00:03:34–00:03:56)` for moments, the path otherwise."""
+    if h.kind != "video":
+        return h.path
+    shot = f" (shot {_clock(h.start)}–{_clock(h.end)})" if h.start is not None and h.end is not None else ""
+    return f"{h.path} @ {_clock(h.timestamp)}{shot}"
+
+
+def _batch_search(idx, queries: str, k: int, min_score: float | None, kinds: set[str] | None, per_video: int) -> None:
     """One JSON line per query; texts are embedded in batches with the model loaded once."""
     from retrieval.errors import UserError
     from retrieval.search import search as run_search
@@ -130,7 +159,7 @@ def _batch_search(idx, queries: str, k: int, min_score: float | None) -> None:
     for start in range(0, len(lines), 64):
         chunk = lines[start : start + 64]
         for q, vec in zip(chunk, encoder.encode_texts(chunk)):
-            hits = run_search(idx, vec, k=k, min_score=min_score)
+            hits = run_search(idx, vec, k=k, min_score=min_score, kinds=kinds, per_video=per_video)
             typer.echo(json.dumps({"query": q, "results": [h.as_dict() for h in hits]}))
 
 
@@ -188,6 +217,31 @@ def evaluate(
     typer.echo(f"{r['model']} on {r['pairs']} pairs ({r['unique_captions']} distinct captions)")
     typer.echo(f"  text→image  {_fmt(r['text_to_image'])}")
     typer.echo(f"  image→text  {_fmt(r['image_to_text'])}")
+
+
+@app.command()
+@user_errors
+def frame(
+    video: str = typer.Argument(..., help="A video file."),
+    at: float = typer.Option(..., "--at", min=0.0, help="Timestamp in seconds."),
+    out: str = typer.Option(..., "-o", "--out", help="Image file to write (.jpg, .png, ...)."),
+):
+    """Write the frame of VIDEO shown at a timestamp to an image file."""
+    from indexer.decode import DecodeError
+    from indexer.video import frame_at
+    from retrieval.errors import UserError
+
+    if not os.path.isfile(video):
+        raise UserError(f"{video} does not exist")
+    try:
+        img = frame_at(video, at)
+    except DecodeError as e:
+        raise UserError(f"{video}: {e}") from None
+    try:
+        img.save(out)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot write {out}: {e}") from None
+    typer.echo(f"{out}  ({img.width}x{img.height}, {_clock(at)})")
 
 
 @app.command()

@@ -1,32 +1,25 @@
-"""The indexing runner: scan → plan → (decode workers → model → writer), with a summary.
+"""The indexing runner: scan → plan → embed (embed.py) → write, with a summary.
 
-Decoding and preprocessing run in a thread pool while the model embeds the previous batch; each
-batch is committed in its own transaction, so a killed run keeps everything up to its last batch
-and the next run resumes from there.
+Each batch of finished files is committed in its own transaction, so a killed run keeps
+everything up to its last batch and the next run resumes from there.
 """
 from __future__ import annotations
 
 import json
 import os
 import time
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import Iterable
 
-import numpy as np
-import torch
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
-from tqdm import tqdm
-
-from retrieval.encoders import Encoder
 from retrieval.errors import UserError
 from retrieval.files import display_path
 from retrieval.index import Index
 from retrieval.store import File, Item, bump_generation, pack, set_meta
 
-from .decode import DEFAULT_MAX_PIXELS, DecodeError, load_image
+from .decode import DEFAULT_MAX_PIXELS
+from .embed import embedded
 from .plan import make_plan
 from .scan import Entry, scan
 
@@ -43,7 +36,7 @@ class Summary:
     seconds: float = 0.0
 
     def as_dict(self) -> dict:
-        return {**self.__dict__, "images_per_second": round(self.embedded / self.seconds, 2) if self.seconds else 0.0}
+        return {**self.__dict__, "files_per_second": round(self.embedded / self.seconds, 2) if self.seconds else 0.0}
 
     def line(self) -> str:
         return (
@@ -68,6 +61,7 @@ def index_paths(
     exclude: Iterable[str] = (),
     hidden: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_gap: float = 4.0,
     progress: bool = True,
 ) -> Summary:
     start = time.perf_counter()
@@ -107,13 +101,15 @@ def index_paths(
             _count(summary, e, plan.new_paths)
         if plan.embed and encoder is None:
             encoder = index.encoder()
-        for batch in _batches(plan.embed, encoder, batch_size, workers, max_pixels, progress):
-            for (e, digest), size, vec, err in batch:
-                if err:
-                    _skip(s, e, err, summary)
+        batches = embedded(plan.embed, encoder, batch_size=batch_size, workers=workers, max_pixels=max_pixels,
+                           max_gap=max_gap, progress=progress)
+        for batch in batches:
+            for d in batch:
+                if d.error:
+                    _skip(s, d.entry, d.error, summary)
                 else:
-                    _write(s, e, digest, [dict(kind="image", vector=pack(vec))], size)
-                    _count(summary, e, plan.new_paths)
+                    _write(s, d.entry, d.digest, [{**it, "vector": pack(it["vector"])} for it in d.items()], d.size)
+                    _count(summary, d.entry, plan.new_paths)
                     summary.embedded += 1
             bump_generation(s)
             s.commit()
@@ -157,39 +153,3 @@ def _skip(s: Session, e: Entry, reason: str, summary: Summary) -> None:
     row = _file_row(s, e)
     row.digest, row.status, row.error = None, "skipped", reason
     summary.skipped.append({"path": display_path(e.path), "reason": reason})
-
-
-def _batches(todo: list, encoder: Encoder, batch_size: int, workers: int, max_pixels: int, progress: bool) -> Iterator[list]:
-    """Yield [(job, (w, h) | None, vector | None, error | None)] per batch, decoding ahead in workers."""
-    draft = 2 * max(getattr(encoder, "image_size", 224), 1)
-
-    def decode(job):
-        try:
-            img = load_image(job[0].path, max_pixels, draft=draft)
-            return job, img.info["source_size"], encoder.preprocess(img), None
-        except DecodeError as err:
-            return job, None, None, str(err)
-        except Exception as err:  # a decoder bug on one odd file must not end the run
-            return job, None, None, f"decode failed: {type(err).__name__}: {err}"
-
-    bar = tqdm(total=len(todo), desc="embedding", unit="img", disable=not progress or not todo)
-    with ThreadPoolExecutor(workers) as pool:
-        pending: deque[Future] = deque()
-        jobs = iter(todo)
-        for job in jobs:
-            pending.append(pool.submit(decode, job))
-            if len(pending) >= batch_size * 2:
-                break
-        while pending:
-            done = []
-            while pending and len(done) < batch_size:
-                done.append(pending.popleft().result())
-                nxt = next(jobs, None)
-                if nxt is not None:
-                    pending.append(pool.submit(decode, nxt))
-            ok = [d for d in done if d[3] is None]
-            vecs = encoder.encode_pixels(torch.stack([d[2] for d in ok])) if ok else np.zeros((0, encoder.dim))
-            it = iter(vecs)
-            yield [(job, size, next(it) if err is None else None, err) for job, size, _, err in done]
-            bar.update(len(done))
-    bar.close()

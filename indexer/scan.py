@@ -8,11 +8,12 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+VIDEO_EXTS = frozenset({".mp4", ".mkv", ".webm", ".mov", ".avi", ".ogv", ".m4v"})
 
 
 def kind_of(path: str) -> str | None:
     ext = os.path.splitext(path)[1].lower()
-    return "image" if ext in IMAGE_EXTS else None
+    return "image" if ext in IMAGE_EXTS else "video" if ext in VIDEO_EXTS else None
 
 
 @dataclass
