@@ -6,6 +6,7 @@ size (what the model needs), so memory stays bounded by the number of keyframes.
 """
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -16,6 +17,9 @@ from .decode import DEFAULT_MAX_PIXELS, DecodeError
 
 ANALYSIS_FPS = 8.0  # frames per second compared for cuts; cuts are rarely closer than this
 CUT_THRESHOLD = 0.12  # mean absolute RGB difference (0..1) of consecutive thumbnails
+FADE_WINDOW = 1.0  # seconds: a dissolve shows as a large change across this window made of small steps
+FADE_THRESHOLD = 0.15
+FADE_SETTLED = 0.03  # ...and ends when the picture stops changing (which also spares panning shots)
 MIN_SHOT = 0.5  # seconds: flashes and flicker shorter than this do not start a shot
 SETTLE = 0.3  # seconds into a shot before its first keyframe (past fades and motion blur)
 KEEP_SIDE = 384  # keyframes are kept at most this many pixels on the long side
@@ -73,9 +77,19 @@ def _frames(container, stream) -> Iterator:
         return  # truncated or damaged: keep what decoded so far
 
 
+def _is_cut(window: deque, thumb: np.ndarray, t: float) -> bool:
+    """A hard cut (one big step) or the end of a dissolve (a big change over FADE_WINDOW)."""
+    step = np.abs(thumb - window[-1][1]).mean()
+    if step > CUT_THRESHOLD:
+        return True
+    return (step < FADE_SETTLED and t - window[0][0] >= FADE_WINDOW * 0.9
+            and np.abs(thumb - window[0][1]).mean() > FADE_THRESHOLD)
+
+
 def _select(frames: Iterator, max_gap: float) -> Iterator[Keyframe]:
     shot_start, next_analysis, next_key = None, -1.0, 0.0
-    prev = first = None  # previous analysed thumbnail; first frame of the current shot
+    first = None  # first frame of the current shot
+    window: deque = deque()  # (time, thumbnail) analysed within the last FADE_WINDOW seconds
     pending: list[Keyframe] = []  # keyframes of the current shot (its end is not known yet)
     t = 0.0
     for frame in frames:
@@ -85,10 +99,13 @@ def _select(frames: Iterator, max_gap: float) -> Iterator[Keyframe]:
         if t >= next_analysis:
             next_analysis = t + 1.0 / ANALYSIS_FPS
             thumb = _thumb(frame)
-            if prev is not None and t - shot_start >= MIN_SHOT and np.abs(thumb - prev).mean() > CUT_THRESHOLD:
+            if window and t - shot_start >= MIN_SHOT and _is_cut(window, thumb, t):
                 yield from _close(pending, shot_start, t, first)
                 pending, shot_start, next_key, first = [], t, t + SETTLE, frame
-            prev = thumb
+                window.clear()
+            window.append((t, thumb))
+            while t - window[0][0] > FADE_WINDOW:
+                window.popleft()
         if t >= next_key:
             pending.append(Keyframe(t, shot_start, t, _small(frame)))
             next_key = t + max_gap

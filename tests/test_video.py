@@ -39,9 +39,11 @@ def test_crossfades_and_variable_frame_rate(photos, tmp_path):
     from indexer.video import keyframes
 
     shots = [(Image.open(photos / n), 3.0) for n in SHOT_PHOTOS[:3]]
-    write_video(tmp_path / "fade.mkv", shots, crossfade=1.0)
+    bounds = write_video(tmp_path / "fade.mkv", shots, crossfade=1.0)
     ks = keyframes(str(tmp_path / "fade.mkv"), max_gap=2.0)
     assert max(b.timestamp - a.timestamp for a, b in zip(ks, ks[1:])) <= 2.5  # no hole at the fades
+    starts = sorted({k.start for k in ks})
+    assert len(starts) == 3 and all(abs(s - b) < 0.6 for s, (b, _) in zip(starts, bounds))  # dissolves found
     write_video(tmp_path / "vfr.mp4", shots, pts_jitter=True)
     ks = keyframes(str(tmp_path / "vfr.mp4"))
     assert len({k.start for k in ks}) == 3 and all(k.start <= k.timestamp <= k.end for k in ks)
