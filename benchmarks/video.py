@@ -32,7 +32,7 @@ from indexer.run import index_paths  # noqa: E402
 from indexer.video import keyframes  # noqa: E402
 from retrieval.encoders import load_encoder  # noqa: E402
 from retrieval.index import Index  # noqa: E402
-from retrieval.search import search  # noqa: E402
+from retrieval.search import Filters, search  # noqa: E402
 from videos import write_video  # noqa: E402
 
 
@@ -76,7 +76,7 @@ def moments(model: str, tmp: Path, n_shots: int) -> None:
     enc = idx.encoder()
     r1 = r5 = 0
     for (path, start, end), caption in zip(bounds, pairs["caption"]):
-        hits = search(idx, enc.encode_texts([caption])[0], k=5, kinds={"video"})
+        hits = search(idx, enc.encode_texts([caption])[0], k=5, filters=Filters(kinds={"video"}))
         ok = [h.path == str(path) and start <= h.timestamp < end for h in hits]
         r1 += any(ok[:1])
         r5 += any(ok[:5])

@@ -13,7 +13,8 @@ from typing import List, Optional
 import typer
 
 app = typer.Typer(
-    help="Cross-modal search over your images: index folders, then search them by text or by example image.",
+    help="Cross-modal search over your images, videos and texts: index folders, then search them by text, "
+    "by example image, or both at once.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -66,6 +67,8 @@ def index(
     hidden: bool = typer.Option(False, "--hidden", help="Also index hidden files and folders."),
     max_pixels: int = typer.Option(100_000_000, "--max-pixels", help="Skip images and videos with more pixels per frame than this (decompression bombs)."),
     max_gap: float = typer.Option(4.0, "--max-gap", min=0.1, help="Videos: longest stretch of a shot without a keyframe, in seconds."),
+    text_column: Optional[str] = typer.Option(None, "--text-column", help="Caption tables (.csv/.jsonl/.parquet): the text column [default: caption/text/title/description]."),
+    path_column: Optional[str] = typer.Option(None, "--path-column", help="Caption tables: a column naming the image each caption describes."),
     json_out: bool = JsonOpt,
 ):
     """Index (or incrementally update) media folders: new, changed, renamed and deleted files."""
@@ -75,7 +78,8 @@ def index(
     idx = Index(index, create=True)
     summary = index_paths(
         idx, paths or [], model, reindex=reindex, batch_size=batch_size, workers=workers,
-        exclude=exclude, hidden=hidden, max_pixels=max_pixels, max_gap=max_gap, progress=sys.stderr.isatty(),
+        exclude=exclude, hidden=hidden, max_pixels=max_pixels, max_gap=max_gap,
+        text_column=text_column, path_column=path_column, progress=sys.stderr.isatty(),
     )
     if json_out:
         typer.echo(json.dumps(summary.as_dict()))
@@ -88,10 +92,17 @@ def index(
 @app.command()
 @user_errors
 def search(
-    query: Optional[str] = typer.Argument(None, help="Text to search for, e.g. \"a dog on a beach\"."),
-    image: Optional[str] = typer.Option(None, "--image", help="Search by example image (or a video: its frame at --at) instead of text."),
+    query: Optional[str] = typer.Argument(None, help="Text to search for, e.g. \"a dog on a beach\"; or a fused query such as \"2:beach + ref.jpg - people\"."),
+    image: List[str] = typer.Option([], "--image", help="Search by example image (or a video: its frame at --at); repeatable."),
     at: Optional[float] = typer.Option(None, "--at", help="With --image VIDEO: the frame at this many seconds."),
+    negative: List[str] = typer.Option([], "--not", help="Text to steer away from; repeatable."),
+    weight: List[float] = typer.Option([], "--weight", help="Weights of the positive parts, in order (query text first, then each --image)."),
+    fusion: str = typer.Option("early", "--fusion", help="How parts combine: early (one fused vector) or late (rank fusion of separate searches)."),
     kind: Optional[str] = typer.Option(None, "--type", help="Only hits of this kind: image, video or text."),
+    path: Optional[str] = typer.Option(None, "--path", help="Only files whose path matches this glob, e.g. '*/2024/*' or '*.png'."),
+    after: Optional[str] = typer.Option(None, "--after", help="Only files modified on or after this date (YYYY-MM-DD)."),
+    before: Optional[str] = typer.Option(None, "--before", help="Only files modified before this date (YYYY-MM-DD)."),
+    tag: List[str] = typer.Option([], "--tag", help="Only files carrying this zero-shot tag (see `mmsearch tag`); repeatable."),
     per_video: int = typer.Option(3, "--per-video", min=1, help="At most this many moments per video (always separate shots)."),
     k: int = typer.Option(10, "--k", "-k", min=1, help="How many hits."),
     min_score: Optional[float] = typer.Option(None, "--min-score", help="Drop hits scoring below this (cosine, -1..1)."),
@@ -99,21 +110,37 @@ def search(
     index: Optional[str] = IndexOpt,
     json_out: bool = JsonOpt,
 ):
-    """Search the index by text or by an example image; best hits first."""
+    """Search the index by text, by example image, or both at once; best hits first.
+
+    Fused queries mix parts: positives pull, negatives (--not, or "- part") push away. early
+    fusion adds the weighted query vectors, which finds items that match all parts at once; late
+    fusion searches each part alone and merges the rankings, which keeps items that match one
+    part very well."""
     from retrieval.errors import UserError
     from retrieval.index import Index
-    from retrieval.search import query_vector
-    from retrieval.search import search as run_search
+    from retrieval.search import Part, fused_search, parse_compact
 
     idx = Index(index)
+    filters = _filters(kind, path, after, before, tag)
     if queries is not None:
-        if query is not None or image is not None:
+        if query is not None or image:
             raise UserError("--queries cannot be combined with a query text or --image")
-        _batch_search(idx, queries, k, min_score, _kinds(kind), per_video)
+        _batch_search(idx, queries, k, min_score, filters, per_video)
         return
-    kinds = _kinds(kind)
-    hits = run_search(idx, query_vector(idx, text=query, image=image, at=at), k=k, min_score=min_score,
-                      kinds=kinds, per_video=per_video)
+    parts = (parse_compact(query) if query is not None else []) + [Part(image=p, at=at) for p in image]
+    if not parts:
+        raise UserError("give a text query, --image PATH, or --queries FILE")
+    positives = [p for p in parts if p.weight > 0]
+    if len(weight) > len(positives):
+        raise UserError(f"{len(weight)} --weight values for {len(positives)} positive parts")
+    for p, w in zip(positives, weight):
+        p.weight = w * p.weight
+    parts += [Part(text=t, weight=-1.0) for t in negative]
+    hits = fused_search(idx, parts, k=k, fusion=fusion, min_score=min_score, filters=filters, per_video=per_video)
+    _print_hits(hits, json_out)
+
+
+def _print_hits(hits, json_out: bool) -> None:
     if json_out:
         typer.echo(json.dumps([h.as_dict() for h in hits]))
         return
@@ -123,14 +150,24 @@ def search(
         typer.echo(f"{rank:>3}  {h.score:6.3f}  {_where(h)}")
 
 
-def _kinds(kind: str | None) -> set[str] | None:
-    from retrieval.errors import UserError
+def _filters(kind: str | None, path: str | None, after: str | None, before: str | None, tags: list[str]):
+    from datetime import datetime
 
-    if kind is None:
-        return None
-    if kind not in ("image", "video", "text"):
+    from retrieval.errors import UserError
+    from retrieval.search import Filters
+
+    if kind is not None and kind not in ("image", "video", "text"):
         raise UserError(f"--type must be image, video or text, not {kind!r}")
-    return {kind}
+
+    def ns(day: str | None, flag: str) -> int | None:
+        if day is None:
+            return None
+        try:
+            return min(int(datetime.fromisoformat(day).timestamp() * 1e9), 2**63 - 1)  # int64 nanoseconds end in 2262
+        except ValueError:
+            raise UserError(f"{flag} wants a date like 2024-06-30, not {day!r}") from None
+
+    return Filters({kind} if kind else None, path, ns(after, "--after"), ns(before, "--before"), list(tags))
 
 
 def _clock(seconds: float) -> str:
@@ -139,14 +176,16 @@ def _clock(seconds: float) -> str:
 
 
 def _where(h) -> str:
-    """`video.mp4 @ 00:03:37 (shot 00:03:34–00:03:56)` for moments, the path otherwise."""
+    """`video.mp4 @ 00:03:37 (shot 00:03:34–00:03:56)` for moments, `"text" (file:offset)` for texts."""
+    if h.kind == "text":
+        return f"{h.text[:100]!r}  ({h.path}:{h.offset})"
     if h.kind != "video":
         return h.path
     shot = f" (shot {_clock(h.start)}–{_clock(h.end)})" if h.start is not None and h.end is not None else ""
     return f"{h.path} @ {_clock(h.timestamp)}{shot}"
 
 
-def _batch_search(idx, queries: str, k: int, min_score: float | None, kinds: set[str] | None, per_video: int) -> None:
+def _batch_search(idx, queries: str, k: int, min_score: float | None, filters, per_video: int) -> None:
     """One JSON line per query; texts are embedded in batches with the model loaded once."""
     from retrieval.errors import UserError
     from retrieval.search import search as run_search
@@ -159,7 +198,7 @@ def _batch_search(idx, queries: str, k: int, min_score: float | None, kinds: set
     for start in range(0, len(lines), 64):
         chunk = lines[start : start + 64]
         for q, vec in zip(chunk, encoder.encode_texts(chunk)):
-            hits = run_search(idx, vec, k=k, min_score=min_score, kinds=kinds, per_video=per_video)
+            hits = run_search(idx, vec, k=k, min_score=min_score, filters=filters, per_video=per_video)
             typer.echo(json.dumps({"query": q, "results": [h.as_dict() for h in hits]}))
 
 
@@ -246,6 +285,58 @@ def frame(
 
 @app.command()
 @user_errors
+def describe(
+    image: str = typer.Argument(..., help="An image (or a video, with --at) to caption."),
+    at: Optional[float] = typer.Option(None, "--at", help="For a video: the frame at this many seconds."),
+    k: int = typer.Option(5, "--k", "-k", min=1, help="How many captions."),
+    index: Optional[str] = IndexOpt,
+    json_out: bool = JsonOpt,
+):
+    """Caption an image by retrieval: the indexed texts that match it best."""
+    from retrieval.index import Index
+    from retrieval.search import Filters, Part, part_vector
+    from retrieval.search import search as run_search
+
+    idx = Index(index)
+    hits = run_search(idx, part_vector(idx, Part(image=image, at=at)), k=k * 4, filters=Filters(kinds={"text"}))
+    seen: set[str] = set()
+    hits = [h for h in hits if not (h.text in seen or seen.add(h.text))][:k]
+    if json_out:
+        typer.echo(json.dumps([h.as_dict() for h in hits]))
+        return
+    if not hits:
+        typer.echo("no texts in the index: index captions (.txt beside images, caption tables) first")
+    for h in hits:
+        typer.echo(f"{h.score:6.3f}  {h.text}")
+
+
+@app.command()
+@user_errors
+def tag(
+    paths: Optional[List[str]] = typer.Argument(None, help="Only files under these paths [default: all indexed images and videos]."),
+    labels: str = typer.Option(..., "--labels", help="A file with one label per line, or \"cat,dog,car\"."),
+    threshold: float = typer.Option(0.3, "--threshold", min=0.0, max=1.0, help="Keep labels scoring at least this (the best label is always kept)."),
+    prompt: str = typer.Option("a photo of a {}", "--prompt", help="Template turning a label into a query."),
+    index: Optional[str] = IndexOpt,
+    json_out: bool = JsonOpt,
+):
+    """Zero-shot tags: score indexed images and videos against labels, store and print the tags.
+
+    Image scores are a softmax over the labels; a video's are the share of its keyframes that
+    each label wins. Tags then filter searches (`search --tag LABEL`) and show in `info`."""
+    from retrieval.index import Index
+    from retrieval.tags import read_labels, tag_files
+
+    result = tag_files(Index(index), read_labels(labels), prompt, threshold, paths or None)
+    if json_out:
+        typer.echo(json.dumps(result))
+        return
+    for r in result:
+        typer.echo(f"{r['path']}: " + ", ".join(f"{t['label']} {t['score']:.2f}" for t in r["tags"]))
+
+
+@app.command()
+@user_errors
 def info(index: Optional[str] = IndexOpt, json_out: bool = JsonOpt):
     """Describe the index: model, item counts, skipped files, index type and size."""
     from retrieval.index import Index
@@ -259,10 +350,28 @@ def info(index: Optional[str] = IndexOpt, json_out: bool = JsonOpt):
     typer.echo("items      " + ", ".join(f"{n} {k}" for k, n in data["items"].items()))
     typer.echo(f"vectors    {data['vectors']} in {data['index_type']}")
     typer.echo(f"size       {data['size_bytes'] / 1e6:.1f} MB")
+    if data["tags"]:
+        typer.echo("tags       " + ", ".join(f"{label} {n}" for label, n in data["tags"].items()))
     typer.echo(f"skipped    {len(data['skipped'])} file(s)")
     for s in data["skipped"]:
         typer.echo(f"  {s['path']}: {s['reason']}")
 
 
+def main() -> None:
+    """Console entry point: like `app()`, but a usage mistake (unknown option, bad value) is one
+    line on stderr too, as the command-line contract promises."""
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+
+    try:
+        code = app(standalone_mode=False)
+    except NoArgsIsHelpError:  # the help text is already printed
+        code = 2
+    except ClickException as e:
+        hint = f" (see mmsearch {e.ctx.info_name} --help)" if getattr(e, "ctx", None) and e.ctx.parent else " (see mmsearch --help)"
+        typer.echo(f"mmsearch: error: {e.format_message()}{hint}", err=True)
+        code = e.exit_code
+    sys.exit(code if isinstance(code, int) else 0)
+
+
 if __name__ == "__main__":
-    app()
+    main()

@@ -1,6 +1,6 @@
 """Decode and embed stage: files in, per-file item vectors out.
 
-Decoding (images, or a video's keyframes) and preprocessing run in worker threads a few batches
+Decoding (an image, a video's keyframes, a text file's passages) and preprocessing run in worker threads a few batches
 ahead of the model, which embeds units from several files per forward pass. A file comes out
 only when all its units are embedded, so the writer can commit it whole.
 """
@@ -17,8 +17,9 @@ from tqdm import tqdm
 
 from retrieval.encoders import Encoder
 
-from .decode import DecodeError, load_image
+from .decode import DEFAULT_MAX_PIXELS, DecodeError, load_image
 from .scan import Entry
+from .text import TextOptions, text_units
 from .video import keyframes
 
 #: consecutive keyframes of one video closer than this (cosine) add nothing: the later one is dropped
@@ -30,7 +31,7 @@ class Decoded:
     entry: Entry
     digest: str
     size: tuple[int, int] | None = None
-    units: list[tuple[dict, torch.Tensor]] = field(default_factory=list)  # (item fields, pixels)
+    units: list[tuple[dict, torch.Tensor | str]] = field(default_factory=list)  # (item fields, pixels or text)
     error: str | None = None
     vectors: np.ndarray | None = None
 
@@ -45,16 +46,25 @@ class Decoded:
         return rows
 
 
-def decode(entry: Entry, digest: str, encoder: Encoder, max_pixels: int, max_gap: float) -> Decoded:
+@dataclass
+class DecodeOptions:
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_gap: float = 4.0  # video: longest stretch of a shot without a keyframe (seconds)
+    text: TextOptions = field(default_factory=TextOptions)
+
+
+def decode(entry: Entry, digest: str, encoder: Encoder, opts: DecodeOptions) -> Decoded:
     d = Decoded(entry, digest)
     try:
-        if entry.kind == "video":
-            frames = keyframes(entry.path, max_gap=max_gap, max_pixels=max_pixels)
+        if entry.kind == "text":
+            d.units = [(u, u["text"]) for u in text_units(entry.path, opts.text)]
+        elif entry.kind == "video":
+            frames = keyframes(entry.path, max_gap=opts.max_gap, max_pixels=opts.max_pixels)
             d.size = frames[0].image.size
             d.units = [({"kind": "video", "timestamp": k.timestamp, "start": k.start, "end": k.end},
                         encoder.preprocess(k.image.convert("RGB"))) for k in frames]
         else:
-            img = load_image(entry.path, max_pixels, draft=2 * encoder.image_size)
+            img = load_image(entry.path, opts.max_pixels, draft=2 * encoder.image_size)
             d.size, d.units = img.info["source_size"], [({"kind": "image"}, encoder.preprocess(img))]
     except DecodeError as err:
         d.error = str(err)
@@ -63,8 +73,26 @@ def decode(entry: Entry, digest: str, encoder: Encoder, max_pixels: int, max_gap
     return d
 
 
-def embedded(todo: list[tuple[Entry, str]], encoder: Encoder, *, batch_size: int, workers: int, max_pixels: int,
-             max_gap: float, progress: bool) -> Iterator[list[Decoded]]:
+def _embed_units(done: list[Decoded], encoder: Encoder, batch_size: int) -> None:
+    """Fill each file's vectors: pixels through the image tower, strings through the text tower."""
+    units = [u for d in done for _, u in d.units]
+    pix = [i for i, u in enumerate(units) if not isinstance(u, str)]
+    txt = [i for i, u in enumerate(units) if isinstance(u, str)]
+    vecs = np.zeros((len(units), encoder.dim), np.float32)
+    for i in range(0, len(pix), batch_size):
+        idx = pix[i : i + batch_size]
+        vecs[idx] = encoder.encode_pixels(torch.stack([units[j] for j in idx]))
+    for i in range(0, len(txt), batch_size * 2):
+        idx = txt[i : i + batch_size * 2]
+        vecs[idx] = encoder.encode_texts([units[j] for j in idx])
+    start = 0
+    for d in done:
+        d.vectors = vecs[start : start + len(d.units)]
+        start += len(d.units)
+
+
+def embedded(todo: list[tuple[Entry, str]], encoder: Encoder, opts: DecodeOptions, *, batch_size: int, workers: int,
+             progress: bool) -> Iterator[list[Decoded]]:
     """Yield lists of finished files (vectors filled, or error set), about one batch at a time."""
     bar = tqdm(total=len(todo), desc="embedding", unit="file", disable=not progress or not todo)
     with ThreadPoolExecutor(workers) as pool:
@@ -73,7 +101,7 @@ def embedded(todo: list[tuple[Entry, str]], encoder: Encoder, *, batch_size: int
 
         def refill() -> None:
             while len(pending) < batch_size * 2 and (job := next(jobs, None)) is not None:
-                pending.append(pool.submit(decode, *job, encoder, max_pixels, max_gap))
+                pending.append(pool.submit(decode, *job, encoder, opts))
 
         refill()
         while pending:
@@ -81,14 +109,7 @@ def embedded(todo: list[tuple[Entry, str]], encoder: Encoder, *, batch_size: int
             while pending and sum(len(d.units) for d in done) < batch_size:
                 done.append(pending.popleft().result())
                 refill()
-            pixels = [px for d in done for _, px in d.units]
-            vecs = np.concatenate([encoder.encode_pixels(torch.stack(pixels[i : i + batch_size]))
-                                   for i in range(0, len(pixels), batch_size)]) if pixels else None
-            start = 0
-            for d in done:
-                if d.error is None:
-                    d.vectors = vecs[start : start + len(d.units)]
-                    start += len(d.units)
+            _embed_units(done, encoder, batch_size)
             yield done
             bar.update(len(done))
     bar.close()

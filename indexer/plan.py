@@ -64,7 +64,7 @@ def make_plan(session: Session, entries: list[Entry], roots: list[str], workers:
     for e, d, err in hashed:
         if err:
             plan.unreadable.append((e, err))
-        elif d in sources:
+        elif d in sources and e.kind != "text":  # texts re-embed cheaply, and their links depend on place
             plan.reuse.append((e, d, sources[d]))
         else:
             plan.embed.append((e, d))

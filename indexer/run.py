@@ -19,9 +19,10 @@ from retrieval.index import Index
 from retrieval.store import File, Item, bump_generation, pack, set_meta
 
 from .decode import DEFAULT_MAX_PIXELS
-from .embed import embedded
+from .embed import DecodeOptions, embedded
 from .plan import make_plan
 from .scan import Entry, scan
+from .text import TextOptions
 
 
 @dataclass
@@ -62,6 +63,8 @@ def index_paths(
     hidden: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_gap: float = 4.0,
+    text_column: str | None = None,
+    path_column: str | None = None,
     progress: bool = True,
 ) -> Summary:
     start = time.perf_counter()
@@ -101,8 +104,8 @@ def index_paths(
             _count(summary, e, plan.new_paths)
         if plan.embed and encoder is None:
             encoder = index.encoder()
-        batches = embedded(plan.embed, encoder, batch_size=batch_size, workers=workers, max_pixels=max_pixels,
-                           max_gap=max_gap, progress=progress)
+        opts = DecodeOptions(max_pixels, max_gap, TextOptions(text_column, path_column))
+        batches = embedded(plan.embed, encoder, opts, batch_size=batch_size, workers=workers, progress=progress)
         for batch in batches:
             for d in batch:
                 if d.error:
@@ -126,7 +129,8 @@ def _count(summary: Summary, e: Entry, new_paths: set[bytes]) -> None:
 
 
 def _copy(item: Item) -> dict:
-    return dict(kind=item.kind, timestamp=item.timestamp, start=item.start, end=item.end, text=item.text, offset=item.offset, vector=item.vector)
+    return dict(kind=item.kind, timestamp=item.timestamp, start=item.start, end=item.end, text=item.text,
+                offset=item.offset, link_path=item.link_path, vector=item.vector)
 
 
 def _file_row(s: Session, e: Entry) -> File:

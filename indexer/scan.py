@@ -9,11 +9,12 @@ from typing import Iterable, Iterator
 
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 VIDEO_EXTS = frozenset({".mp4", ".mkv", ".webm", ".mov", ".avi", ".ogv", ".m4v"})
+TEXT_EXTS = frozenset({".txt", ".md", ".csv", ".tsv", ".jsonl", ".parquet"})
+KINDS = {**{e: "image" for e in IMAGE_EXTS}, **{e: "video" for e in VIDEO_EXTS}, **{e: "text" for e in TEXT_EXTS}}
 
 
 def kind_of(path: str) -> str | None:
-    ext = os.path.splitext(path)[1].lower()
-    return "image" if ext in IMAGE_EXTS else "video" if ext in VIDEO_EXTS else None
+    return KINDS.get(os.path.splitext(path)[1].lower())
 
 
 @dataclass

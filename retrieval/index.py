@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from .encoders import DEFAULT_MODEL, Encoder, load_encoder
 from .errors import ModelLoadError, UserError
-from .store import DB_NAME, File, Item, bump_generation, get_meta, load_vectors, open_engine, set_meta
+from .store import DB_NAME, File, Item, Tag, bump_generation, get_meta, load_vectors, open_engine, set_meta
 
 
 def default_index_dir() -> str:
@@ -107,11 +107,14 @@ class Index:
             pass
         return index
 
-    def search_vector(self, query: np.ndarray, k: int) -> list[tuple[int, float]]:
+    def search_vector(self, query: np.ndarray, k: int, allowed: np.ndarray | None = None) -> list[tuple[int, float]]:
+        """Top-k (item id, score); `allowed` restricts the search to those ids inside FAISS."""
         index = self.vectors()
-        if index.ntotal == 0 or k <= 0:
+        if index.ntotal == 0 or k <= 0 or (allowed is not None and len(allowed) == 0):
             return []
-        scores, ids = index.search(np.asarray(query, np.float32).reshape(1, -1), min(k, index.ntotal))
+        params = None if allowed is None else faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed.astype(np.int64)))
+        n = min(k, index.ntotal if allowed is None else len(allowed))
+        scores, ids = index.search(np.asarray(query, np.float32).reshape(1, -1), n, params=params)
         return [(int(i), float(sc)) for i, sc in zip(ids[0], scores[0]) if i >= 0]
 
     # -- description --------------------------------------------------------------------------
@@ -119,6 +122,7 @@ class Index:
         with self.session() as s:
             counts = dict(s.execute(select(Item.kind, func.count()).group_by(Item.kind)).all())
             files = dict(s.execute(select(File.kind, func.count()).where(File.status == "ok").group_by(File.kind)).all())
+            tags = dict(s.execute(select(Tag.label, func.count()).group_by(Tag.label).order_by(func.count().desc())).all())
             skipped = [
                 {"path": p, "reason": e}
                 for p, e in s.execute(select(File.path, File.error).where(File.status == "skipped").order_by(File.path))
@@ -134,6 +138,7 @@ class Index:
             "files": {k: files.get(k, 0) for k in ("image", "video", "text")},
             "vectors": int(index.ntotal),
             "index_type": type(faiss.downcast_index(index.index)).__name__ if hasattr(index, "index") else type(index).__name__,
+            "tags": tags,
             "skipped": skipped,
             "size_bytes": sum(sizes.values()),
             "files_on_disk": sizes,

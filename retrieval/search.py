@@ -1,15 +1,19 @@
-"""The query layer: turn a text or an image into a vector, search, and attach metadata."""
+"""The query layer: queries (text, image, video frame, or a fused mix) become vectors, filters
+become an id set that FAISS searches within, and hits get their metadata."""
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+import re
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from sqlalchemy import select
 
 from .errors import UserError
 from .index import Index
-from .store import File, Item
+from .store import File, Item, Tag
+
+RRF_K = 60  # reciprocal-rank fusion constant (Cormack et al.)
 
 
 @dataclass
@@ -23,46 +27,144 @@ class Hit:
     end: float | None = None
     text: str | None = None
     offset: int | None = None
+    link_path: str | None = None
 
     def as_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
-def query_vector(index: Index, text: str | None = None, image: str | None = None, at: float | None = None) -> np.ndarray:
-    """One unit query vector from a text, an image file, or a video's frame at `at` seconds,
-    with the index's own model."""
-    if (text is None) == (image is None):
-        raise UserError("give a text query or --image PATH (exactly one)")
+@dataclass
+class Filters:
+    """Restrictions applied before ranking, so `k` hits come back whenever `k` match."""
+
+    kinds: set[str] | None = None
+    path_glob: str | None = None
+    after_ns: int | None = None  # file modification time
+    before_ns: int | None = None
+    tags: list[str] = field(default_factory=list)
+
+    def active(self) -> bool:
+        return bool(self.kinds or self.path_glob or self.after_ns or self.before_ns or self.tags)
+
+    def allowed_ids(self, index: Index) -> np.ndarray | None:
+        if not self.active():
+            return None
+        q = select(Item.id).join(File)
+        if self.kinds:
+            q = q.where(Item.kind.in_(self.kinds))
+        if self.path_glob:
+            pattern = self.path_glob if self.path_glob.startswith(("/", "*")) else "*" + self.path_glob
+            q = q.where(File.path.op("GLOB")(pattern))
+        if self.after_ns:
+            q = q.where(File.mtime_ns >= self.after_ns)
+        if self.before_ns:
+            q = q.where(File.mtime_ns < self.before_ns)
+        for tag in self.tags:
+            q = q.where(File.id.in_(select(Tag.file_id).where(Tag.label == tag)))
+        with index.session() as s:
+            return np.fromiter(s.scalars(q), dtype=np.int64)
+
+
+@dataclass
+class Part:
+    """One part of a (possibly fused) query: a text or a media file, with a signed weight."""
+
+    text: str | None = None
+    image: str | None = None
+    at: float | None = None
+    weight: float = 1.0
+
+
+def parse_compact(query: str) -> list[Part]:
+    """``2:beach + ref.jpg - people`` → parts; a part naming an existing file is an image part.
+    Only a query with `` + `` or `` - `` between parts is compact: plain text stays one part."""
+    if not re.search(r"\s[+-]\s", query):
+        return [Part(text=query)]
+    parts, sign = [], 1.0
+    for token in re.split(r"\s([+-])\s", query):
+        if token in ("+", "-"):
+            sign = 1.0 if token == "+" else -1.0
+            continue
+        m = re.match(r"^\s*(\d+(?:\.\d+)?):(.*)$", token)
+        weight, body = (float(m.group(1)), m.group(2).strip()) if m else (1.0, token.strip())
+        if body:
+            is_file = os.path.isfile(os.path.expanduser(body))
+            parts.append(Part(text=None if is_file else body, image=os.path.expanduser(body) if is_file else None,
+                              weight=sign * weight))
+    return parts
+
+
+def part_vector(index: Index, part: Part) -> np.ndarray:
+    """One unit vector for a text, an image file, or a video's frame at `part.at` seconds."""
     encoder = index.encoder()
-    if text is not None:
-        if not text.strip():
+    if part.text is not None:
+        if not part.text.strip():
             raise UserError("the text query is empty")
-        return encoder.encode_texts([text])[0]
+        return encoder.encode_texts([part.text])[0]
     from indexer.decode import DecodeError, load_image
     from indexer.scan import kind_of
     from indexer.video import frame_at
 
-    if not os.path.isfile(image):
-        raise UserError(f"query image {image} does not exist")
+    if not os.path.isfile(part.image):
+        raise UserError(f"query image {part.image} does not exist")
     try:
-        img = frame_at(image, at or 0.0) if kind_of(image) == "video" else load_image(image)
+        img = frame_at(part.image, part.at or 0.0) if kind_of(part.image) == "video" else load_image(part.image)
     except DecodeError as e:
-        raise UserError(f"cannot read query image {image}: {e}") from None
+        raise UserError(f"cannot read query image {part.image}: {e}") from None
     return encoder.encode_images([img])[0]
 
 
+def query_vector(index: Index, text: str | None = None, image: str | None = None, at: float | None = None) -> np.ndarray:
+    if (text is None) == (image is None):
+        raise UserError("give a text query or --image PATH (exactly one)")
+    return part_vector(index, Part(text=text, image=image, at=at))
+
+
+def early_fusion(vectors: list[np.ndarray], weights: list[float]) -> np.ndarray:
+    """Weighted sum of unit query vectors (negatives subtract), renormalised."""
+    v = np.sum([w * x for w, x in zip(weights, vectors)], axis=0)
+    norm = np.linalg.norm(v)
+    if norm < 1e-6:
+        raise UserError("the query parts cancel each other out")
+    return (v / norm).astype(np.float32)
+
+
+def fused_search(index: Index, parts: list[Part], k: int = 10, fusion: str = "early", **kw) -> list[Hit]:
+    """Search with several weighted parts. early: one search with the fused vector. late: each
+    positive part searched alone, lists merged by reciprocal-rank fusion; negative parts subtract
+    their own RRF credit."""
+    if not parts:
+        raise UserError("empty query")
+    if not any(p.weight > 0 for p in parts):
+        raise UserError("a query needs at least one positive part")
+    vectors = [part_vector(index, p) for p in parts]
+    if fusion == "early" or len(parts) == 1:
+        return search(index, early_fusion(vectors, [p.weight for p in parts]), k=k, **kw)
+    if fusion != "late":
+        raise UserError(f"--fusion must be early or late, not {fusion!r}")
+    depth = max(100, k * 10)
+    score: dict[int, float] = {}
+    for p, v in zip(parts, vectors):
+        for rank, h in enumerate(search(index, v, k=depth, **{**kw, "min_score": None})):
+            score[h.item_id] = score.get(h.item_id, 0.0) + p.weight / (RRF_K + rank + 1)
+    best = sorted((i for i in score if score[i] > 0), key=lambda i: -score[i])
+    hits = _group(_rows(index, [(i, score[i]) for i in best]), k, None, kw.get("per_video", 3))
+    return hits
+
+
 def search(index: Index, vector: np.ndarray, k: int = 10, min_score: float | None = None,
-           kinds: set[str] | None = None, per_video: int = 3) -> list[Hit]:
+           filters: Filters | None = None, per_video: int = 3) -> list[Hit]:
     """Best-first hits for a query vector.
 
-    Video moments are grouped: one hit per shot (its best keyframe), and at most `per_video`
-    moments per video. Filters are applied while fetching more candidates as needed, so `k`
-    hits come back whenever `k` match."""
-    total = index.vectors().ntotal
+    Video moments are grouped: one hit per shot (its best keyframe), at most `per_video` per
+    video. Filters restrict FAISS to the matching ids; more candidates are fetched while
+    grouping leaves fewer than `k`."""
+    allowed = (filters or Filters()).allowed_ids(index)
+    total = index.vectors().ntotal if allowed is None else len(allowed)
     fetch = k * 4 + 16
     while True:
-        found = index.search_vector(vector, min(fetch, total))
-        hits = _select(_rows(index, found), k, min_score, kinds, per_video)
+        found = index.search_vector(vector, min(fetch, total), allowed)
+        hits = _group(_rows(index, found), k, min_score, per_video)
         exhausted = len(found) >= total or (min_score is not None and found and found[-1][1] < min_score)
         if len(hits) >= k or exhausted:
             return hits[:k]
@@ -79,12 +181,12 @@ def _rows(index: Index, found: list[tuple[int, float]]) -> list[tuple[Item, str,
     return [(*rows[i], score) for i, score in found if i in rows]
 
 
-def _select(rows, k, min_score, kinds, per_video) -> list[Hit]:
+def _group(rows, k, min_score, per_video) -> list[Hit]:
     hits: list[Hit] = []
     shots_seen: set[tuple[int, float | None]] = set()
     per_file: dict[int, int] = {}
     for item, path, score in rows:
-        if (min_score is not None and score < min_score) or (kinds and item.kind not in kinds):
+        if min_score is not None and score < min_score:
             continue
         if item.kind == "video":
             shot = (item.file_id, item.start)
@@ -92,7 +194,14 @@ def _select(rows, k, min_score, kinds, per_video) -> list[Hit]:
                 continue
             shots_seen.add(shot)
             per_file[item.file_id] = per_file.get(item.file_id, 0) + 1
-        hits.append(Hit(path, round(score, 6), item.kind, item.id, item.timestamp, item.start, item.end, item.text, item.offset))
+        hits.append(Hit(path, round(score, 6), item.kind, item.id, item.timestamp, item.start, item.end,
+                        item.text, item.offset, item.link_path))
         if len(hits) >= k:
             break
     return hits
+
+
+def captions_of(index: Index, path: str) -> list[str]:
+    """Texts linked to a media file (its sidecar caption, caption-table rows)."""
+    with index.session() as s:
+        return list(s.scalars(select(Item.text).where(Item.link_path == path, Item.kind == "text")))

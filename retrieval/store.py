@@ -73,15 +73,36 @@ class Item(Base):
     end: Mapped[float | None] = mapped_column(Float)
     text: Mapped[str | None] = mapped_column(Text)
     offset: Mapped[int | None] = mapped_column(Integer)
+    #: for a caption: the image it describes (a sidecar .txt, or a table's path column)
+    link_path: Mapped[str | None] = mapped_column(Text, index=True)
     vector: Mapped[bytes] = mapped_column(LargeBinary)
     file: Mapped[File] = relationship(back_populates="items")
 
 
+class Tag(Base):
+    """A zero-shot label of an image or video, with its score (`mmsearch tag`)."""
+
+    __tablename__ = "tags"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    file_id: Mapped[int] = mapped_column(ForeignKey("files.id", ondelete="CASCADE"), index=True)
+    label: Mapped[str] = mapped_column(String, index=True)
+    score: Mapped[float] = mapped_column(Float)
+
+
 def _v1(conn: Connection) -> None:
-    Base.metadata.create_all(conn)
+    Base.metadata.create_all(conn)  # creates the current schema; later steps skip what exists
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1]
+def _v2(conn: Connection) -> None:
+    """Captions linked to images, and zero-shot tags."""
+    columns = {row[1] for row in conn.execute(text("PRAGMA table_info(items)"))}
+    if "link_path" not in columns:
+        conn.execute(text("ALTER TABLE items ADD COLUMN link_path TEXT"))
+        conn.execute(text("CREATE INDEX IF NOT EXISTS ix_items_link_path ON items (link_path)"))
+    Tag.__table__.create(conn, checkfirst=True)
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

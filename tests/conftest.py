@@ -74,7 +74,7 @@ class Cli:
     def __call__(self, *args: str, ok: bool = True):
         from cli.main import app
 
-        where = ["--index", str(self.index)] if args[0] in ("index", "search", "info") else []
+        where = ["--index", str(self.index)] if args[0] in ("index", "search", "info", "describe", "tag") else []
         r = self.runner.invoke(app, [args[0], *where, *args[1:]])
         if ok and r.exit_code != 0:
             raise AssertionError(f"mmsearch {' '.join(args)} -> {r.exit_code}\n{r.output}\n{r.exception!r}")

@@ -25,6 +25,16 @@ def _one_line_error(r) -> str:
     return lines[0]
 
 
+def test_usage_mistakes_are_one_line_too(tmp_path):
+    msg = _one_line_error(run_mmsearch("search", "- a cat", "--index", str(tmp_path)))
+    assert "no such option" in msg.lower()
+    msg = _one_line_error(run_mmsearch("search", "x", "-k", "zero", "--index", str(tmp_path)))
+    assert "-k" in msg
+    _one_line_error(run_mmsearch("frobnicate"))
+    r = run_mmsearch("--help")
+    assert r.returncode == 0 and "index" in r.stdout and "search" in r.stdout
+
+
 def test_missing_index_is_a_clean_error(tmp_path):
     msg = _one_line_error(run_mmsearch("search", "a cat", "--index", str(tmp_path / "nope")))
     assert "no index" in msg
@@ -72,8 +82,9 @@ def test_model_switch_needs_reindex(cli, tiny_clip, photos, tmp_path):
 
 def test_search_argument_mistakes(cli, tiny_clip, photos):
     cli("index", str(photos / "coffee.png"), "--model", tiny_clip)
-    for args in (("search",), ("search", "x", "--image", str(photos / "coffee.png")), ("search", "  "),
-                 ("search", "--image", "/no/such.jpg")):
+    for args in (("search",), ("search", "--not", "x"), ("search", "  "),
+                 ("search", "--image", "/no/such.jpg"), ("search", "x", "--fusion", "sideways", "--image", str(photos / "coffee.png")),
+                 ("search", "x", "--type", "sound"), ("search", "x", "--after", "yesterday"), ("search", "x", "--weight", "1", "--weight", "2")):
         r = cli(*args, ok=False)
         assert r.exit_code == 2 and r.stderr.startswith("mmsearch: error:"), (args, r.stderr)
 
