@@ -72,12 +72,10 @@ def index(
     json_out: bool = JsonOpt,
 ):
     """Index (or incrementally update) media folders: new, changed, renamed and deleted files."""
-    from indexer.run import index_paths
-    from retrieval.index import Index
+    from retrieval.api import SearchIndex
 
-    idx = Index(index, create=True)
-    summary = index_paths(
-        idx, paths or [], model, reindex=reindex, batch_size=batch_size, workers=workers,
+    summary = SearchIndex(index, create=True).add(
+        paths or [], model, reindex=reindex, batch_size=batch_size, workers=workers,
         exclude=exclude, hidden=hidden, max_pixels=max_pixels, max_gap=max_gap,
         text_column=text_column, path_column=path_column, progress=sys.stderr.isatty(),
     )
@@ -116,27 +114,18 @@ def search(
     fusion adds the weighted query vectors, which finds items that match all parts at once; late
     fusion searches each part alone and merges the rankings, which keeps items that match one
     part very well."""
+    from retrieval.api import SearchIndex
     from retrieval.errors import UserError
-    from retrieval.index import Index
-    from retrieval.search import Part, fused_search, parse_compact
 
-    idx = Index(index)
-    filters = _filters(kind, path, after, before, tag)
+    idx = SearchIndex(index)
+    filters = dict(kind=kind, path=path, after=after, before=before, tags=tag)
     if queries is not None:
         if query is not None or image:
             raise UserError("--queries cannot be combined with a query text or --image")
-        _batch_search(idx, queries, k, min_score, filters, per_video)
+        _batch_search(idx, queries, k, dict(filters, min_score=min_score, per_video=per_video))
         return
-    parts = (parse_compact(query) if query is not None else []) + [Part(image=p, at=at) for p in image]
-    if not parts:
-        raise UserError("give a text query, --image PATH, or --queries FILE")
-    positives = [p for p in parts if p.weight > 0]
-    if len(weight) > len(positives):
-        raise UserError(f"{len(weight)} --weight values for {len(positives)} positive parts")
-    for p, w in zip(positives, weight):
-        p.weight = w * p.weight
-    parts += [Part(text=t, weight=-1.0) for t in negative]
-    hits = fused_search(idx, parts, k=k, fusion=fusion, min_score=min_score, filters=filters, per_video=per_video)
+    hits = idx.search(query, image=image or None, at=at, negative=negative, weights=weight,
+                      fusion=fusion, k=k, min_score=min_score, per_video=per_video, **filters)
     _print_hits(hits, json_out)
 
 
@@ -148,26 +137,6 @@ def _print_hits(hits, json_out: bool) -> None:
         typer.echo("no results")
     for rank, h in enumerate(hits, 1):
         typer.echo(f"{rank:>3}  {h.score:6.3f}  {_where(h)}")
-
-
-def _filters(kind: str | None, path: str | None, after: str | None, before: str | None, tags: list[str]):
-    from datetime import datetime
-
-    from retrieval.errors import UserError
-    from retrieval.search import Filters
-
-    if kind is not None and kind not in ("image", "video", "text"):
-        raise UserError(f"--type must be image, video or text, not {kind!r}")
-
-    def ns(day: str | None, flag: str) -> int | None:
-        if day is None:
-            return None
-        try:
-            return min(int(datetime.fromisoformat(day).timestamp() * 1e9), 2**63 - 1)  # int64 nanoseconds end in 2262
-        except ValueError:
-            raise UserError(f"{flag} wants a date like 2024-06-30, not {day!r}") from None
-
-    return Filters({kind} if kind else None, path, ns(after, "--after"), ns(before, "--before"), list(tags))
 
 
 def _clock(seconds: float) -> str:
@@ -185,21 +154,17 @@ def _where(h) -> str:
     return f"{h.path} @ {_clock(h.timestamp)}{shot}"
 
 
-def _batch_search(idx, queries: str, k: int, min_score: float | None, filters, per_video: int) -> None:
+def _batch_search(idx, queries: str, k: int, options: dict) -> None:
     """One JSON line per query; texts are embedded in batches with the model loaded once."""
     from retrieval.errors import UserError
-    from retrieval.search import search as run_search
 
     try:
-        lines = [q.strip() for q in open(queries, encoding="utf-8", errors="replace") if q.strip()]
+        with open(queries, encoding="utf-8", errors="replace") as f:
+            lines = [q.strip() for q in f if q.strip()]
     except OSError as e:
         raise UserError(f"cannot read {queries}: {e.strerror}") from None
-    encoder = idx.encoder()
-    for start in range(0, len(lines), 64):
-        chunk = lines[start : start + 64]
-        for q, vec in zip(chunk, encoder.encode_texts(chunk)):
-            hits = run_search(idx, vec, k=k, min_score=min_score, filters=filters, per_video=per_video)
-            typer.echo(json.dumps({"query": q, "results": [h.as_dict() for h in hits]}))
+    for q, hits in zip(lines, idx.batch_search(lines, k=k, **options)):
+        typer.echo(json.dumps({"query": q, "results": [h.as_dict() for h in hits]}))
 
 
 @app.command()
@@ -293,14 +258,9 @@ def describe(
     json_out: bool = JsonOpt,
 ):
     """Caption an image by retrieval: the indexed texts that match it best."""
-    from retrieval.index import Index
-    from retrieval.search import Filters, Part, part_vector
-    from retrieval.search import search as run_search
+    from retrieval.api import SearchIndex
 
-    idx = Index(index)
-    hits = run_search(idx, part_vector(idx, Part(image=image, at=at)), k=k * 4, filters=Filters(kinds={"text"}))
-    seen: set[str] = set()
-    hits = [h for h in hits if not (h.text in seen or seen.add(h.text))][:k]
+    hits = SearchIndex(index).describe(image, k=k, at=at)
     if json_out:
         typer.echo(json.dumps([h.as_dict() for h in hits]))
         return
@@ -324,10 +284,10 @@ def tag(
 
     Image scores are a softmax over the labels; a video's are the share of its keyframes that
     each label wins. Tags then filter searches (`search --tag LABEL`) and show in `info`."""
-    from retrieval.index import Index
-    from retrieval.tags import read_labels, tag_files
+    from retrieval.api import SearchIndex
+    from retrieval.tags import read_labels
 
-    result = tag_files(Index(index), read_labels(labels), prompt, threshold, paths or None)
+    result = SearchIndex(index).tag(read_labels(labels), prompt, threshold, paths or None)
     if json_out:
         typer.echo(json.dumps(result))
         return
@@ -339,9 +299,9 @@ def tag(
 @user_errors
 def info(index: Optional[str] = IndexOpt, json_out: bool = JsonOpt):
     """Describe the index: model, item counts, skipped files, index type and size."""
-    from retrieval.index import Index
+    from retrieval.api import SearchIndex
 
-    data = Index(index).info()
+    data = SearchIndex(index).info()
     if json_out:
         typer.echo(json.dumps(data))
         return

@@ -4,6 +4,7 @@ Every failure becomes a `DecodeError` whose message is the reason recorded for t
 """
 from __future__ import annotations
 
+import io
 import os
 import warnings
 
@@ -27,8 +28,23 @@ def load_image(path: str | bytes | os.PathLike, max_pixels: int = DEFAULT_MAX_PI
     which is most of the decode cost for large photos. ``img.info["source_size"]`` keeps the
     full-resolution (oriented) size."""
     try:
-        if os.path.getsize(path) == 0:
-            raise DecodeError("empty file")
+        empty = os.path.getsize(path) == 0
+    except OSError as e:
+        raise DecodeError("permission denied" if isinstance(e, PermissionError) else f"unreadable: {e.strerror}") from None
+    if empty:
+        raise DecodeError("empty file")
+    return _decode(path, max_pixels, draft)
+
+
+def load_image_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """The same guarded decoding for an uploaded image."""
+    if not data:
+        raise DecodeError("empty file")
+    return _decode(io.BytesIO(data), max_pixels, None)
+
+
+def _decode(path, max_pixels: int, draft: int | None) -> Image.Image:
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             img = Image.open(path)

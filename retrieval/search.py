@@ -7,6 +7,7 @@ import re
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+from PIL import Image
 from sqlalchemy import select
 
 from .errors import UserError
@@ -73,6 +74,7 @@ class Part:
     image: str | None = None
     at: float | None = None
     weight: float = 1.0
+    pixels: Image.Image | None = None  # an already decoded image (an upload)
 
 
 def parse_compact(query: str) -> list[Part]:
@@ -101,6 +103,8 @@ def part_vector(index: Index, part: Part) -> np.ndarray:
         if not part.text.strip():
             raise UserError("the text query is empty")
         return encoder.encode_texts([part.text])[0]
+    if part.pixels is not None:
+        return encoder.encode_images([part.pixels])[0]
     from indexer.decode import DecodeError, load_image
     from indexer.scan import kind_of
     from indexer.video import frame_at
