@@ -317,6 +317,29 @@ def info(index: Optional[str] = IndexOpt, json_out: bool = JsonOpt):
         typer.echo(f"  {s['path']}: {s['reason']}")
 
 
+@app.command()
+@user_errors
+def serve(
+    index: Optional[str] = IndexOpt,
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; the default keeps the server on this machine."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535),
+    token: Optional[str] = typer.Option(None, "--token", envvar="MMSEARCH_TOKEN", help="Require `Authorization: Bearer TOKEN` on every route but /health."),
+    max_upload: int = typer.Option(20 << 20, "--max-upload", min=1, help="Largest accepted upload, in bytes."),
+    max_pixels: int = typer.Option(100_000_000, "--max-pixels", help="Largest accepted uploaded image, in pixels."),
+):
+    """Serve the HTTP API (OpenAPI at /docs) and a search page at / ."""
+    import uvicorn
+
+    from cli.server import create_app
+    from retrieval.api import SearchIndex
+
+    idx = SearchIndex(index)
+    if host not in ("127.0.0.1", "localhost", "::1") and not token:
+        typer.echo(f"mmsearch: warning: serving {idx.path} on {host} without --token: anyone who can reach it can search", err=True)
+    typer.echo(f"serving {idx.path} on http://{host}:{port}/  (API docs at /docs)", err=True)
+    uvicorn.run(create_app(idx, token=token, max_upload=max_upload, max_pixels=max_pixels), host=host, port=port, log_level="warning")
+
+
 def main() -> None:
     """Console entry point: like `app()`, but a usage mistake (unknown option, bad value) is one
     line on stderr too, as the command-line contract promises."""
