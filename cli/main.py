@@ -89,6 +89,18 @@ def index(
 
 @app.command()
 @user_errors
+def remove(
+    paths: List[str] = typer.Argument(..., help="Files or folders to forget."),
+    index: Optional[str] = IndexOpt,
+):
+    """Forget files or folders; later updates of their indexed parent folder leave them out."""
+    from retrieval.api import SearchIndex
+
+    typer.echo(f"removed {SearchIndex(index).remove(paths)} file(s)")
+
+
+@app.command()
+@user_errors
 def search(
     query: Optional[str] = typer.Argument(None, help="Text to search for, e.g. \"a dog on a beach\"; or a fused query such as \"2:beach + ref.jpg - people\"."),
     image: List[str] = typer.Option([], "--image", help="Search by example image (or a video: its frame at --at); repeatable."),

@@ -13,6 +13,7 @@ from typing import Iterable
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
+
 from retrieval.errors import UserError
 from retrieval.files import display_path
 from retrieval.index import Index
@@ -21,7 +22,7 @@ from retrieval.store import File, Item, bump_generation, pack, set_meta
 from .decode import DEFAULT_MAX_PIXELS
 from .embed import DecodeOptions, embedded
 from .plan import make_plan
-from .scan import Entry, scan
+from .scan import Entry, scan, under
 from .text import TextOptions
 
 
@@ -73,7 +74,10 @@ def index_paths(
     for r in roots:
         if not os.path.exists(r):
             raise UserError(f"{display_path(r)} does not exist")
-    if not roots:  # rescan everything indexed before; a vanished root is swept, not an error
+    removed = json.loads(index.meta("removed") or "[]")  # parts of roots taken out by SearchIndex.remove
+    if roots:  # naming a folder again brings back what was removed inside it
+        removed = [p for p in removed if not under(os.fsencode(p), roots)]
+    else:  # rescan everything indexed before; a vanished root is swept, not an error
         if not known:
             raise UserError("nothing to index: give one or more folders or files")
         roots = known
@@ -82,7 +86,7 @@ def index_paths(
     lazy = not reindex and index.model_spec is not None and model in (None, index.model_spec)
     encoder = None if lazy else index.encoder(model, reindex=reindex)
     summary = Summary()
-    entries = list(scan(roots, exclude, hidden))
+    entries = [e for e in scan(roots, exclude, hidden) if not under(e.key, removed)]
     with index.session() as s:
         plan = make_plan(s, entries, roots, workers, progress)
         summary.unchanged = plan.unchanged
@@ -96,6 +100,7 @@ def index_paths(
         for e, reason in plan.unreadable:
             _skip(s, e, reason, summary)
         set_meta(s, "roots", json.dumps(sorted(set(known) | set(roots))))
+        set_meta(s, "removed", json.dumps(removed))
         bump_generation(s)
         s.commit()
         summary.removed = len(plan.remove)

@@ -13,6 +13,7 @@ index is swapped atomically when another process commits, and the model is loade
 from __future__ import annotations
 
 import io
+import json
 import os
 from datetime import date, datetime
 from typing import Iterable, Sequence
@@ -22,7 +23,7 @@ from sqlalchemy import delete, select
 from .errors import UserError
 from .index import Index
 from .search import Filters, Hit, Part, fused_search, parse_compact, part_vector, search
-from .store import File, Item, Tag, bump_generation
+from .store import File, Item, Tag, bump_generation, get_meta, set_meta
 
 KINDS = ("image", "video", "text")
 
@@ -45,15 +46,24 @@ class SearchIndex:
         return index_paths(self.index, [os.path.expanduser(p) for p in paths], model, **options)
 
     def remove(self, paths: Iterable[str]) -> int:
-        """Forget files (and everything under folders); returns how many files were removed."""
+        """Forget files (and everything under folders), also for later updates of every root;
+        returns how many files were removed."""
         roots = [os.path.abspath(os.path.expanduser(p)) for p in paths]
+
+        def inside(path: str) -> bool:
+            return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
+
         with self.index.session() as s:
-            ids = [f.id for f in s.scalars(select(File)) if any(
-                f.path == r or f.path.startswith(r.rstrip("/") + "/") for r in roots)]
+            ids = [f.id for f in s.scalars(select(File)) if inside(f.path)]
+            known = json.loads(get_meta(s, "roots") or "[]")
+            set_meta(s, "roots", json.dumps([r for r in known if not inside(r)]))
+            # a removed part of a still-indexed folder stays out of later updates of that folder
+            removed = set(json.loads(get_meta(s, "removed") or "[]")) | {r for r in roots if r not in known}
+            set_meta(s, "removed", json.dumps(sorted(removed)))
             if ids:
                 s.execute(delete(File).where(File.id.in_(ids)))
                 bump_generation(s)
-                s.commit()
+            s.commit()
         return len(ids)
 
     # -- reading ------------------------------------------------------------------------------

@@ -71,3 +71,21 @@ def test_unchanged_run_does_not_load_the_model(cli, tiny_clip, photos, tmp_path,
 
     monkeypatch.setattr(index_module, "load_encoder", boom)
     assert cli.json("index", str(lib))["unchanged"] == 1
+
+
+def test_python_api_add_search_remove(tmp_path, tiny_clip, photos):
+    from retrieval import SearchIndex
+
+    lib = tmp_path / "lib"
+    (lib / "old").mkdir(parents=True)
+    shutil.copy2(photos / "coffee.png", lib / "coffee.png")
+    shutil.copy2(photos / "moon.png", lib / "old" / "moon.png")
+    idx = SearchIndex(tmp_path / "ix", create=True)
+    assert idx.add([str(lib)], tiny_clip, progress=False).new == 2
+    hit = idx.search(image=str(photos / "moon.png"), k=1)[0]
+    assert hit.path == str(lib / "old" / "moon.png") and idx.item(hit.item_id)["kind"] == "image"
+    assert idx.remove([str(lib / "old")]) == 1
+    assert [h.path for h in idx.search(image=str(photos / "moon.png"), k=5)] == [str(lib / "coffee.png")]
+    assert idx.add(progress=False).new == 0  # updating every root does not bring the removed folder back
+    assert idx.info()["items"]["image"] == 1
+    assert idx.add([str(lib)], progress=False).new == 1  # naming the folder again brings it back
