@@ -69,6 +69,7 @@ def index(
     max_gap: float = typer.Option(4.0, "--max-gap", min=0.1, help="Videos: longest stretch of a shot without a keyframe, in seconds."),
     text_column: Optional[str] = typer.Option(None, "--text-column", help="Caption tables (.csv/.jsonl/.parquet): the text column [default: caption/text/title/description]."),
     path_column: Optional[str] = typer.Option(None, "--path-column", help="Caption tables: a column naming the image each caption describes."),
+    index_type: Optional[str] = typer.Option(None, "--index-type", help="FAISS index: auto (by size and memory), flat (exact), hnsw or ivfpq; remembered."),
     json_out: bool = JsonOpt,
 ):
     """Index (or incrementally update) media folders: new, changed, renamed and deleted files."""
@@ -77,7 +78,7 @@ def index(
     summary = SearchIndex(index, create=True).add(
         paths or [], model, reindex=reindex, batch_size=batch_size, workers=workers,
         exclude=exclude, hidden=hidden, max_pixels=max_pixels, max_gap=max_gap,
-        text_column=text_column, path_column=path_column, progress=sys.stderr.isatty(),
+        text_column=text_column, path_column=path_column, index_type=index_type, progress=sys.stderr.isatty(),
     )
     if json_out:
         typer.echo(json.dumps(summary.as_dict()))
@@ -320,7 +321,9 @@ def info(index: Optional[str] = IndexOpt, json_out: bool = JsonOpt):
     typer.echo(f"index      {data['index']}")
     typer.echo(f"model      {data['model']}  ({data['model_identity']}, {data['dim']}-d)")
     typer.echo("items      " + ", ".join(f"{n} {k}" for k, n in data["items"].items()))
-    typer.echo(f"vectors    {data['vectors']} in {data['index_type']}")
+    plan = data["index_plan"]
+    tuned = f", {plan['param']}={plan['value']} for recall@10 {plan['recall']:.3f}" if plan["param"] else ""
+    typer.echo(f"vectors    {data['vectors']} in {data['index_type']} ({plan['reason']}{tuned})")
     typer.echo(f"size       {data['size_bytes'] / 1e6:.1f} MB")
     if data["tags"]:
         typer.echo("tags       " + ", ".join(f"{label} {n}" for label, n in data["tags"].items()))

@@ -66,6 +66,7 @@ def index_paths(
     max_gap: float = 4.0,
     text_column: str | None = None,
     path_column: str | None = None,
+    index_type: str | None = None,
     progress: bool = True,
 ) -> Summary:
     start = time.perf_counter()
@@ -82,6 +83,10 @@ def index_paths(
             raise UserError("nothing to index: give one or more folders or files")
         roots = known
     workers = workers or default_workers()
+    if index_type not in (None, "auto", "flat", "hnsw", "ivfpq"):
+        raise UserError(f"--index-type must be auto, flat, hnsw or ivfpq, not {index_type!r}")
+    retype = index_type is not None and index_type != (index.meta("index_type") or "auto")
+    generation = index.generation()
     # an unchanged folder must not pay for loading the model: check it eagerly only when it may differ
     lazy = not reindex and index.model_spec is not None and model in (None, index.model_spec)
     encoder = None if lazy else index.encoder(model, reindex=reindex)
@@ -101,7 +106,8 @@ def index_paths(
             _skip(s, e, reason, summary)
         set_meta(s, "roots", json.dumps(sorted(set(known) | set(roots))))
         set_meta(s, "removed", json.dumps(removed))
-        bump_generation(s)
+        if plan.remove or plan.reuse or plan.broken or plan.unreadable:
+            bump_generation(s)
         s.commit()
         summary.removed = len(plan.remove)
         summary.reused = len(plan.reuse)
@@ -121,7 +127,12 @@ def index_paths(
                     summary.embedded += 1
             bump_generation(s)
             s.commit()
-    index.vectors()  # leave a fresh FAISS file behind so the first query is fast
+    if retype:
+        with index.session() as s:
+            set_meta(s, "index_type", index_type)
+            s.commit()
+    # leave the FAISS index of this generation behind, built by the policy, so queries are fast
+    index.vectors(rebuild=retype or index.generation() != generation)
     summary.seconds = time.perf_counter() - start
     return summary
 

@@ -7,6 +7,7 @@ crash between a database commit and a FAISS write can never leave the two out of
 from __future__ import annotations
 
 import glob
+import json
 import os
 import threading
 from pathlib import Path
@@ -19,7 +20,16 @@ from sqlalchemy.orm import Session
 
 from .encoders import DEFAULT_MODEL, Encoder, load_encoder
 from .errors import ModelLoadError, UserError
+from .policy import RERANK, IndexPlan, build, choose_index, search_params, tune
 from .store import DB_NAME, File, Item, Tag, bump_generation, get_meta, load_vectors, open_engine, set_meta
+
+
+def _read_plan(fn: str) -> IndexPlan | None:
+    try:
+        with open(fn + ".json") as f:
+            return IndexPlan(**json.load(f))
+    except (OSError, ValueError, TypeError):
+        return None
 
 
 def default_index_dir() -> str:
@@ -34,7 +44,7 @@ class Index:
                 raise UserError(f"no index at {self.path}; run `mmsearch index PATH...` first (or pass --index DIR)")
             os.makedirs(self.path, exist_ok=True)
         self.engine = open_engine(self.path)
-        self._faiss: tuple[str, faiss.Index] | None = None
+        self._faiss: tuple[str, faiss.Index, IndexPlan] | None = None
         self._lock = threading.Lock()
 
     def session(self) -> Session:
@@ -75,47 +85,81 @@ class Index:
     def generation(self) -> str:
         return self.meta("generation") or "0"
 
-    def vectors(self) -> faiss.Index:
-        """The FAISS index for the current generation, loading or rebuilding the cache file."""
+    @property
+    def plan(self) -> IndexPlan:
+        self.vectors()
+        return self._faiss[2]
+
+    def vectors(self, rebuild: bool = False) -> faiss.Index:
+        """The FAISS index of the current generation, loaded or built from the stored vectors.
+
+        An exact (flat) index is rebuilt by whoever first needs a new generation: it is cheap.
+        An approximate one is rebuilt by the indexer at the end of its run (`rebuild=True`);
+        until then readers keep using the newest file there is — results stay correct, since
+        candidates are re-ranked from the store and deleted items dropped."""
         with self._lock:
             gen = self.generation()
-            if self._faiss and self._faiss[0] == gen:
+            if self._faiss and self._faiss[0] == gen and not rebuild:
                 return self._faiss[1]
             fn = os.path.join(self.path, f"vectors-{gen}.faiss")
-            if os.path.exists(fn):
-                index = faiss.read_index(fn)
+            if not os.path.exists(fn) and not rebuild:
+                older = sorted(glob.glob(os.path.join(self.path, "vectors-*.faiss")), key=os.path.getmtime)
+                stale = _read_plan(older[-1]) if older else None
+                if stale and stale.kind != "flat":
+                    fn = older[-1]
+            plan = _read_plan(fn) if os.path.exists(fn) and not rebuild else None
+            if plan is not None:
+                flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if plan.kind == "ivfpq" else 0
+                index = faiss.read_index(fn, flags)
             else:
-                index = self._build(fn)
-            self._faiss = (gen, index)
+                index, plan = self._build(fn)
+            self._faiss = (gen, index, plan)
             return index
 
-    def _build(self, fn: str) -> faiss.Index:
+    def _build(self, fn: str) -> tuple[faiss.Index, IndexPlan]:
         with self.session() as s:
             ids, vecs = load_vectors(s)
         dim = vecs.shape[1] if len(vecs) else int(self.meta("dim") or 1)
-        index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
-        if len(ids):
-            index.add_with_ids(vecs, ids)
+        plan = choose_index(len(ids), dim, kind=self.meta("index_type") or "auto")
+        if len(ids) < 2 * RERANK * 10:  # too few vectors to train or tune anything
+            plan = choose_index(len(ids), dim, kind="flat")
+        index = build(plan, ids, vecs if len(vecs) else np.zeros((0, dim), np.float32))
+        plan = tune(plan, index, vecs)
         try:  # a read-only index directory still answers from memory
             tmp = f"{fn}.{os.getpid()}.tmp"
             faiss.write_index(index, tmp)
+            with open(tmp + ".json", "w") as f:
+                json.dump(plan.as_dict(), f)
+            os.replace(tmp + ".json", fn + ".json")
             os.replace(tmp, fn)
             for old in glob.glob(os.path.join(self.path, "vectors-*.faiss")):
                 if old != fn:
-                    os.remove(old)
+                    for stale in (old, old + ".json"):
+                        if os.path.exists(stale):
+                            os.remove(stale)
         except OSError:
             pass
-        return index
+        return index, plan
 
     def search_vector(self, query: np.ndarray, k: int, allowed: np.ndarray | None = None) -> list[tuple[int, float]]:
-        """Top-k (item id, score); `allowed` restricts the search to those ids inside FAISS."""
+        """Top-k (item id, score); `allowed` restricts the search to those ids inside FAISS.
+        Approximate indexes return RERANK × k candidates, re-scored exactly from the store."""
         index = self.vectors()
+        plan = self._faiss[2]
         if index.ntotal == 0 or k <= 0 or (allowed is not None and len(allowed) == 0):
             return []
-        params = None if allowed is None else faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed.astype(np.int64)))
-        n = min(k, index.ntotal if allowed is None else len(allowed))
-        scores, ids = index.search(np.asarray(query, np.float32).reshape(1, -1), n, params=params)
-        return [(int(i), float(sc)) for i, sc in zip(ids[0], scores[0]) if i >= 0]
+        sel = None if allowed is None else faiss.IDSelectorBatch(allowed.astype(np.int64))
+        fetch = k if plan.kind == "flat" else k * RERANK
+        n = min(fetch, index.ntotal if allowed is None else len(allowed))
+        q = np.asarray(query, np.float32).reshape(1, -1)
+        scores, ids = index.search(q, n, params=search_params(plan, sel))
+        found = [(int(i), float(sc)) for i, sc in zip(ids[0], scores[0]) if i >= 0]
+        if plan.kind == "flat":
+            return found
+        with self.session() as s:
+            rows = s.execute(select(Item.id, Item.vector).where(Item.id.in_([i for i, _ in found]))).all()
+        exact = [(i, float(np.frombuffer(v, np.float32) @ q[0])) for i, v in rows]
+        return sorted(exact, key=lambda t: -t[1])[:k]
 
     # -- description --------------------------------------------------------------------------
     def info(self) -> dict:
@@ -138,6 +182,7 @@ class Index:
             "files": {k: files.get(k, 0) for k in ("image", "video", "text")},
             "vectors": int(index.ntotal),
             "index_type": type(faiss.downcast_index(index.index)).__name__ if hasattr(index, "index") else type(index).__name__,
+            "index_plan": self._faiss[2].as_dict(),
             "tags": tags,
             "skipped": skipped,
             "size_bytes": sum(sizes.values()),

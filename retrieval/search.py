@@ -167,9 +167,10 @@ def search(index: Index, vector: np.ndarray, k: int = 10, min_score: float | Non
     total = index.vectors().ntotal if allowed is None else len(allowed)
     fetch = k * 4 + 16
     while True:
-        found = index.search_vector(vector, min(fetch, total), allowed)
+        n = min(fetch, total)
+        found = index.search_vector(vector, n, allowed)
         hits = _group(_rows(index, found), k, min_score, per_video)
-        exhausted = len(found) >= total or (min_score is not None and found and found[-1][1] < min_score)
+        exhausted = n >= total or (min_score is not None and found and found[-1][1] < min_score)
         if len(hits) >= k or exhausted:
             return hits[:k]
         fetch *= 4

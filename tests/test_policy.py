@@ -1,0 +1,74 @@
+"""The index policy: which FAISS index for which collection, and recall tuning at small scale."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from retrieval.policy import TARGET_RECALL, build, choose_index, tune
+
+GiB = 1 << 30
+
+
+def clustered(n: int, d: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((64, d)).astype(np.float32)
+    x = centres[rng.integers(0, 64, n)] + 0.7 * rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("n, dim, budget, kind", [
+    (1_000, 512, 8 * GiB, "flat"),
+    (49_999, 768, 8 * GiB, "flat"),
+    (200_000, 512, 8 * GiB, "hnsw"),
+    (2_000_000, 512, 8 * GiB, "hnsw"),  # 4.6 GiB of vectors and links
+    (4_000_000, 768, 8 * GiB, "ivfpq"),  # 13 GiB would not fit
+    (10_000_000, 512, 20 * GiB, "ivfpq"),
+    (100_000, 512, 100 << 20, "ivfpq"),  # a tight budget forces compression even for small sets
+])
+def test_choice_follows_size_and_budget(n, dim, budget, kind):
+    plan = choose_index(n, dim, budget)
+    assert plan.kind == kind, plan
+    if kind == "ivfpq":
+        m = int(plan.factory.split("PQ")[1])
+        assert n * (m + 16) <= budget and dim % m == 0 and dim // m >= 4
+        nlist = int(plan.factory.split(",")[0][3:].split("_")[0])
+        assert nlist <= n // 39 and ("HNSW" in plan.factory) == (nlist >= 16384)
+
+
+def test_override_forces_a_family():
+    assert choose_index(100, 64, kind="hnsw").kind == "hnsw"
+    assert choose_index(10_000_000, 512, kind="flat").kind == "flat"
+
+
+@pytest.mark.parametrize("kind, n", [("hnsw", 20_000), ("ivfpq", 20_000)])
+def test_tuning_reaches_target_recall_with_the_smallest_setting(kind, n):
+    x = clustered(n, 64)
+    plan = choose_index(n, 64, kind=kind)
+    index = build(plan, np.arange(n, dtype=np.int64) + 7, x)
+    tuned = tune(plan, index, x)
+    assert tuned.recall >= TARGET_RECALL, tuned
+    if tuned.value > 8:  # half the setting would have missed the target
+        half = tune(type(tuned)(**{**tuned.as_dict(), "value": None}), index, x, target=1.01)
+        assert half.value >= tuned.value
+
+
+def test_approximate_index_end_to_end(cli, tiny_clip, photos, tmp_path):
+    from PIL import Image
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(90):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(lib / f"n{i:02}.png")
+    cli("index", str(lib), "--model", tiny_clip, "--index-type", "hnsw")
+    info = cli.json("info")
+    assert info["index_plan"]["kind"] == "hnsw" and info["index_type"] == "IndexHNSWFlat"
+    for p in sorted(lib.iterdir())[:10]:  # exact re-ranking: an item queried by itself scores 1.0
+        hit = cli.json("search", "--image", str(p), "-k", "1")[0]
+        assert hit["path"] == str(p) and abs(hit["score"] - 1) < 1e-4
+    (lib / "n00.png").unlink()
+    cli("index", str(lib))
+    assert cli.json("info")["index_plan"]["kind"] == "hnsw"  # the choice is remembered
+    assert str(lib / "n00.png") not in [h["path"] for h in cli.json("search", "x", "-k", "100")]
+    cli("index", "--index-type", "auto")
+    assert cli.json("info")["index_plan"]["kind"] == "flat"
