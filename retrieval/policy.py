@@ -82,28 +82,29 @@ def search_params(plan: IndexPlan, sel: faiss.IDSelector | None = None):
 def tune(plan: IndexPlan, index: faiss.Index, vecs: np.ndarray, target: float = TARGET_RECALL,
          queries: int = 200, k: int = 10) -> IndexPlan:
     """Smallest efSearch / nprobe whose recall@k against exact search reaches `target`, measured
-    on held-out queries (stored vectors with noise, so a query is never its own answer)."""
-    if plan.param is None or len(vecs) <= k:
+    on held-out queries: stored vectors searched as new ones (their own entry left out), which
+    is how a query near the collection behaves."""
+    if plan.param is None or len(vecs) <= k + 1:
         plan.recall = 1.0
         return plan
     rng = np.random.default_rng(1)
-    q = vecs[rng.choice(len(vecs), min(queries, len(vecs)), replace=False)]
-    q = q + 0.3 * rng.standard_normal(q.shape).astype(np.float32) / math.sqrt(q.shape[1])
-    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    rows_q = rng.choice(len(vecs), min(queries, len(vecs)), replace=False)
+    q = vecs[rows_q]
     exact = faiss.IndexFlatIP(vecs.shape[1])
     exact.add(vecs)
-    truth = exact.search(q, k)[1]
+    truth = [[t for t in row if t != self][:k] for row, self in zip(exact.search(q, k + 1)[1], rows_q)]
     id_map = faiss.vector_to_array(index.id_map)
     limit = 1024 if plan.param == "efSearch" else faiss.extract_index_ivf(index.index).nlist
     value = 8
     while True:
         plan.value = value
-        found = index.search(q, k * RERANK, params=search_params(plan))[1]
+        found = index.search(q, (k + 1) * RERANK, params=search_params(plan))[1]
         # map external ids back to row numbers (build() adds rows in order)
         pos = {int(i): r for r, i in enumerate(id_map)}
         rows = [[pos.get(int(i), -1) for i in f] for f in found]
         # what Index.search_vector returns: candidates re-ranked exactly
-        rows = [sorted((r for r in rr if r >= 0), key=lambda r: -float(vecs[r] @ qq))[:k] for rr, qq in zip(rows, q)]
+        rows = [sorted((r for r in rr if r >= 0 and r != self), key=lambda r: -float(vecs[r] @ qq))[:k]
+                for rr, qq, self in zip(rows, q, rows_q)]
         plan.recall = float(np.mean([len(set(r[:k]) & set(t)) / k for r, t in zip(rows, truth)]))
         if plan.recall >= target or value >= limit:
             return plan
