@@ -60,7 +60,7 @@ def main() -> None:
         lat, hits, flat_lat = [], 0, []
         for i in range(len(q)):
             t = time.perf_counter()
-            ids = index.search(q[i : i + 1], 10 * (1 if plan.kind == "flat" else RERANK), params=search_params(plan))[1][0]
+            ids = index.search(q[i : i + 1], 10 * RERANK[plan.kind], params=search_params(plan))[1][0]
             ids = ids[ids >= 0]
             top = ids[np.argsort(-(x[ids] @ q[i]))][:10]  # the exact re-ranking
             lat.append(time.perf_counter() - t)

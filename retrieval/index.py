@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from .encoders import DEFAULT_MODEL, Encoder, load_encoder
 from .errors import ModelLoadError, UserError
-from .policy import RERANK, IndexPlan, build, choose_index, search_params, tune
+from .policy import MIN_VECTORS, RERANK, IndexPlan, build, choose_index, search_params, tune
 from .store import DB_NAME, File, Item, Tag, bump_generation, get_meta, load_vectors, open_engine, set_meta
 
 
@@ -121,7 +121,7 @@ class Index:
             ids, vecs = load_vectors(s)
         dim = vecs.shape[1] if len(vecs) else int(self.meta("dim") or 1)
         plan = choose_index(len(ids), dim, kind=self.meta("index_type") or "auto")
-        if len(ids) < 2 * RERANK * 10:  # too few vectors to train or tune anything
+        if len(ids) < MIN_VECTORS[plan.kind]:  # too few to train or tune it: exact it is
             plan = choose_index(len(ids), dim, kind="flat")
         index = build(plan, ids, vecs if len(vecs) else np.zeros((0, dim), np.float32))
         plan = tune(plan, index, vecs)
@@ -143,13 +143,13 @@ class Index:
 
     def search_vector(self, query: np.ndarray, k: int, allowed: np.ndarray | None = None) -> list[tuple[int, float]]:
         """Top-k (item id, score); `allowed` restricts the search to those ids inside FAISS.
-        Approximate indexes return RERANK × k candidates, re-scored exactly from the store."""
+        Approximate indexes return RERANK[kind] × k candidates, re-scored exactly from the store."""
         index = self.vectors()
         plan = self._faiss[2]
         if index.ntotal == 0 or k <= 0 or (allowed is not None and len(allowed) == 0):
             return []
         sel = None if allowed is None else faiss.IDSelectorBatch(allowed.astype(np.int64))
-        fetch = k if plan.kind == "flat" else k * RERANK
+        fetch = k * RERANK[plan.kind]
         n = min(fetch, index.ntotal if allowed is None else len(allowed))
         q = np.asarray(query, np.float32).reshape(1, -1)
         scores, ids = index.search(q, n, params=search_params(plan, sel))
