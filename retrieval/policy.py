@@ -12,7 +12,6 @@ reaches the target, so the search is as fast as the target allows.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import asdict, dataclass
 
 import faiss
@@ -114,13 +113,3 @@ def tune(plan: IndexPlan, index: faiss.Index, vecs: np.ndarray, target: float = 
             return plan
         value *= 2
 
-
-def latency_ms(plan: IndexPlan, index: faiss.Index, queries: np.ndarray, k: int = 10) -> tuple[float, float]:
-    """p50 and p99 single-query latency (ms) with the tuned parameters."""
-    times = []
-    params = search_params(plan)
-    for q in queries:
-        t = time.perf_counter()
-        index.search(q[None], k, params=params)
-        times.append((time.perf_counter() - t) * 1000)
-    return float(np.percentile(times, 50)), float(np.percentile(times, 99))
