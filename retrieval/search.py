@@ -118,12 +118,6 @@ def part_vector(index: Index, part: Part) -> np.ndarray:
     return encoder.encode_images([img])[0]
 
 
-def query_vector(index: Index, text: str | None = None, image: str | None = None, at: float | None = None) -> np.ndarray:
-    if (text is None) == (image is None):
-        raise UserError("give a text query or --image PATH (exactly one)")
-    return part_vector(index, Part(text=text, image=image, at=at))
-
-
 def early_fusion(vectors: list[np.ndarray], weights: list[float]) -> np.ndarray:
     """Weighted sum of unit query vectors (negatives subtract), renormalised."""
     v = np.sum([w * x for w, x in zip(weights, vectors)], axis=0)
@@ -205,8 +199,3 @@ def _group(rows, k, min_score, per_video) -> list[Hit]:
             break
     return hits
 
-
-def captions_of(index: Index, path: str) -> list[str]:
-    """Texts linked to a media file (its sidecar caption, caption-table rows)."""
-    with index.session() as s:
-        return list(s.scalars(select(Item.text).where(Item.link_path == path, Item.kind == "text")))
