@@ -44,7 +44,7 @@ class Index:
                 raise UserError(f"no index at {self.path}; run `mmsearch index PATH...` first (or pass --index DIR)")
             os.makedirs(self.path, exist_ok=True)
         self.engine = open_engine(self.path)
-        self._faiss: tuple[str, faiss.Index, IndexPlan] | None = None
+        self._faiss: tuple[str, faiss.Index, IndexPlan] | None = None  # (file, index, plan)
         self._lock = threading.Lock()
 
     def session(self) -> Session:
@@ -85,11 +85,6 @@ class Index:
     def generation(self) -> str:
         return self.meta("generation") or "0"
 
-    @property
-    def plan(self) -> IndexPlan:
-        self.vectors()
-        return self._faiss[2]
-
     def vectors(self, rebuild: bool = False) -> faiss.Index:
         """The FAISS index of the current generation, loaded or built from the stored vectors.
 
@@ -99,9 +94,12 @@ class Index:
         candidates are re-ranked from the store and deleted items dropped."""
         with self._lock:
             gen = self.generation()
-            if self._faiss and self._faiss[0] == gen and not rebuild:
-                return self._faiss[1]
             fn = os.path.join(self.path, f"vectors-{gen}.faiss")
+            if self._faiss and self._faiss[0] == fn and not rebuild:
+                return self._faiss[1]
+            if self._faiss and self._faiss[0] != fn and not os.path.exists(fn) and not rebuild \
+                    and self._faiss[2].kind != "flat":
+                return self._faiss[1]  # still the newest built: the indexer has not finished yet
             if not os.path.exists(fn) and not rebuild:
                 older = sorted(glob.glob(os.path.join(self.path, "vectors-*.faiss")), key=os.path.getmtime)
                 stale = _read_plan(older[-1]) if older else None
@@ -113,7 +111,7 @@ class Index:
                 index = faiss.read_index(fn, flags)
             else:
                 index, plan = self._build(fn)
-            self._faiss = (gen, index, plan)
+            self._faiss = (fn, index, plan)
             return index
 
     def _build(self, fn: str) -> tuple[faiss.Index, IndexPlan]:

@@ -72,3 +72,30 @@ def test_approximate_index_end_to_end(cli, tiny_clip, photos, tmp_path):
     assert str(lib / "n00.png") not in [h["path"] for h in cli.json("search", "x", "-k", "100")]
     cli("index", "--index-type", "auto")
     assert cli.json("info")["index_plan"]["kind"] == "flat"
+
+
+def test_readers_keep_a_stale_approximate_index_until_the_indexer_rebuilds(tiny_clip, tmp_path):
+    import glob
+
+    from PIL import Image
+
+    from retrieval import SearchIndex
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    rng = np.random.default_rng(5)
+    for i in range(60):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(lib / f"n{i:02}.png")
+    writer = SearchIndex(tmp_path / "ix", create=True)
+    writer.add([str(lib)], tiny_clip, index_type="hnsw", progress=False)
+    reader = SearchIndex(tmp_path / "ix")
+    assert reader.info()["index_plan"]["kind"] == "hnsw"
+    gone = lib / "n00.png"
+    assert writer.remove([str(gone)]) == 1  # a commit with no rebuild behind it
+    files = glob.glob(str(tmp_path / "ix" / "vectors-*.faiss"))
+    hits = reader.search(image=str(gone), k=60)
+    assert len(hits) == 59 and str(gone) not in [h.path for h in hits]  # correct from the stale index
+    assert glob.glob(str(tmp_path / "ix" / "vectors-*.faiss")) == files  # and the reader built nothing
+    Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(lib / "new.png")
+    writer.add([str(lib)], progress=False)  # the indexer rebuilds at the end of its run
+    assert reader.search(image=str(lib / "new.png"), k=1)[0].path == str(lib / "new.png")
