@@ -20,7 +20,6 @@ from retrieval.index import Index
 from retrieval.store import File, Item, bump_generation, pack, set_meta
 
 from .decode import DEFAULT_MAX_PIXELS
-from .embed import DecodeOptions, embedded
 from .plan import make_plan
 from .scan import Entry, scan, under
 from .text import TextOptions
@@ -113,20 +112,21 @@ def index_paths(
         summary.reused = len(plan.reuse)
         for e, _, _ in plan.reuse:
             _count(summary, e, plan.new_paths)
-        if plan.embed and encoder is None:
-            encoder = index.encoder()
-        opts = DecodeOptions(max_pixels, max_gap, TextOptions(text_column, path_column))
-        batches = embedded(plan.embed, encoder, opts, batch_size=batch_size, workers=workers, progress=progress)
-        for batch in batches:
-            for d in batch:
-                if d.error:
-                    _skip(s, d.entry, d.error, summary)
-                else:
-                    _write(s, d.entry, d.digest, [{**it, "vector": pack(it["vector"])} for it in d.items()], d.size)
-                    _count(summary, d.entry, plan.new_paths)
-                    summary.embedded += 1
-            bump_generation(s)
-            s.commit()
+        if plan.embed:  # torch and the model load only when there is something to embed
+            from .embed import DecodeOptions, embedded
+
+            encoder = encoder or index.encoder()
+            opts = DecodeOptions(max_pixels, max_gap, TextOptions(text_column, path_column))
+            for batch in embedded(plan.embed, encoder, opts, batch_size=batch_size, workers=workers, progress=progress):
+                for d in batch:
+                    if d.error:
+                        _skip(s, d.entry, d.error, summary)
+                    else:
+                        _write(s, d.entry, d.digest, [{**it, "vector": pack(it["vector"])} for it in d.items()], d.size)
+                        _count(summary, d.entry, plan.new_paths)
+                        summary.embedded += 1
+                bump_generation(s)
+                s.commit()
     if retype:
         with index.session() as s:
             set_meta(s, "index_type", index_type)

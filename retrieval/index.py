@@ -11,6 +11,7 @@ import json
 import os
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import faiss
 import numpy as np
@@ -18,10 +19,13 @@ import platformdirs
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from .encoders import DEFAULT_MODEL, Encoder, load_encoder
+from .encoders import DEFAULT_MODEL, load_encoder
 from .errors import ModelLoadError, UserError
 from .policy import MIN_VECTORS, RERANK, IndexPlan, build, choose_index, search_params, tune
 from .store import DB_NAME, File, Item, Tag, bump_generation, get_meta, load_vectors, open_engine, set_meta
+
+if TYPE_CHECKING:
+    from .encoders.base import Encoder
 
 
 def _read_plan(fn: str) -> IndexPlan | None:

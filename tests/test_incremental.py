@@ -89,3 +89,21 @@ def test_python_api_add_search_remove(tmp_path, tiny_clip, photos):
     assert idx.add(progress=False).new == 0  # updating every root does not bring the removed folder back
     assert idx.info()["items"]["image"] == 1
     assert idx.add([str(lib)], progress=False).new == 1  # naming the folder again brings it back
+
+
+def test_unchanged_run_does_not_even_import_torch(cli, tiny_clip, photos, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    shutil.copy2(photos / "coffee.png", lib / "coffee.png")
+    cli("index", str(lib), "--model", tiny_clip)
+    code = ("import sys\nfrom cli.main import main\nsys.argv = ['mmsearch', 'index', sys.argv[1], '--index', sys.argv[2]]\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
+            "assert 'torch' not in sys.modules, 'torch imported'\n")
+    r = subprocess.run([sys.executable, "-c", code, str(lib), str(cli.index)], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "1 unchanged" in r.stdout

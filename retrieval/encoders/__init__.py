@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
-from .base import Encoder, ModelLoadError
+from ..errors import ModelLoadError
+
+if TYPE_CHECKING:  # torch loads only with a model: a no-op `mmsearch index` stays fast
+    from .base import Encoder
 
 DEFAULT_MODEL = "lite"
 
@@ -21,6 +25,14 @@ def load_encoder(spec: str | None = None) -> Encoder:
 
         return OpenClipEncoder(spec)
     raise ModelLoadError(f"unknown model {spec!r}: use 'lite' (default, offline) or open_clip:ARCH:TAG or open_clip:ARCH:/path/to/checkpoint.pt")
+
+
+def __getattr__(name: str):
+    if name == "Encoder":
+        from .base import Encoder
+
+        return Encoder
+    raise AttributeError(name)
 
 
 __all__ = ["DEFAULT_MODEL", "Encoder", "ModelLoadError", "load_encoder"]
