@@ -13,10 +13,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from tqdm import tqdm
 
-from retrieval.files import file_digest
+from retrieval.files import file_digest, under
 from retrieval.store import File, Item, files_by_key
 
-from .scan import Entry, under
+from .scan import Entry
 
 
 @dataclass

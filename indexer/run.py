@@ -15,13 +15,13 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from retrieval.errors import UserError
-from retrieval.files import display_path
+from retrieval.files import display_path, under
 from retrieval.index import Index
 from retrieval.store import File, Item, bump_generation, pack, set_meta
 
 from .decode import DEFAULT_MAX_PIXELS
 from .plan import make_plan
-from .scan import Entry, scan, under
+from .scan import Entry, scan
 from .text import TextOptions
 
 

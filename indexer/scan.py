@@ -81,12 +81,3 @@ def scan(roots: Iterable[str], exclude: Iterable[str] = (), hidden: bool = False
                 kind = kind_of(name)
                 if kind and (hidden or not name.startswith(".")) and not _excluded(path, name, exclude):
                     yield _entry(path, kind)
-
-
-def under(key: bytes, roots: Iterable[str]) -> bool:
-    """Whether a stored path (bytes) lies inside one of the scanned roots."""
-    for root in roots:
-        r = os.fsencode(os.path.abspath(root))
-        if key == r or key.startswith(r.rstrip(b"/") + b"/"):
-            return True
-    return False

@@ -71,14 +71,10 @@ def passages(body: str) -> list[tuple[int, str]]:
 
 
 def _table(path: str, opts: TextOptions) -> list[dict]:
-    import pandas as pd
-
-    from retrieval.pairs import CAPTION_COLUMNS, IMAGE_COLUMNS
+    from retrieval.pairs import CAPTION_COLUMNS, IMAGE_COLUMNS, read_table
 
     try:
-        ext = os.path.splitext(path)[1].lower()
-        df = {".csv": pd.read_csv, ".tsv": lambda p: pd.read_csv(p, sep="\t"), ".parquet": pd.read_parquet,
-              ".jsonl": lambda p: pd.read_json(p, lines=True)}[ext](path)
+        df = read_table(path)
     except Exception as e:  # pandas raises many types for malformed tables
         raise DecodeError(f"unreadable table: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
     text_col = opts.text_column or next((c for c in CAPTION_COLUMNS if c in df.columns), None)

@@ -21,6 +21,7 @@ from typing import Iterable, Sequence
 from sqlalchemy import delete, select
 
 from .errors import UserError
+from .files import under
 from .index import Index
 from .search import Filters, Hit, Part, fused_search, parse_compact, part_vector, search
 from .store import File, Item, Tag, bump_generation, get_meta, set_meta
@@ -49,14 +50,10 @@ class SearchIndex:
         """Forget files (and everything under folders), also for later updates of every root;
         returns how many files were removed."""
         roots = [os.path.abspath(os.path.expanduser(p)) for p in paths]
-
-        def inside(path: str) -> bool:
-            return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
-
         with self.index.session() as s:
-            ids = [f.id for f in s.scalars(select(File)) if inside(f.path)]
+            ids = [f.id for f in s.scalars(select(File)) if under(f.path_key, roots)]
             known = json.loads(get_meta(s, "roots") or "[]")
-            set_meta(s, "roots", json.dumps([r for r in known if not inside(r)]))
+            set_meta(s, "roots", json.dumps([r for r in known if not under(r, roots)]))
             # a removed part of a still-indexed folder stays out of later updates of that folder
             removed = set(json.loads(get_meta(s, "removed") or "[]")) | {r for r in roots if r not in known}
             set_meta(s, "removed", json.dumps(sorted(removed)))

@@ -29,6 +29,16 @@ def file_digest(path: str | os.PathLike | bytes) -> str:
     return h.hexdigest()
 
 
+def under(path: str | bytes, roots) -> bool:
+    """Whether a path is one of `roots` or lies inside one (compared as bytes, like the store's keys)."""
+    key = path if isinstance(path, bytes) else os.fsencode(path)
+    for root in roots:
+        r = os.fsencode(os.path.abspath(root))
+        if key == r or key.startswith(r.rstrip(b"/") + b"/"):
+            return True
+    return False
+
+
 def display_path(path: str) -> str:
     """A printable form of a path whose bytes may not be valid UTF-8."""
     return os.fsencode(path).decode("utf-8", errors="replace")

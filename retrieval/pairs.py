@@ -11,6 +11,13 @@ from .errors import UserError
 
 IMAGE_COLUMNS = ("image", "path", "file", "filepath", "image_path")
 CAPTION_COLUMNS = ("caption", "text", "title", "description")
+TABLE_READERS = {".csv": pd.read_csv, ".tsv": lambda f: pd.read_csv(f, sep="\t"), ".parquet": pd.read_parquet,
+                 ".jsonl": lambda f: pd.read_json(f, lines=True), ".json": pd.read_json}
+
+
+def read_table(path: str | os.PathLike) -> pd.DataFrame:
+    """A caption table by its extension (one of TABLE_READERS)."""
+    return TABLE_READERS[os.path.splitext(str(path))[1].lower()](path)
 
 
 def read_pairs(source: str, image_column: str | None = None, caption_column: str | None = None) -> pd.DataFrame:
@@ -23,11 +30,9 @@ def read_pairs(source: str, image_column: str | None = None, caption_column: str
                 and img.with_suffix(".txt").exists()]
         df = pd.DataFrame(rows, columns=["image", "caption"])
     elif p.is_file():
-        readers = {".csv": pd.read_csv, ".tsv": lambda f: pd.read_csv(f, sep="\t"), ".jsonl": lambda f: pd.read_json(f, lines=True),
-                   ".json": pd.read_json, ".parquet": pd.read_parquet}
-        if p.suffix.lower() not in readers:
+        if p.suffix.lower() not in TABLE_READERS:
             raise UserError(f"{source}: use a .csv, .tsv, .jsonl or .parquet table, or a folder of images with .txt captions")
-        df = readers[p.suffix.lower()](p)
+        df = read_table(p)
         img_col = image_column or next((c for c in IMAGE_COLUMNS if c in df.columns), None)
         cap_col = caption_column or next((c for c in CAPTION_COLUMNS if c in df.columns), None)
         if img_col not in df.columns or cap_col not in df.columns:

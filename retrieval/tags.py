@@ -11,6 +11,7 @@ import numpy as np
 from sqlalchemy import delete, select
 
 from .errors import UserError
+from .files import under
 from .index import Index
 from .store import File, Item, Tag
 
@@ -37,12 +38,11 @@ def tag_files(index: Index, labels: list[str], prompt: str = "a photo of a {}", 
     if "{}" not in prompt:
         raise UserError("--prompt needs a {} where the label goes, e.g. \"a photo of a {}\"")
     label_vecs = index.encoder().encode_texts([prompt.format(label) for label in labels])
-    roots = [os.path.abspath(p) for p in paths or []]
     out = []
     with index.session() as s:
         files = s.scalars(select(File).where(File.status == "ok", File.kind.in_(["image", "video"])).order_by(File.path))
         for f in files:
-            if roots and not any(f.path == r or f.path.startswith(r.rstrip("/") + "/") for r in roots):
+            if paths and not under(f.path_key, paths):
                 continue
             vecs = [np.frombuffer(v, np.float32) for v in s.scalars(select(Item.vector).where(Item.file_id == f.id))]
             if not vecs:
