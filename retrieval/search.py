@@ -146,8 +146,7 @@ def fused_search(index: Index, parts: list[Part], k: int = 10, fusion: str = "ea
         for rank, h in enumerate(search(index, v, k=depth, **{**kw, "min_score": None})):
             score[h.item_id] = score.get(h.item_id, 0.0) + p.weight / (RRF_K + rank + 1)
     best = sorted((i for i in score if score[i] > 0), key=lambda i: -score[i])
-    hits = _group(_rows(index, [(i, score[i]) for i in best]), k, None, kw.get("per_video", 3))
-    return hits
+    return _group(_rows(index, [(i, score[i]) for i in best]), k, None, kw.get("per_video", 3))
 
 
 def search(index: Index, vector: np.ndarray, k: int = 10, min_score: float | None = None,
