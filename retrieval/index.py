@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from .encoders import DEFAULT_MODEL, load_encoder
 from .errors import ModelLoadError, UserError
-from .policy import MIN_VECTORS, RERANK, IndexPlan, build, choose_index, search_params, tune
+from .policy import MIN_VECTORS, RERANK, IndexPlan, build, choose_index, search_params
 from .store import DB_NAME, File, Item, Tag, bump_generation, get_meta, load_vectors, open_engine, set_meta
 
 if TYPE_CHECKING:
@@ -111,7 +111,7 @@ class Index:
                     fn = older[-1]
             plan = _read_plan(fn) if os.path.exists(fn) and not rebuild else None
             if plan is not None:
-                flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if plan.kind == "ivfpq" else 0
+                flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if plan.kind.startswith("ivf") else 0
                 index = faiss.read_index(fn, flags)
             else:
                 index, plan = self._build(fn)
@@ -126,7 +126,6 @@ class Index:
         if len(ids) < MIN_VECTORS[plan.kind]:  # too few to train or tune it: exact it is
             plan = choose_index(len(ids), dim, kind="flat")
         index = build(plan, ids, vecs if len(vecs) else np.zeros((0, dim), np.float32))
-        plan = tune(plan, index, vecs)
         try:  # a read-only index directory still answers from memory
             tmp = f"{fn}.{os.getpid()}.tmp"
             faiss.write_index(index, tmp)
