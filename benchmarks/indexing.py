@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
 """Indexing throughput of the whole pipeline vs the bare model forward on the same images.
 
-    python benchmarks/indexing.py [--model SPEC] [--images N] [FOLDER]
+    python benchmarks/indexing.py [--model SPEC|vit-b-32-random] [--images N] [--runtime auto] [FOLDER]
 
 Default folder: the first N Tux Paint stamps (fetched by data/fetch.py). Prints images/s of
-(a) the model forward alone on pre-decoded, pre-processed batches, (b) `index_paths` end to end
-(scan, hash, decode, preprocess, embed, commit) in a fresh index, their ratio, and (c) the cost
-of a second run over the unchanged folder. Same process, same loaded model, back to back.
+(a) the model forward alone on pre-decoded, pre-processed batches, on PyTorch and on the
+runtime indexing uses (`--runtime`, chosen and cached before timing), (b) `index_paths` end to
+end (scan, hash, decode, preprocess, embed, commit) in a fresh index, its ratio to the bare
+forward of the same runtime, and (c) the cost of a second run over the unchanged folder. Same
+process, same loaded model, back to back. `vit-b-32-random` is an open_clip ViT-B-32-256 with
+random weights (speed does not depend on weight values).
 """
 from __future__ import annotations
 
@@ -19,13 +22,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "data")]
+sys.path[:0] = [str(ROOT), str(ROOT / "data"), str(ROOT / "benchmarks")]
 
 import torch  # noqa: E402
 
 from indexer.decode import load_image  # noqa: E402
 from indexer.run import index_paths  # noqa: E402
 from retrieval.encoders import load_encoder  # noqa: E402
+from retrieval.encoders.runtime import pixel_encoder  # noqa: E402
 from retrieval.index import Index  # noqa: E402
 
 
@@ -35,6 +39,7 @@ def main() -> None:
     ap.add_argument("--model", default="lite")
     ap.add_argument("--images", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--runtime", default="auto")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         if args.folder:
@@ -47,25 +52,38 @@ def main() -> None:
             for p in sorted(fetch.fetch("tuxpaint").rglob("*.png"))[: args.images]:
                 shutil.copy2(p, folder / f"{p.parent.name}-{p.name}")
         files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
+        if args.model == "vit-b-32-random":
+            from rclip_compare import ARCH, random_checkpoint
+
+            args.model = f"open_clip:{ARCH}:{random_checkpoint()}"
         t = time.perf_counter()
         enc = load_encoder(args.model)
         load_s = time.perf_counter() - t
-        pixels = [enc.preprocess(load_image(p)) for p in files]
-        enc.encode_pixels(torch.stack(pixels[: args.batch_size]))  # warm-up
-        t = time.perf_counter()
-        for i in range(0, len(pixels), args.batch_size):
-            enc.encode_pixels(torch.stack(pixels[i : i + args.batch_size]))
-        forward = len(pixels) / (time.perf_counter() - t)
-
         idx = Index(Path(tmp) / "index", create=True)
-        s = index_paths(idx, [str(folder)], args.model, batch_size=args.batch_size, progress=False)
+        idx.encoder(args.model)
+        t = time.perf_counter()
+        encode, runtime = pixel_encoder(enc, idx.path, args.runtime, images=len(files))
+        choose_s = time.perf_counter() - t
+        pixels = [enc.preprocess(load_image(p)) for p in files]
+
+        def forward(fn) -> float:
+            fn(torch.stack(pixels[: args.batch_size]))  # warm-up
+            t = time.perf_counter()
+            for i in range(0, len(pixels), args.batch_size):
+                fn(torch.stack(pixels[i : i + args.batch_size]))
+            return len(pixels) / (time.perf_counter() - t)
+
+        torch_fwd = forward(enc.encode_pixels)
+        fwd = forward(encode) if runtime != "torch" else torch_fwd
+        s = index_paths(idx, [str(folder)], args.model, batch_size=args.batch_size, runtime=args.runtime, progress=False)
         pipeline = s.embedded / s.seconds
         s2 = index_paths(idx, [str(folder)], progress=False)
         print(f"model {enc.identity}, {len(files)} images, torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}")
-        print(f"model load                 {load_s:8.2f} s")
-        print(f"bare forward               {forward:8.1f} images/s")
-        print(f"index pipeline             {pipeline:8.1f} images/s  ({s.embedded} embedded in {s.seconds:.1f} s)")
-        print(f"pipeline / forward         {pipeline / forward:8.2f}")
+        print(f"model load                 {load_s:8.2f} s  (+ {choose_s:.1f} s choosing the runtime: {runtime})")
+        print(f"bare forward, PyTorch      {torch_fwd:8.1f} images/s")
+        print(f"bare forward, {runtime:12s} {fwd:8.1f} images/s")
+        print(f"index pipeline             {pipeline:8.1f} images/s  ({s.embedded} embedded in {s.seconds:.1f} s on {s.runtime})")
+        print(f"pipeline / forward         {pipeline / fwd:8.2f}  (/ PyTorch forward: {pipeline / torch_fwd:.2f})")
         print(f"second run, unchanged      {s2.seconds:8.2f} s  ({s2.unchanged} unchanged, {s2.embedded} embedded)")
 
 

@@ -69,7 +69,8 @@ def index(
     max_gap: float = typer.Option(4.0, "--max-gap", min=0.1, help="Videos: longest stretch of a shot without a keyframe, in seconds."),
     text_column: Optional[str] = typer.Option(None, "--text-column", help="Caption tables (.csv/.jsonl/.parquet): the text column [default: caption/text/title/description]."),
     path_column: Optional[str] = typer.Option(None, "--path-column", help="Caption tables: a column naming the image each caption describes."),
-    index_type: Optional[str] = typer.Option(None, "--index-type", help="FAISS index: auto (by size and memory), flat (exact), hnsw or ivfpq; remembered."),
+    index_type: Optional[str] = typer.Option(None, "--index-type", help="FAISS index: auto (by size and memory), flat (exact), hnsw, ivfsq (8-bit codes) or ivfpq (PQ codes); remembered."),
+    runtime: str = typer.Option("auto", "--runtime", help="Image tower while indexing: auto (fastest of PyTorch / ONNX Runtime fp32 / int8 whose vectors agree with PyTorch's, measured once per model), torch, onnx or onnx-int8."),
     json_out: bool = JsonOpt,
 ):
     """Index (or incrementally update) media folders: new, changed, renamed and deleted files."""
@@ -78,7 +79,8 @@ def index(
     summary = SearchIndex(index, create=True).add(
         paths or [], model, reindex=reindex, batch_size=batch_size, workers=workers,
         exclude=exclude, hidden=hidden, max_pixels=max_pixels, max_gap=max_gap,
-        text_column=text_column, path_column=path_column, index_type=index_type, progress=sys.stderr.isatty(),
+        text_column=text_column, path_column=path_column, index_type=index_type, runtime=runtime,
+        progress=sys.stderr.isatty(),
     )
     if json_out:
         typer.echo(json.dumps(summary.as_dict()))

@@ -16,6 +16,7 @@ import torch
 from tqdm import tqdm
 
 from retrieval.encoders import Encoder
+from retrieval.encoders.runtime import PixelEncoder
 
 from .decode import DEFAULT_MAX_PIXELS, DecodeError, load_image
 from .scan import Entry
@@ -73,7 +74,7 @@ def decode(entry: Entry, digest: str, encoder: Encoder, opts: DecodeOptions) -> 
     return d
 
 
-def _embed_units(done: list[Decoded], encoder: Encoder, batch_size: int) -> None:
+def _embed_units(done: list[Decoded], encoder: Encoder, encode_pixels: PixelEncoder, batch_size: int) -> None:
     """Fill each file's vectors: pixels through the image tower, strings through the text tower."""
     units = [u for d in done for _, u in d.units]
     pix = [i for i, u in enumerate(units) if not isinstance(u, str)]
@@ -81,7 +82,7 @@ def _embed_units(done: list[Decoded], encoder: Encoder, batch_size: int) -> None
     vecs = np.zeros((len(units), encoder.dim), np.float32)
     for i in range(0, len(pix), batch_size):
         idx = pix[i : i + batch_size]
-        vecs[idx] = encoder.encode_pixels(torch.stack([units[j] for j in idx]))
+        vecs[idx] = encode_pixels(torch.stack([units[j] for j in idx]))
     for i in range(0, len(txt), batch_size * 2):
         idx = txt[i : i + batch_size * 2]
         vecs[idx] = encoder.encode_texts([units[j] for j in idx])
@@ -92,8 +93,10 @@ def _embed_units(done: list[Decoded], encoder: Encoder, batch_size: int) -> None
 
 
 def embedded(todo: list[tuple[Entry, str]], encoder: Encoder, opts: DecodeOptions, *, batch_size: int, workers: int,
-             progress: bool) -> Iterator[list[Decoded]]:
-    """Yield lists of finished files (vectors filled, or error set), about one batch at a time."""
+             progress: bool, encode_pixels: PixelEncoder | None = None) -> Iterator[list[Decoded]]:
+    """Yield lists of finished files (vectors filled, or error set), about one batch at a time.
+    `encode_pixels` runs the image tower (default: the encoder's own, on PyTorch)."""
+    encode_pixels = encode_pixels or encoder.encode_pixels
     bar = tqdm(total=len(todo), desc="embedding", unit="file", disable=not progress or not todo)
     with ThreadPoolExecutor(workers) as pool:
         jobs = iter(todo)
@@ -109,7 +112,7 @@ def embedded(todo: list[tuple[Entry, str]], encoder: Encoder, opts: DecodeOption
             while pending and sum(len(d.units) for d in done) < batch_size:
                 done.append(pending.popleft().result())
                 refill()
-            _embed_units(done, encoder, batch_size)
+            _embed_units(done, encoder, encode_pixels, batch_size)
             yield done
             bar.update(len(done))
     bar.close()

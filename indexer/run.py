@@ -11,13 +11,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
+from retrieval.encoders import RUNTIMES
 from retrieval.errors import UserError
 from retrieval.files import display_path, under
 from retrieval.index import Index
-from retrieval.store import File, Item, bump_generation, pack, set_meta
+from retrieval.policy import KINDS
+from retrieval.store import File, Item, bump_generation, get_meta, pack, set_meta
 
 from .decode import DEFAULT_MAX_PIXELS
 from .plan import make_plan
@@ -35,6 +37,7 @@ class Summary:
     embedded: int = 0
     skipped: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    runtime: str | None = None  # what ran the image tower, when anything was embedded
 
     def as_dict(self) -> dict:
         return {**self.__dict__, "files_per_second": round(self.embedded / self.seconds, 2) if self.seconds else 0.0}
@@ -43,7 +46,7 @@ class Summary:
         return (
             f"{self.new} new, {self.updated} updated, {self.unchanged} unchanged, {self.removed} removed, "
             f"{self.reused} reused by content, {len(self.skipped)} skipped; embedded {self.embedded} "
-            f"in {self.seconds:.1f}s"
+            f"in {self.seconds:.1f}s" + (f" (image tower on {self.runtime})" if self.runtime and self.embedded else "")
         )
 
 
@@ -66,6 +69,7 @@ def index_paths(
     text_column: str | None = None,
     path_column: str | None = None,
     index_type: str | None = None,
+    runtime: str = "auto",
     progress: bool = True,
 ) -> Summary:
     start = time.perf_counter()
@@ -82,8 +86,10 @@ def index_paths(
             raise UserError("nothing to index: give one or more folders or files")
         roots = known
     workers = workers or default_workers()
-    if index_type not in (None, "auto", "flat", "hnsw", "ivfpq"):
-        raise UserError(f"--index-type must be auto, flat, hnsw or ivfpq, not {index_type!r}")
+    if index_type not in (None, "auto", *KINDS):
+        raise UserError(f"--index-type must be auto, {', '.join(KINDS)}, not {index_type!r}")
+    if runtime not in RUNTIMES:
+        raise UserError(f"--runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
     retype = index_type is not None and index_type != (index.meta("index_type") or "auto")
     generation = index.generation()
     # an unchanged folder must not pay for loading the model: check it eagerly only when it may differ
@@ -113,11 +119,16 @@ def index_paths(
         for e, _, _ in plan.reuse:
             _count(summary, e, plan.new_paths)
         if plan.embed:  # torch and the model load only when there is something to embed
+            from retrieval.encoders.runtime import pixel_encoder
+
             from .embed import DecodeOptions, embedded
 
             encoder = encoder or index.encoder()
+            images = sum(e.kind != "text" for e, _ in plan.embed)
+            encode_pixels, summary.runtime = pixel_encoder(encoder, index.path, runtime, images)
             opts = DecodeOptions(max_pixels, max_gap, TextOptions(text_column, path_column))
-            for batch in embedded(plan.embed, encoder, opts, batch_size=batch_size, workers=workers, progress=progress):
+            for batch in embedded(plan.embed, encoder, opts, batch_size=batch_size, workers=workers, progress=progress,
+                                  encode_pixels=encode_pixels):
                 for d in batch:
                     if d.error:
                         _skip(s, d.entry, d.error, summary)
@@ -166,7 +177,11 @@ def _write(s: Session, e: Entry, digest: str, items: list[dict], size: tuple[int
     if size is not None:
         row.width, row.height = size
     s.flush()
-    s.add_all(Item(file_id=row.id, **it) for it in items)
+    # item ids are never reused (SQLite would hand out a deleted maximum again), so an index can
+    # be extended by comparing id sets: an id it holds always means the same vector
+    first = int(get_meta(s, "next_item_id") or (s.scalar(select(func.max(Item.id))) or 0) + 1)
+    s.add_all(Item(id=first + i, file_id=row.id, **it) for i, it in enumerate(items))
+    set_meta(s, "next_item_id", str(first + len(items)))
 
 
 def _skip(s: Session, e: Entry, reason: str, summary: Summary) -> None:

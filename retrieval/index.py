@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from .encoders import DEFAULT_MODEL, load_encoder
 from .errors import ModelLoadError, UserError
-from .policy import MIN_VECTORS, RERANK, IndexPlan, build, choose_index, search_params
+from .policy import MIN_VECTORS, RERANK, IndexPlan, build, choose_index, extend, search_params
 from .store import DB_NAME, File, Item, Tag, bump_generation, get_meta, load_vectors, open_engine, set_meta
 
 if TYPE_CHECKING:
@@ -120,12 +120,17 @@ class Index:
 
     def _build(self, fn: str) -> tuple[faiss.Index, IndexPlan]:
         with self.session() as s:
-            ids, vecs = load_vectors(s)
-        dim = vecs.shape[1] if len(vecs) else int(self.meta("dim") or 1)
-        plan = choose_index(len(ids), dim, kind=self.meta("index_type") or "auto")
-        if len(ids) < MIN_VECTORS[plan.kind]:  # too few to train or tune it: exact it is
-            plan = choose_index(len(ids), dim, kind="flat")
-        index = build(plan, ids, vecs if len(vecs) else np.zeros((0, dim), np.float32))
+            ids = np.array(s.scalars(select(Item.id).order_by(Item.id)).all(), np.int64)
+            dim = int(self.meta("dim") or 1)
+            plan = choose_index(len(ids), dim, kind=self.meta("index_type") or "auto")
+            if len(ids) < MIN_VECTORS[plan.kind]:  # too few to train or tune it: exact it is
+                plan = choose_index(len(ids), dim, kind="flat")
+            built = self._extended(plan, ids, s)
+            if built is None:
+                ids, vecs = load_vectors(s)
+                index = build(plan, ids, vecs if len(vecs) else np.zeros((0, dim), np.float32))
+            else:
+                index, plan = built
         try:  # a read-only index directory still answers from memory
             tmp = f"{fn}.{os.getpid()}.tmp"
             faiss.write_index(index, tmp)
@@ -161,6 +166,23 @@ class Index:
             rows = s.execute(select(Item.id, Item.vector).where(Item.id.in_([i for i, _ in found]))).all()
         exact = [(i, float(np.frombuffer(v, np.float32) @ q[0])) for i, v in rows]
         return sorted(exact, key=lambda t: -t[1])[:k]
+
+    def _extended(self, plan: IndexPlan, ids: np.ndarray, s: Session) -> tuple[faiss.Index, IndexPlan] | None:
+        """The newest approximate index on disk, brought up to `ids` in place (policy.extend),
+        when it is of the kind the policy wants now; else None and the caller rebuilds."""
+        files = sorted(glob.glob(os.path.join(self.path, "vectors-*.faiss")), key=os.path.getmtime)
+        old = _read_plan(files[-1]) if files else None
+        if old is None or old.kind != plan.kind or plan.kind == "flat":
+            return None
+        index = faiss.read_index(files[-1])
+
+        def load(new: np.ndarray) -> np.ndarray:
+            rows: dict[int, bytes] = {}
+            for c in range(0, len(new), 30_000):  # SQLite takes at most 32,766 parameters
+                rows.update(s.execute(select(Item.id, Item.vector).where(Item.id.in_(new[c : c + 30_000].tolist()))).all())
+            return np.stack([np.frombuffer(rows[int(i)], np.float32) for i in new])
+
+        return (index, old) if extend(old, index, ids, load) else None
 
     # -- description --------------------------------------------------------------------------
     def info(self) -> dict:

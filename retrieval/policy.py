@@ -30,6 +30,7 @@ TARGET_RECALL = 0.95
 KINDS = ("flat", "hnsw", "ivfsq", "ivfpq")
 MIN_VECTORS = {"flat": 0, "hnsw": 50, "ivfsq": 1_000, "ivfpq": 10_000}  # enough to train lists / PQ codebooks
 RERANK = {"flat": 1, "hnsw": 2, "ivfsq": 2, "ivfpq": 16}  # candidates fetched per hit, re-ranked exactly
+GROWTH = 2.0  # an approximate index is extended in place until the collection doubles or halves
 CHUNK = 250_000  # vectors converted to float32 and added at a time (inputs may be float16 memory maps)
 
 
@@ -41,6 +42,7 @@ class IndexPlan:
     param: str | None = None  # the search-time knob tuned for recall: efSearch or nprobe
     value: int | None = None
     recall: float | None = None  # measured at build time against exact search
+    trained_on: int | None = None  # vectors when built; extending stays within GROWTH of it
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -74,8 +76,10 @@ def _f32(x: np.ndarray) -> np.ndarray:
 
 def build(plan: IndexPlan, ids: np.ndarray, vecs: np.ndarray, target: float = TARGET_RECALL,
           queries: int = 200, train_max: int = 320_000) -> faiss.Index:
-    """An IndexIDMap2 over the planned index, trained on a sample and holding every vector, with
-    `plan`'s search knob tuned in place to reach `target` recall@10.
+    """The planned index, trained on a sample and holding every vector under its id, with
+    `plan`'s search knob tuned in place to reach `target` recall@10. IVF indexes keep ids in
+    their lists; flat and HNSW ones sit in an IndexIDMap2 (IVF must not: its removals would
+    leave the map's positions out of step with the lists).
 
     The tuning queries are stored vectors held back until tuning is done, so they are as new to
     the index as a user's query (searching with a vector the index already holds flatters HNSW:
@@ -88,10 +92,11 @@ def build(plan: IndexPlan, ids: np.ndarray, vecs: np.ndarray, target: float = TA
     if not inner.is_trained:
         sample = np.sort(np.random.default_rng(0).choice(len(vecs), min(len(vecs), train_max), replace=False))
         inner.train(_f32(vecs[sample]))
-    index = faiss.IndexIDMap2(inner)
+    index = inner if plan.kind.startswith("ivf") else faiss.IndexIDMap2(inner)
     held = np.zeros(0, np.int64)
     if plan.param is not None and len(ids) > 100:
         held = np.sort(np.random.default_rng(1).choice(len(ids), min(queries, len(ids) // 10), replace=False))
+    plan.trained_on = len(ids)
     keep = np.ones(len(ids), bool)
     keep[held] = False
     for s in range(0, len(ids), CHUNK):
@@ -103,6 +108,34 @@ def build(plan: IndexPlan, ids: np.ndarray, vecs: np.ndarray, target: float = TA
     else:
         plan.recall = 1.0
     return index
+
+
+def extend(plan: IndexPlan, index: faiss.Index, ids: np.ndarray, load) -> bool:
+    """Bring a built approximate index up to the id set `ids` in place: drop the ids it no longer
+    has, add the new ones (their vectors from `load(new_ids)`). False, leaving `index` untouched,
+    when a rebuild is due instead: the collection doubled or halved since training (lists and
+    codebooks no longer fit it, and the policy may choose differently), or HNSW lost vectors
+    (its graph cannot delete)."""
+    if plan.kind == "flat" or not plan.trained_on or not 1 / GROWTH <= len(ids) / plan.trained_on <= GROWTH:
+        return False
+    held = held_ids(index)
+    gone, new = np.setdiff1d(held, ids), np.setdiff1d(ids, held)
+    if len(gone) and plan.kind == "hnsw":
+        return False
+    if len(gone):
+        index.remove_ids(faiss.IDSelectorBatch(gone))
+    for s in range(0, len(new), CHUNK):
+        index.add_with_ids(_f32(load(new[s : s + CHUNK])), new[s : s + CHUNK])
+    return True
+
+
+def held_ids(index: faiss.Index) -> np.ndarray:
+    """Every id an index built here holds."""
+    if hasattr(index, "id_map"):
+        return faiss.vector_to_array(index.id_map)
+    lists = faiss.extract_index_ivf(index).invlists
+    return np.concatenate([np.zeros(0, np.int64)] + [
+        faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy() for i in range(lists.nlist) if lists.list_size(i)])
 
 
 def exact_topk(vecs: np.ndarray, q: np.ndarray, k: int, exclude: np.ndarray | None = None) -> np.ndarray:
@@ -146,7 +179,7 @@ def recall(plan: IndexPlan, index: faiss.Index, ids: np.ndarray, vecs: np.ndarra
 def tune(plan: IndexPlan, index: faiss.Index, ids: np.ndarray, vecs: np.ndarray, q: np.ndarray,
          truth: np.ndarray, target: float = TARGET_RECALL) -> IndexPlan:
     """Smallest efSearch / nprobe (doubling from 8) whose recall@10 on queries `q` reaches `target`."""
-    limit = 1024 if plan.param == "efSearch" else faiss.extract_index_ivf(index.index).nlist
+    limit = 1024 if plan.param == "efSearch" else faiss.extract_index_ivf(index).nlist
     plan.value = 8
     while True:
         plan.recall = recall(plan, index, ids, vecs, q, truth)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from retrieval.policy import TARGET_RECALL, build, choose_index, exact_topk, recall
+from retrieval.policy import TARGET_RECALL, build, choose_index, exact_topk, extend, held_ids, recall, search_params
 
 GiB = 1 << 30
 
@@ -57,6 +57,25 @@ def test_tuning_reaches_target_recall_with_the_smallest_setting(kind, n):
         assert recall(plan, index, ids, x, q, ids[exact_topk(x, q, 10)]) < fresh
 
 
+@pytest.mark.parametrize("kind", ["ivfsq", "hnsw"])
+def test_extension_in_place_until_a_rebuild_is_due(kind):
+    x = clustered(8_100, 32)
+    ids = np.arange(8_100, dtype=np.int64) * 2
+    plan = choose_index(4_000, 32, kind=kind)
+    index = build(plan, ids[:4_000], x[:4_000])
+    now = np.concatenate([ids[500:4_000], ids[4_000:5_000]])  # 500 gone, 1,000 new
+    load = lambda new: x[new // 2]  # noqa: E731
+    if kind == "hnsw":  # its graph cannot delete: a rebuild, and the index is left as it was
+        assert not extend(plan, index, now, load) and index.ntotal == 4_000
+        now = ids[:5_000]
+    assert extend(plan, index, now, load)
+    assert sorted(held_ids(index)) == sorted(now)
+    plan.value = 64
+    for i in (4_100, 4_900):  # new vectors are found, by their own ids
+        assert index.search(x[i : i + 1], 1, params=search_params(plan))[1][0][0] == ids[i]
+    assert not extend(plan, index, ids[: plan.trained_on * 2 + 2], load)  # doubled: rebuild
+
+
 def test_approximate_index_end_to_end(cli, tiny_clip, photos, tmp_path):
     from PIL import Image
 
@@ -75,6 +94,14 @@ def test_approximate_index_end_to_end(cli, tiny_clip, photos, tmp_path):
     cli("index", str(lib))
     assert cli.json("info")["index_plan"]["kind"] == "hnsw"  # the choice is remembered
     assert str(lib / "n00.png") not in [h["path"] for h in cli.json("search", "x", "-k", "100")]
+    assert cli.json("info")["index_plan"]["trained_on"] == 89  # HNSW cannot delete: rebuilt
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(lib / f"new{i}.png")
+    cli("index", str(lib))
+    info = cli.json("info")
+    assert info["index_plan"]["trained_on"] == 89 and info["vectors"] == 92  # extended in place
+    hit = cli.json("search", "--image", str(lib / "new2.png"), "-k", "1")[0]
+    assert hit["path"] == str(lib / "new2.png") and abs(hit["score"] - 1) < 1e-4
     cli("index", "--index-type", "auto")
     assert cli.json("info")["index_plan"]["kind"] == "flat"
 

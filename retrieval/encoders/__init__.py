@@ -10,6 +10,8 @@ if TYPE_CHECKING:  # torch loads only with a model: a no-op `mmsearch index` sta
     from .base import Encoder
 
 DEFAULT_MODEL = "lite"
+#: what runs the image tower while indexing (see runtime.py); queries always use PyTorch
+RUNTIMES = ("auto", "torch", "onnx", "onnx-int8")
 
 
 @lru_cache(maxsize=4)
@@ -35,4 +37,4 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-__all__ = ["DEFAULT_MODEL", "Encoder", "ModelLoadError", "load_encoder"]
+__all__ = ["DEFAULT_MODEL", "RUNTIMES", "Encoder", "ModelLoadError", "load_encoder"]

@@ -1,0 +1,155 @@
+#!/usr/bin/env python3
+"""mmsearch and rclip indexing the same image folder with the same architecture, side by side.
+
+    benchmarks/setup_peers.sh          # once: rclip in benchmarks/.rclip-venv
+    python benchmarks/rclip_compare.py [--images 256] [FOLDER]
+
+rclip runs ViT-B-32-256 from ONNX files in its data dir. With no network here, the script
+exports them itself from a random-weight open_clip ViT-B-32-256 (speed does not depend on
+weight values), in the layout and with the input/output names rclip's model_download.py and
+model.py expect, plus open_clip's BPE vocabulary, so rclip never reaches for the hub. mmsearch
+indexes the same folder with the same checkpoint, once per image-tower runtime.
+
+Both tools are timed the same way, as command-line processes: wall time of a first run over
+the folder minus that of a second run over the unchanged folder (start-up, model load and
+query cancel out), so images/s is indexing alone. mmsearch's one-time ONNX export and runtime
+measurement (cached beside the index) is done before timing and reported separately.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "data")]
+
+import torch  # noqa: E402
+
+ARCH = "ViT-B-32-256"
+RCLIP_MODEL_DIR = "ViT-B-32-256-datacomp_s34b_b86k"  # rclip's model_download.MODEL_SUBDIR
+RCLIP = ROOT / "benchmarks" / ".rclip-venv" / "bin" / "rclip"
+CACHE = Path.home() / ".cache" / "mmsearch-bench"
+
+
+def random_checkpoint() -> Path:
+    """A random-weight ViT-B-32-256 checkpoint, written once (seed 0)."""
+    import open_clip
+
+    ckpt = CACHE / "vit-b-32-256-random.pt"
+    if not ckpt.exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(0)
+        model = open_clip.create_model(ARCH, pretrained=None)
+        torch.save({"state_dict": model.state_dict()}, f"{ckpt}.tmp")
+        os.replace(f"{ckpt}.tmp", ckpt)
+    return ckpt
+
+
+def rclip_datadir(ckpt: Path) -> Path:
+    """RCLIP_DATADIR holding visual.onnx / textual.onnx (input "input", output "output") and the vocabulary."""
+    import open_clip
+
+    data = CACHE / "rclip-data"
+    models = data / RCLIP_MODEL_DIR
+    if (models / "textual.onnx").exists():
+        return data
+    models.mkdir(parents=True, exist_ok=True)
+    (data / "tokenizer").mkdir(exist_ok=True)
+    vocab = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
+    shutil.copy(vocab, data / "tokenizer" / vocab.name)
+    model = open_clip.create_model(ARCH, pretrained=str(ckpt)).eval()
+
+    class Visual(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.m = model
+
+        def forward(self, x):
+            return self.m.encode_image(x)
+
+    class Textual(Visual):
+        def forward(self, tokens):
+            return self.m.encode_text(tokens)
+
+    torch.backends.mha.set_fastpath_enabled(False)
+    for module, name, example in ((Visual(), "visual", torch.randn(2, 3, 256, 256)),
+                                  (Textual(), "textual", open_clip.get_tokenizer(ARCH)(["a dog", "a cat"]))):
+        torch.onnx.export(module, (example,), str(models / f"{name}.onnx"), input_names=["input"], output_names=["output"],
+                          dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, dynamo=False, opset_version=17)
+    return data
+
+
+def timed(cmd: list[str], cwd: Path, env: dict) -> float:
+    t = time.perf_counter()
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"{cmd[0]} failed:\n{done.stderr[-2000:]}")
+    return time.perf_counter() - t
+
+
+def first_minus_second(cmd: list[str], cwd: Path, env: dict) -> tuple[float, float]:
+    first = timed(cmd, cwd, env)
+    return first, first - timed(cmd, cwd, env)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("folder", nargs="?")
+    ap.add_argument("--images", type=int, default=256)
+    ap.add_argument("--runtimes", nargs="+", default=["auto", "torch"])
+    args = ap.parse_args()
+    if not RCLIP.exists():
+        raise SystemExit("rclip is not installed: run benchmarks/setup_peers.sh")
+    ckpt = random_checkpoint()
+    spec = f"open_clip:{ARCH}:{ckpt}"
+    data = rclip_datadir(ckpt)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        folder = tmp / "images"
+        folder.mkdir()
+        if args.folder:
+            source = sorted(p for p in Path(args.folder).rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+        else:
+            import fetch
+
+            source = sorted(fetch.fetch("tuxpaint").rglob("*.png"))
+        for p in source[: args.images]:
+            shutil.copy2(p, folder / f"{p.parent.name}-{p.name}")
+        n = len(list(folder.iterdir()))
+        rdata = tmp / "rclip-data"  # a fresh rclip database each time, the exported model linked in
+        (rdata / RCLIP_MODEL_DIR).mkdir(parents=True)
+        for f in (data / RCLIP_MODEL_DIR).iterdir():
+            (rdata / RCLIP_MODEL_DIR / f.name).symlink_to(f)
+        (rdata / "tokenizer").symlink_to(data / "tokenizer")
+        env = {**os.environ, "RCLIP_DATADIR": str(rdata), "HF_HUB_OFFLINE": "1"}
+        total, rclip_s = first_minus_second([str(RCLIP), "-f", "-t", "1", "a dog"], folder, env)
+        rclip_rate = n / rclip_s
+        print(f"{n} images, {ARCH} (random weights), {os.cpu_count()} cpus")
+        print(f"rclip 3.3 (ONNX Runtime fp32)       {rclip_rate:7.1f} images/s  (first run {total:.1f} s)")
+        for runtime in args.runtimes:
+            index = tmp / f"index-{runtime}"
+            t = time.perf_counter()
+            if runtime == "auto":  # the one-time export + measurement, outside the timed runs
+                from retrieval.encoders import load_encoder
+                from retrieval.encoders.runtime import pixel_encoder
+                from retrieval.index import Index
+
+                idx = Index(index, create=True)
+                idx.encoder(spec)
+                chosen = pixel_encoder(load_encoder(spec), index, "auto", images=n)[1]
+                print(f"mmsearch one-time ONNX export + runtime choice: {time.perf_counter() - t:.1f} s -> {chosen}")
+            cmd = [sys.executable, "-m", "cli.main", "index", str(folder), "--index", str(index), "--model", spec,
+                   "--runtime", runtime]
+            total, ours = first_minus_second(cmd, ROOT, {**os.environ, "HF_HUB_OFFLINE": "1"})
+            print(f"mmsearch --runtime {runtime:10s}       {n / ours:7.1f} images/s  (first run {total:.1f} s)  "
+                  f"= {n / ours / rclip_rate:.2f}x rclip")
+
+
+if __name__ == "__main__":
+    main()

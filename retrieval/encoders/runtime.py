@@ -1,0 +1,185 @@
+"""Which runtime embeds images while indexing: PyTorch, or ONNX Runtime in fp32 or dynamic int8.
+
+Indexing spends nearly all its time in the image tower, and on CPU ONNX Runtime with int8
+weights runs a ViT about twice as fast as PyTorch (VNNI integer matmuls). The first index run
+with a model exports its image forward (preprocessed pixels -> raw embedding, head included)
+to ONNX, quantises a copy, and times all three on a calibration batch; the fastest whose
+vectors agree with PyTorch's (cosine >= `MIN_COSINE` on every calibration image) is used from
+then on. Everything lands under ``<index>/onnx/<model hash>/`` with a ``choice.json`` saying
+what was measured, so the cost is paid once per model and index. Queries stay on PyTorch:
+one vector at a time gains nothing, and the agreement check is what keeps both sides in one space.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from . import RUNTIMES
+from .base import Encoder, _normalise
+
+MIN_COSINE = 0.99
+CALIBRATION_IMAGES = 8
+INT8_MARGIN = 1.15
+AUTO_MIN_IMAGES = 200  # fewer to embed than this: not worth a first export and measurement
+
+PixelEncoder = Callable[[torch.Tensor], np.ndarray]
+
+
+class _ImageForward(torch.nn.Module):
+    """The encoder's image forward as a module torch.onnx can trace. Its networks are registered
+    as submodules so their weights export as initializers (which the int8 quantiser needs),
+    not as constants."""
+
+    def __init__(self, encoder: Encoder):
+        super().__init__()
+        self.encoder = encoder
+        self.towers = torch.nn.ModuleList(m for m in vars(encoder).values() if isinstance(m, torch.nn.Module))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.encoder._forward_pixels(pixels)
+
+
+def calibration_pixels(encoder: Encoder, n: int = CALIBRATION_IMAGES) -> torch.Tensor:
+    """Deterministic stand-ins for real images (gradients, blocks of colour, noise): preprocessed
+    the model's own way so the agreement check sees realistic input statistics."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    size = encoder.image_size
+    images = []
+    for i in range(n):
+        yy, xx = np.mgrid[0:size, 0:size] / size
+        base = np.stack([xx, yy, (xx + yy) / 2], -1)[..., np.roll(np.arange(3), i)]
+        for _ in range(4):
+            y, x, h, w = rng.integers(0, size // 2, 4)
+            base[y : y + h + 8, x : x + w + 8] = rng.random(3)
+        base += rng.normal(0, 0.05 * (i % 3), base.shape)
+        images.append(Image.fromarray((np.clip(base, 0, 1) * 255).astype(np.uint8)))
+    return torch.stack([encoder.preprocess(im) for im in images])
+
+
+def _session(path: Path):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = torch.get_num_threads()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def _onnx_encoder(path: Path) -> PixelEncoder:
+    session = _session(path)
+    name = session.get_inputs()[0].name
+
+    def encode(pixels: torch.Tensor) -> np.ndarray:
+        (out,) = session.run(None, {name: pixels.numpy()})
+        return _normalise(torch.from_numpy(out))
+
+    return encode
+
+
+def export(encoder: Encoder, folder: Path) -> dict[str, Path]:
+    """visual.onnx (fp32) and visual.int8.onnx (dynamic int8 weights) for `encoder`."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"onnx": folder / "visual.onnx", "onnx-int8": folder / "visual.int8.onnx"}
+    if not files["onnx"].exists():
+        tmp = folder / f"visual.{os.getpid()}.tmp.onnx"
+        dummy = calibration_pixels(encoder, 2)
+        module = _ImageForward(encoder).eval()
+        fastpath = torch.backends.mha.get_fastpath_enabled()
+        try:  # the tracer cannot export fused attention kernels
+            torch.backends.mha.set_fastpath_enabled(False)
+            with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
+                torch.onnx.export(module, (dummy,), str(tmp), input_names=["input"], output_names=["output"],
+                                  dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, dynamo=False,
+                                  opset_version=17)
+        finally:
+            torch.backends.mha.set_fastpath_enabled(fastpath)
+        os.replace(tmp, files["onnx"])
+    if not files["onnx-int8"].exists():
+        tmp = folder / f"visual.int8.{os.getpid()}.tmp.onnx"
+        # matrix products only: they are where a transformer spends its time, and ONNX Runtime's
+        # integer convolutions are slower than its float ones on CPU
+        logging.disable(logging.WARNING)  # its advice to pre-process the graph first, on the root logger
+        try:
+            quantize_dynamic(str(files["onnx"]), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+        finally:
+            logging.disable(logging.NOTSET)
+        os.replace(tmp, files["onnx-int8"])
+    return files
+
+
+def _measure(encode: PixelEncoder, pixels: torch.Tensor, reference: np.ndarray | None) -> tuple[float, float]:
+    """(images/s, worst cosine against `reference`) on the calibration batch, after a warm-up."""
+    encode(pixels[:2])
+    t = time.perf_counter()
+    out = encode(pixels)
+    speed = len(pixels) / (time.perf_counter() - t)
+    cosine = 1.0 if reference is None else float((out * reference).sum(1).min())
+    return speed, cosine
+
+
+def choose(encoder: Encoder, folder: Path) -> dict:
+    """Export, time and check every runtime once; the fastest that agrees with PyTorch wins."""
+    files = export(encoder, folder)
+    pixels = calibration_pixels(encoder)
+    reference = encoder.encode_pixels(pixels)
+    measured = {"torch": dict(zip(("images_per_s", "min_cosine"), _measure(encoder.encode_pixels, pixels, None)))}
+    for name, path in files.items():
+        speed, cosine = _measure(_onnx_encoder(path), pixels, reference)
+        measured[name] = {"images_per_s": round(speed, 2), "min_cosine": round(cosine, 5)}
+    ok = {k: v for k, v in measured.items() if v["min_cosine"] >= MIN_COSINE}
+    # int8 must win clearly to be worth its small loss of precision (a tie is timing noise)
+    choice = {"model": encoder.identity, "threads": torch.get_num_threads(), "measured": measured,
+              "runtime": max(ok, key=lambda k: ok[k]["images_per_s"] / (INT8_MARGIN if k == "onnx-int8" else 1))}
+    (folder / "choice.json").write_text(json.dumps(choice, indent=1))
+    return choice
+
+
+def pixel_encoder(encoder: Encoder, index_path: str | os.PathLike, runtime: str = "auto",
+                  images: int = AUTO_MIN_IMAGES) -> tuple[PixelEncoder, str]:
+    """The fastest faithful `encode_pixels` for indexing `images` images with `encoder` (or the
+    runtime `runtime` names), and that runtime's name."""
+    if runtime not in RUNTIMES:
+        raise UserError(f"--runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
+    if runtime == "torch":
+        return encoder.encode_pixels, "torch"
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        if runtime != "auto":
+            raise UserError(f"--runtime {runtime} needs `pip install onnxruntime onnx`") from None
+        return encoder.encode_pixels, "torch"
+    folder = Path(index_path) / "onnx" / hashlib.sha1(encoder.identity.encode()).hexdigest()[:16]
+    if runtime == "auto":
+        try:
+            saved = json.loads((folder / "choice.json").read_text())
+            runtime = saved["runtime"] if saved.get("threads") == torch.get_num_threads() else None
+        except (OSError, ValueError, KeyError):
+            runtime = None
+        if runtime is None and images < AUTO_MIN_IMAGES:
+            return encoder.encode_pixels, "torch"
+        if runtime is None:
+            try:
+                runtime = choose(encoder, folder)["runtime"]
+            except Exception as e:  # an architecture the exporter cannot trace still indexes, on PyTorch
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / "choice.json").write_text(json.dumps({"runtime": "torch", "threads": torch.get_num_threads(),
+                                                                "error": f"{type(e).__name__}: {e}"[:500]}))
+                return encoder.encode_pixels, "torch"
+        if runtime == "torch":
+            return encoder.encode_pixels, "torch"
+    return _onnx_encoder(export(encoder, folder)[runtime]), runtime

@@ -1,0 +1,66 @@
+"""ONNX Runtime for the image tower: exported once per model and index, faithful to PyTorch."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from indexer.decode import load_image
+from retrieval.encoders import load_encoder
+from retrieval.encoders.runtime import MIN_COSINE, pixel_encoder
+
+
+def _pixels(encoder, photos):
+    import torch
+
+    return torch.stack([encoder.preprocess(load_image(p)) for p in sorted(photos.iterdir())])
+
+
+@pytest.mark.parametrize("runtime", ["onnx", "onnx-int8"])
+def test_onnx_vectors_agree_with_pytorch_on_real_photos(tiny_clip, photos, tmp_path, runtime):
+    enc = load_encoder(tiny_clip)
+    encode, used = pixel_encoder(enc, tmp_path, runtime)
+    assert used == runtime
+    pixels = _pixels(enc, photos)
+    ours, ref = encode(pixels), enc.encode_pixels(pixels)
+    assert ours.shape == ref.shape and np.allclose(np.linalg.norm(ours, axis=1), 1, atol=1e-5)
+    assert (ours * ref).sum(1).min() >= MIN_COSINE
+    if runtime == "onnx":
+        assert (ours * ref).sum(1).min() > 0.9999  # the same arithmetic, reordered
+
+
+def test_auto_measures_once_and_keeps_its_choice(tiny_clip, tmp_path):
+    enc = load_encoder(tiny_clip)
+    assert pixel_encoder(enc, tmp_path, "auto", images=3)[1] == "torch"  # too few images to bother
+    assert not (tmp_path / "onnx").exists()
+    _, used = pixel_encoder(enc, tmp_path, "auto", images=1000)
+    (choice_file,) = (tmp_path / "onnx").glob("*/choice.json")
+    choice = json.loads(choice_file.read_text())
+    assert used == choice["runtime"] and set(choice["measured"]) == {"torch", "onnx", "onnx-int8"}
+    assert choice["measured"][used]["min_cosine"] >= MIN_COSINE
+    stamp = choice_file.stat().st_mtime_ns
+    assert pixel_encoder(enc, tmp_path, "auto", images=3)[1] == used  # cached: no new measurement
+    assert choice_file.stat().st_mtime_ns == stamp
+
+
+def test_index_on_onnx_runtime_searches_with_pytorch_queries(cli, tiny_clip, image_set):
+    out = cli("index", str(image_set), "--model", tiny_clip, "--runtime", "onnx-int8").stdout
+    assert "image tower on onnx-int8" in out
+    for p in sorted(image_set.glob("*.png"))[:4]:  # queries embed with PyTorch, the index with int8
+        hit = cli.json("search", "--image", str(p), "-k", "1")[0]
+        assert hit["path"] == str(p) and hit["score"] > MIN_COSINE
+
+
+def test_unknown_runtime_is_a_one_line_error(cli, image_set):
+    r = cli("index", str(image_set), "--runtime", "tensorrt", ok=False)
+    assert r.exit_code != 0 and "--runtime must be one of" in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.quality
+def test_lite_on_onnx_agrees_with_pytorch(photos, tmp_path):
+    enc = load_encoder("lite")
+    for runtime in ("onnx", "onnx-int8"):
+        encode, _ = pixel_encoder(enc, tmp_path, runtime)
+        pixels = _pixels(enc, photos)
+        assert (encode(pixels) * enc.encode_pixels(pixels)).sum(1).min() >= MIN_COSINE
