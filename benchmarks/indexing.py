@@ -40,6 +40,8 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--runtime", default="auto")
+    ap.add_argument("--processes", action=argparse.BooleanOptionalAction, default=None,
+                    help="decode workers in processes / threads [default: the indexer's own choice]")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         if args.folder:
@@ -75,14 +77,16 @@ def main() -> None:
 
         torch_fwd = forward(enc.encode_pixels)
         fwd = forward(encode) if runtime != "torch" else torch_fwd
-        s = index_paths(idx, [str(folder)], args.model, batch_size=args.batch_size, runtime=args.runtime, progress=False)
+        s = index_paths(idx, [str(folder)], args.model, batch_size=args.batch_size, runtime=args.runtime,
+                        processes=args.processes, progress=False)
         pipeline = s.embedded / s.seconds
         s2 = index_paths(idx, [str(folder)], progress=False)
         print(f"model {enc.identity}, {len(files)} images, torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}")
         print(f"model load                 {load_s:8.2f} s  (+ {choose_s:.1f} s choosing the runtime: {runtime})")
         print(f"bare forward, PyTorch      {torch_fwd:8.1f} images/s")
         print(f"bare forward, {runtime:12s} {fwd:8.1f} images/s")
-        print(f"index pipeline             {pipeline:8.1f} images/s  ({s.embedded} embedded in {s.seconds:.1f} s on {s.runtime})")
+        print(f"index pipeline             {pipeline:8.1f} images/s  ({s.embedded} embedded in {s.seconds:.1f} s on {s.runtime}, "
+              f"decode workers: {'processes' if s.processes else 'threads'})")
         print(f"pipeline / forward         {pipeline / fwd:8.2f}  (/ PyTorch forward: {pipeline / torch_fwd:.2f})")
         print(f"second run, unchanged      {s2.seconds:8.2f} s  ({s2.unchanged} unchanged, {s2.embedded} embedded)")
 

@@ -62,7 +62,7 @@ def index(
     model: Optional[str] = typer.Option(None, "--model", help="lite (default, offline) | open_clip:ARCH:TAG | open_clip:ARCH:/path/ckpt.pt"),
     reindex: bool = typer.Option(False, "--reindex", help="Re-embed everything, e.g. to switch an existing index to another --model."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per model forward."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Decode threads [default: up to 4]."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Decode workers: processes when there are ≥ 200 images or videos to decode, threads below [default: up to 4]."),
     exclude: List[str] = typer.Option([], "--exclude", help="Glob on file or folder names/paths to skip; repeatable."),
     hidden: bool = typer.Option(False, "--hidden", help="Also index hidden files and folders."),
     max_pixels: int = typer.Option(100_000_000, "--max-pixels", help="Skip images and videos with more pixels per frame than this (decompression bombs)."),

@@ -1,18 +1,23 @@
 """Decode and embed stage: files in, per-file item vectors out.
 
-Decoding (an image, a video's keyframes, a text file's passages) and preprocessing run in worker threads a few batches
-ahead of the model, which embeds units from several files per forward pass. A file comes out
-only when all its units are embedded, so the writer can commit it whole.
+Decoding (an image, a video's keyframes, a text file's passages) and preprocessing run in
+workers a few batches ahead of the model, which embeds units from several files per forward
+pass. A file comes out only when all its units are embedded, so the writer can commit it whole.
+Workers are threads, or processes (`processes=True`) so that Python-level work in decoding and
+preprocessing does not contend for the GIL with the model loop; they receive only the model's
+preprocessing (`Preprocess`), never the model.
 """
 from __future__ import annotations
 
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Iterator
+from multiprocessing import get_context
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 from retrieval.encoders import Encoder
@@ -54,7 +59,18 @@ class DecodeOptions:
     text: TextOptions = field(default_factory=TextOptions)
 
 
-def decode(entry: Entry, digest: str, encoder: Encoder, opts: DecodeOptions) -> Decoded:
+@dataclass(frozen=True)
+class Preprocess:
+    """What decoding needs of a model: its input size and its image transform (picklable)."""
+    transform: Callable[[Image.Image], torch.Tensor]
+    image_size: int
+
+    @classmethod
+    def of(cls, encoder: Encoder) -> "Preprocess":
+        return cls(getattr(encoder, "_preprocess", encoder.preprocess), encoder.image_size)
+
+
+def decode(entry: Entry, digest: str, prep: Preprocess, opts: DecodeOptions) -> Decoded:
     d = Decoded(entry, digest)
     try:
         if entry.kind == "text":
@@ -63,14 +79,27 @@ def decode(entry: Entry, digest: str, encoder: Encoder, opts: DecodeOptions) -> 
             frames = keyframes(entry.path, max_gap=opts.max_gap, max_pixels=opts.max_pixels)
             d.size = frames[0].image.size
             d.units = [({"kind": "video", "timestamp": k.timestamp, "start": k.start, "end": k.end},
-                        encoder.preprocess(k.image.convert("RGB"))) for k in frames]
+                        prep.transform(k.image.convert("RGB"))) for k in frames]
         else:
-            img = load_image(entry.path, opts.max_pixels, draft=2 * encoder.image_size)
-            d.size, d.units = img.info["source_size"], [({"kind": "image"}, encoder.preprocess(img))]
+            img = load_image(entry.path, opts.max_pixels, draft=2 * prep.image_size)
+            d.size, d.units = img.info["source_size"], [({"kind": "image"}, prep.transform(img))]
     except DecodeError as err:
         d.error = str(err)
     except Exception as err:  # a decoder bug on one odd file must not end the run
         d.error = f"decode failed: {type(err).__name__}: {err}"
+    return d
+
+
+def _decode_in_process(entry: Entry, digest: str, prep: Preprocess, opts: DecodeOptions) -> Decoded:
+    """`decode` in a worker process; pixels travel back as numpy arrays (plain pickles, no
+    shared-memory file descriptors to run out of)."""
+    d = decode(entry, digest, prep, opts)
+    d.units = [(m, u if isinstance(u, str) else u.numpy()) for m, u in d.units]
+    return d
+
+
+def _received(d: Decoded) -> Decoded:
+    d.units = [(m, u if isinstance(u, (str, torch.Tensor)) else torch.from_numpy(u)) for m, u in d.units]
     return d
 
 
@@ -93,24 +122,28 @@ def _embed_units(done: list[Decoded], encoder: Encoder, encode_pixels: PixelEnco
 
 
 def embedded(todo: list[tuple[Entry, str]], encoder: Encoder, opts: DecodeOptions, *, batch_size: int, workers: int,
-             progress: bool, encode_pixels: PixelEncoder | None = None) -> Iterator[list[Decoded]]:
+             progress: bool, encode_pixels: PixelEncoder | None = None, processes: bool = False) -> Iterator[list[Decoded]]:
     """Yield lists of finished files (vectors filled, or error set), about one batch at a time.
     `encode_pixels` runs the image tower (default: the encoder's own, on PyTorch)."""
     encode_pixels = encode_pixels or encoder.encode_pixels
+    prep = Preprocess.of(encoder)
     bar = tqdm(total=len(todo), desc="embedding", unit="file", disable=not progress or not todo)
-    with ThreadPoolExecutor(workers) as pool:
+    # forkserver, not fork: a child forked from a process running torch's thread pools can hang
+    pool = ProcessPoolExecutor(workers, mp_context=get_context("forkserver")) if processes else ThreadPoolExecutor(workers)
+    work = _decode_in_process if processes else decode
+    with pool:
         jobs = iter(todo)
         pending: deque[Future] = deque()
 
         def refill() -> None:
             while len(pending) < batch_size * 2 and (job := next(jobs, None)) is not None:
-                pending.append(pool.submit(decode, *job, encoder, opts))
+                pending.append(pool.submit(work, *job, prep, opts))
 
         refill()
         while pending:
             done: list[Decoded] = []
             while pending and sum(len(d.units) for d in done) < batch_size:
-                done.append(pending.popleft().result())
+                done.append(_received(pending.popleft().result()))
                 refill()
             _embed_units(done, encoder, encode_pixels, batch_size)
             yield done

@@ -38,6 +38,7 @@ class Summary:
     skipped: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     runtime: str | None = None  # what ran the image tower, when anything was embedded
+    processes: bool = False  # whether decode workers were processes
 
     def as_dict(self) -> dict:
         return {**self.__dict__, "files_per_second": round(self.embedded / self.seconds, 2) if self.seconds else 0.0}
@@ -48,6 +49,9 @@ class Summary:
             f"{self.reused} reused by content, {len(self.skipped)} skipped; embedded {self.embedded} "
             f"in {self.seconds:.1f}s" + (f" (image tower on {self.runtime})" if self.runtime and self.embedded else "")
         )
+
+
+PROCESS_MIN_IMAGES = 200  # fewer images or videos than this: decode in threads, no process start-up
 
 
 def default_workers() -> int:
@@ -70,6 +74,7 @@ def index_paths(
     path_column: str | None = None,
     index_type: str | None = None,
     runtime: str = "auto",
+    processes: bool | None = None,
     progress: bool = True,
 ) -> Summary:
     start = time.perf_counter()
@@ -127,8 +132,11 @@ def index_paths(
             images = sum(e.kind != "text" for e, _ in plan.embed)
             encode_pixels, summary.runtime = pixel_encoder(encoder, index.path, runtime, images)
             opts = DecodeOptions(max_pixels, max_gap, TextOptions(text_column, path_column))
+            if processes is None:  # worker processes pay off only when there is much to decode
+                processes = images >= PROCESS_MIN_IMAGES
+            summary.processes = processes
             for batch in embedded(plan.embed, encoder, opts, batch_size=batch_size, workers=workers, progress=progress,
-                                  encode_pixels=encode_pixels):
+                                  encode_pixels=encode_pixels, processes=processes):
                 for d in batch:
                     if d.error:
                         _skip(s, d.entry, d.error, summary)

@@ -64,3 +64,21 @@ def test_lite_on_onnx_agrees_with_pytorch(photos, tmp_path):
         encode, _ = pixel_encoder(enc, tmp_path, runtime)
         pixels = _pixels(enc, photos)
         assert (encode(pixels) * enc.encode_pixels(pixels)).sum(1).min() >= MIN_COSINE
+
+
+def test_decode_in_worker_processes_gives_the_same_index(tiny_clip, image_set, tmp_path):
+    from retrieval import SearchIndex
+
+    vectors = {}
+    for processes in (False, True):
+        idx = SearchIndex(tmp_path / f"ix-{processes}", create=True)
+        summary = idx.add([str(image_set)], tiny_clip, processes=processes, runtime="torch", progress=False)
+        assert summary.processes == processes and not summary.skipped
+        with idx.index.session() as s:
+            from retrieval.store import File, Item
+            from sqlalchemy import select
+
+            vectors[processes] = {p: np.frombuffer(v, np.float32) for p, v in s.execute(
+                select(File.path, Item.vector).join(Item, Item.file_id == File.id))}
+    assert vectors[True].keys() == vectors[False].keys() and len(vectors[True]) >= 10
+    assert all(np.allclose(vectors[True][p], vectors[False][p], atol=1e-5) for p in vectors[True])
