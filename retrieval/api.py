@@ -41,7 +41,7 @@ class SearchIndex:
     def add(self, paths: Iterable[str] = (), model: str | None = None, **options):
         """Index (or update) files and folders; no paths: update every root indexed before.
         Options: reindex, batch_size, workers, exclude, hidden, max_pixels, max_gap, text_column,
-        path_column, index_type, runtime, progress. Returns the run's `Summary`."""
+        path_column, index_type, runtime, processes, progress. Returns the run's `Summary`."""
         from indexer.run import index_paths
 
         return index_paths(self.index, [os.path.expanduser(p) for p in paths], model, **options)

@@ -26,6 +26,7 @@ def clustered(n: int, d: int, seed: int = 0) -> np.ndarray:
     (100_000, 512, 100 << 20, "ivfsq"),  # a tight budget forces compression even for small sets
     (100_000, 512, 20 << 20, "ivfpq"),  # a tighter one, short PQ codes
     (50_000_000, 512, 8 * GiB, "ivfpq"),
+    (500_000_000, 512, 64 * GiB, "ivfpq"),  # 16k lists: an HNSW coarse quantiser
 ])
 def test_choice_follows_size_and_budget(n, dim, budget, kind):
     plan = choose_index(n, dim, budget)
@@ -34,7 +35,7 @@ def test_choice_follows_size_and_budget(n, dim, budget, kind):
         code = dim if kind == "ivfsq" else int(plan.factory.split("PQ")[-1])  # bytes per vector
         assert n * (code + 16) <= budget and dim % code == 0 and (kind == "ivfsq" or dim // code >= 4)
         nlist = int(plan.factory.split(",")[0][3:].split("_")[0])
-        assert nlist <= n // 39 and ("HNSW" in plan.factory) == (nlist >= 4096)
+        assert nlist <= n // 39 and ("HNSW" in plan.factory) == (nlist >= 16384)
 
 
 def test_override_forces_a_family():

@@ -182,4 +182,8 @@ def pixel_encoder(encoder: Encoder, index_path: str | os.PathLike, runtime: str 
                 return encoder.encode_pixels, "torch"
         if runtime == "torch":
             return encoder.encode_pixels, "torch"
+        try:
+            return _onnx_encoder(export(encoder, folder)[runtime]), runtime
+        except Exception:  # a damaged cached export: index on PyTorch rather than fail
+            return encoder.encode_pixels, "torch"
     return _onnx_encoder(export(encoder, folder)[runtime]), runtime
