@@ -40,8 +40,8 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--runtime", default="auto")
-    ap.add_argument("--processes", action=argparse.BooleanOptionalAction, default=None,
-                    help="decode workers in processes / threads [default: the indexer's own choice]")
+    ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--processes", action="store_true", help="decode workers in processes, not threads")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         if args.folder:
@@ -78,7 +78,7 @@ def main() -> None:
         torch_fwd = forward(enc.encode_pixels)
         fwd = forward(encode) if runtime != "torch" else torch_fwd
         s = index_paths(idx, [str(folder)], args.model, batch_size=args.batch_size, runtime=args.runtime,
-                        processes=args.processes, progress=False)
+                        processes=args.processes, workers=args.workers, progress=False)
         pipeline = s.embedded / s.seconds
         s2 = index_paths(idx, [str(folder)], progress=False)
         print(f"model {enc.identity}, {len(files)} images, torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}")

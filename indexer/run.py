@@ -51,9 +51,6 @@ class Summary:
         )
 
 
-PROCESS_MIN_IMAGES = 200  # fewer images or videos than this: decode in threads, no process start-up
-
-
 def default_workers() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
@@ -74,7 +71,7 @@ def index_paths(
     path_column: str | None = None,
     index_type: str | None = None,
     runtime: str = "auto",
-    processes: bool | None = None,
+    processes: bool = False,
     progress: bool = True,
 ) -> Summary:
     start = time.perf_counter()
@@ -118,7 +115,7 @@ def index_paths(
         set_meta(s, "removed", json.dumps(removed))
         if plan.remove or plan.reuse or plan.broken or plan.unreadable:
             bump_generation(s)
-        s.commit()
+        _commit(s)
         summary.removed = len(plan.remove)
         summary.reused = len(plan.reuse)
         for e, _, _ in plan.reuse:
@@ -132,8 +129,6 @@ def index_paths(
             images = sum(e.kind != "text" for e, _ in plan.embed)
             encode_pixels, summary.runtime = pixel_encoder(encoder, index.path, runtime, images)
             opts = DecodeOptions(max_pixels, max_gap, TextOptions(text_column, path_column))
-            if processes is None:  # worker processes pay off only when there is much to decode
-                processes = images >= PROCESS_MIN_IMAGES
             summary.processes = processes
             for batch in embedded(plan.embed, encoder, opts, batch_size=batch_size, workers=workers, progress=progress,
                                   encode_pixels=encode_pixels, processes=processes):
@@ -145,7 +140,7 @@ def index_paths(
                         _count(summary, d.entry, plan.new_paths)
                         summary.embedded += 1
                 bump_generation(s)
-                s.commit()
+                _commit(s)
     if retype:
         with index.session() as s:
             set_meta(s, "index_type", index_type)
@@ -185,11 +180,25 @@ def _write(s: Session, e: Entry, digest: str, items: list[dict], size: tuple[int
     if size is not None:
         row.width, row.height = size
     s.flush()
-    # item ids are never reused (SQLite would hand out a deleted maximum again), so an index can
-    # be extended by comparing id sets: an id it holds always means the same vector
-    first = int(get_meta(s, "next_item_id") or (s.scalar(select(func.max(Item.id))) or 0) + 1)
+    first = _fresh_ids(s, len(items))
     s.add_all(Item(id=first + i, file_id=row.id, **it) for i, it in enumerate(items))
-    set_meta(s, "next_item_id", str(first + len(items)))
+
+
+def _fresh_ids(s: Session, n: int) -> int:
+    """The first of `n` item ids never used before. SQLite would hand out a deleted maximum again;
+    never reusing ids lets a FAISS index be extended by comparing id sets (an id it holds always
+    means the same vector). Counted in the session, stored by `_commit`."""
+    if "next_item_id" not in s.info:
+        s.info["next_item_id"] = int(get_meta(s, "next_item_id") or (s.scalar(select(func.max(Item.id))) or 0) + 1)
+    first = s.info["next_item_id"]
+    s.info["next_item_id"] = first + n
+    return first
+
+
+def _commit(s: Session) -> None:
+    if "next_item_id" in s.info:
+        set_meta(s, "next_item_id", str(s.info["next_item_id"]))
+    s.commit()
 
 
 def _skip(s: Session, e: Entry, reason: str, summary: Summary) -> None:

@@ -107,3 +107,26 @@ def test_unchanged_run_does_not_even_import_torch(cli, tiny_clip, photos, tmp_pa
     r = subprocess.run([sys.executable, "-c", code, str(lib), str(cli.index)], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "1 unchanged" in r.stdout
+
+
+def test_item_ids_are_never_reused(tmp_path, tiny_clip, photos):
+    """A FAISS index is extended by comparing id sets, so a deleted id must never come back."""
+    from sqlalchemy import func, select
+
+    from retrieval import SearchIndex
+    from retrieval.store import Item
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    for name in ("chelsea.png", "coffee.png", "rocket.jpg"):
+        shutil.copy2(photos / name, lib / name)
+    idx = SearchIndex(tmp_path / "ix", create=True)
+    idx.add([str(lib)], tiny_clip, progress=False)
+    with idx.index.session() as s:
+        top = s.scalar(select(func.max(Item.id)))
+        newest = s.scalars(select(Item).where(Item.id == top)).one().file.path
+    os.remove(newest)  # the item holding the largest id goes...
+    shutil.copy2(photos / "horse.png", lib / "horse.png")  # ...and a new one arrives
+    idx.add([str(lib)], progress=False)
+    with idx.index.session() as s:
+        assert s.scalar(select(func.min(Item.id)).where(Item.file.has(path=str(lib / "horse.png")))) > top

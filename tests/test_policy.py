@@ -132,3 +132,16 @@ def test_readers_keep_a_stale_approximate_index_until_the_indexer_rebuilds(tiny_
     Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(lib / "new.png")
     writer.add([str(lib)], progress=False)  # the indexer rebuilds at the end of its run
     assert reader.search(image=str(lib / "new.png"), k=1)[0].path == str(lib / "new.png")
+
+
+@pytest.mark.parametrize("kind", ["ivfsq", "hnsw"])
+def test_filtered_search_returns_only_allowed_ids(kind):
+    import faiss
+
+    x = clustered(3_000, 32)
+    ids = np.arange(3_000, dtype=np.int64) * 3 + 7
+    plan = choose_index(3_000, 32, kind=kind)
+    index = build(plan, ids, x)
+    allowed = ids[::10]
+    found = index.search(x[:5], 20, params=search_params(plan, faiss.IDSelectorBatch(allowed)))[1]
+    assert set(found[found >= 0].tolist()) <= set(allowed.tolist()) and (found >= 0).sum() >= 50
