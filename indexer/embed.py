@@ -131,7 +131,9 @@ def embedded(todo: list[tuple[Entry, str]], encoder: Encoder, opts: DecodeOption
     # forkserver, not fork: a child forked from a process running torch's thread pools can hang
     pool = ProcessPoolExecutor(workers, mp_context=get_context("forkserver")) if processes else ThreadPoolExecutor(workers)
     work = _decode_in_process if processes else decode
-    with pool:
+    # the model runs one batch ahead of the caller, in its own thread: while it embeds batch n+1
+    # (native code, GIL released) the caller commits batch n
+    with pool, ThreadPoolExecutor(1) as model:
         jobs = iter(todo)
         pending: deque[Future] = deque()
 
@@ -140,12 +142,18 @@ def embedded(todo: list[tuple[Entry, str]], encoder: Encoder, opts: DecodeOption
                 pending.append(pool.submit(work, *job, prep, opts))
 
         refill()
-        while pending:
-            done: list[Decoded] = []
-            while pending and sum(len(d.units) for d in done) < batch_size:
-                done.append(_received(pending.popleft().result()))
-                refill()
-            _embed_units(done, encoder, encode_pixels, batch_size)
-            yield done
-            bar.update(len(done))
+        ahead: tuple[list[Decoded], Future] | None = None
+        while pending or ahead:
+            embedding = None
+            if pending:
+                done: list[Decoded] = []
+                while pending and sum(len(d.units) for d in done) < batch_size:
+                    done.append(_received(pending.popleft().result()))
+                    refill()
+                embedding = (done, model.submit(_embed_units, done, encoder, encode_pixels, batch_size))
+            if ahead:
+                ahead[1].result()
+                yield ahead[0]
+                bar.update(len(ahead[0]))
+            ahead = embedding
     bar.close()
