@@ -22,10 +22,13 @@ from sqlalchemy.orm import Session
 from .encoders import DEFAULT_MODEL, load_encoder
 from .errors import ModelLoadError, UserError
 from .policy import MIN_VECTORS, RERANK, IndexPlan, build, choose_index, extend, search_params
-from .store import DB_NAME, File, Item, Tag, bump_generation, get_meta, load_vectors, open_engine, set_meta
+from .store import DB_NAME, File, Item, Tag, bump_generation, get_meta, load_vectors, open_engine, set_meta, vectors_to_file
 
 if TYPE_CHECKING:
     from .encoders.base import Encoder
+
+
+IN_MEMORY_LIMIT = 2_000_000  # more vectors than this are built from a float16 file, not RAM
 
 
 def _read_plan(fn: str) -> IndexPlan | None:
@@ -126,11 +129,17 @@ class Index:
             if len(ids) < MIN_VECTORS[plan.kind]:  # too few to train or tune it: exact it is
                 plan = choose_index(len(ids), dim, kind="flat")
             built = self._extended(plan, ids, s)
-            if built is None:
+            if built is not None:
+                index, plan = built
+            elif len(ids) > IN_MEMORY_LIMIT:
+                scratch = os.path.join(self.path, f"build-{os.getpid()}.f16")
+                try:
+                    index = build(plan, *vectors_to_file(s, scratch, len(ids), dim))
+                finally:
+                    os.remove(scratch)
+            else:
                 ids, vecs = load_vectors(s)
                 index = build(plan, ids, vecs if len(vecs) else np.zeros((0, dim), np.float32))
-            else:
-                index, plan = built
         try:  # a read-only index directory still answers from memory
             tmp = f"{fn}.{os.getpid()}.tmp"
             faiss.write_index(index, tmp)

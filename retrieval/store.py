@@ -156,5 +156,22 @@ def load_vectors(session: Session) -> tuple[np.ndarray, np.ndarray]:
     return ids, vecs
 
 
+def vectors_to_file(session: Session, path: str, n: int, dim: int, chunk: int = 50_000) -> tuple[np.ndarray, np.ndarray]:
+    """All (ids, vectors) with the vectors in a float16 memory map at `path`, written a chunk at
+    a time: building a large index must not hold the collection in RAM (10M × 512 floats are
+    20 GiB). Float16 is plenty to place vectors in lists and graphs; scores are re-ranked from
+    the stored float32."""
+    ids = np.empty(n, np.int64)
+    vecs = np.memmap(path, np.float16, "w+", shape=(n, dim))
+    i = 0
+    for rows in session.execute(select(Item.id, Item.vector).order_by(Item.id)).yield_per(chunk).partitions():
+        rows = rows[: n - i]
+        ids[i : i + len(rows)] = [r[0] for r in rows]
+        vecs[i : i + len(rows)] = np.frombuffer(b"".join(r[1] for r in rows), np.float32).reshape(len(rows), dim)
+        i += len(rows)
+    vecs.flush()
+    return ids[:i], vecs[:i]
+
+
 def files_by_key(session: Session) -> dict[bytes, File]:
     return {f.path_key: f for f in session.scalars(select(File))}

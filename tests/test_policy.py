@@ -145,3 +145,24 @@ def test_filtered_search_returns_only_allowed_ids(kind):
     allowed = ids[::10]
     found = index.search(x[:5], 20, params=search_params(plan, faiss.IDSelectorBatch(allowed)))[1]
     assert set(found[found >= 0].tolist()) <= set(allowed.tolist()) and (found >= 0).sum() >= 50
+
+
+def test_large_collections_build_from_a_float16_file(tiny_clip, tmp_path, monkeypatch):
+    """Past IN_MEMORY_LIMIT the vectors stream to a scratch file instead of RAM; same answers."""
+    from PIL import Image
+
+    import retrieval.index
+    from retrieval import SearchIndex
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    rng = np.random.default_rng(7)
+    for i in range(60):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(lib / f"n{i:02}.png")
+    monkeypatch.setattr(retrieval.index, "IN_MEMORY_LIMIT", 10)
+    idx = SearchIndex(tmp_path / "ix", create=True)
+    idx.add([str(lib)], tiny_clip, index_type="hnsw", progress=False)
+    assert idx.info()["index_plan"]["kind"] == "hnsw" and not list((tmp_path / "ix").glob("build-*"))
+    for p in sorted(lib.iterdir())[:5]:
+        hit = idx.search(image=str(p), k=1)[0]
+        assert hit.path == str(p) and abs(hit.score - 1) < 1e-4
