@@ -20,7 +20,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-IndexOpt = typer.Option(None, "--index", envvar="MMSEARCH_INDEX", help="Index directory [default: per-user data dir].")
+IndexOpt = typer.Option(None, "--index", envvar="MMSEARCH_INDEX", help="Index directory (default: per-user data dir).")
 JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON.")
 
 
@@ -62,13 +62,13 @@ def index(
     model: Optional[str] = typer.Option(None, "--model", help="lite (default, offline) | open_clip:ARCH:TAG | open_clip:ARCH:/path/ckpt.pt"),
     reindex: bool = typer.Option(False, "--reindex", help="Re-embed everything, e.g. to switch an existing index to another --model."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per model forward."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Decode threads (or processes) [default: up to 4]."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Decode threads (or processes); default: up to 4."),
     processes: bool = typer.Option(False, "--processes", help="Decode in worker processes instead of threads: for many-core machines where decoding is the bottleneck (on 2 cores threads measured faster)."),
     exclude: List[str] = typer.Option([], "--exclude", help="Glob on file or folder names/paths to skip; repeatable."),
     hidden: bool = typer.Option(False, "--hidden", help="Also index hidden files and folders."),
     max_pixels: int = typer.Option(100_000_000, "--max-pixels", help="Skip images and videos with more pixels per frame than this (decompression bombs)."),
     max_gap: float = typer.Option(4.0, "--max-gap", min=0.1, help="Videos: longest stretch of a shot without a keyframe, in seconds."),
-    text_column: Optional[str] = typer.Option(None, "--text-column", help="Caption tables (.csv/.jsonl/.parquet): the text column [default: caption/text/title/description]."),
+    text_column: Optional[str] = typer.Option(None, "--text-column", help="Caption tables (.csv/.jsonl/.parquet): the text column (default: caption/text/title/description)."),
     path_column: Optional[str] = typer.Option(None, "--path-column", help="Caption tables: a column naming the image each caption describes."),
     index_type: Optional[str] = typer.Option(None, "--index-type", help="FAISS index: auto (by size and memory), flat (exact), hnsw, ivfsq (8-bit codes) or ivfpq (PQ codes); remembered."),
     runtime: str = typer.Option("auto", "--runtime", help="Image tower while indexing: auto (fastest of PyTorch / ONNX Runtime fp32 / int8 whose vectors agree with PyTorch's, measured once per model), torch, onnx or onnx-int8."),
@@ -188,7 +188,7 @@ def _batch_search(idx, queries: str, k: int, options: dict) -> None:
 def train(
     data: str = typer.Option(..., "--data", help="Pairs: .csv/.jsonl/.parquet with image and caption columns, or a folder of images with .txt captions."),
     out: str = typer.Option(..., "--out", help="Where to write the trained checkpoint (lite: a .safetensors head)."),
-    model: Optional[str] = typer.Option(None, "--model", help="Model to fine-tune [default: lite]."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model to fine-tune (default: lite)."),
     what: str = typer.Option("projections", "--train", help="open_clip models: which part learns (projections)."),
     epochs: int = typer.Option(15, "--epochs", min=1),
     batch_size: int = typer.Option(256, "--batch-size", min=2),
@@ -224,7 +224,7 @@ def _fmt(m: dict) -> str:
 @user_errors
 def evaluate(
     data: str = typer.Option(..., "--data", help="Pairs file or folder, as for `train`."),
-    model: Optional[str] = typer.Option(None, "--model", help="Model to evaluate [default: lite]."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model to evaluate (default: lite)."),
     json_out: bool = JsonOpt,
 ):
     """Text→image and image→text Recall@1/5/10 and MRR on image–caption pairs."""
@@ -289,7 +289,7 @@ def describe(
 @app.command()
 @user_errors
 def tag(
-    paths: Optional[List[str]] = typer.Argument(None, help="Only files under these paths [default: all indexed images and videos]."),
+    paths: Optional[List[str]] = typer.Argument(None, help="Only files under these paths (default: all indexed images and videos)."),
     labels: str = typer.Option(..., "--labels", help="A file with one label per line, or \"cat,dog,car\"."),
     threshold: float = typer.Option(0.3, "--threshold", min=0.0, max=1.0, help="Keep labels scoring at least this (the best label is always kept)."),
     prompt: str = typer.Option("a photo of a {}", "--prompt", help="Template turning a label into a query."),
