@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import os
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -164,17 +166,31 @@ class Index:
         if index.ntotal == 0 or k <= 0 or (allowed is not None and len(allowed) == 0):
             return []
         sel = None if allowed is None else faiss.IDSelectorBatch(allowed.astype(np.int64))
-        fetch = k * RERANK[plan.kind]
-        n = min(fetch, index.ntotal if allowed is None else len(allowed))
+        pool = index.ntotal if allowed is None else len(allowed)
+        n = min(k * RERANK[plan.kind], pool)
+        if plan.param == "nprobe":  # probe lists enough to hold n of the pool twice over (filters, large k)
+            nlist = faiss.extract_index_ivf(index).nlist
+            plan = replace(plan, value=min(nlist, max(plan.value, math.ceil(2 * nlist * n / pool))))
         q = np.asarray(query, np.float32).reshape(1, -1)
         scores, ids = index.search(q, n, params=search_params(plan, sel))
         found = [(int(i), float(sc)) for i, sc in zip(ids[0], scores[0]) if i >= 0]
         if plan.kind == "flat":
             return found
+        if len(found) < min(k, pool):  # the graph or lists came up short (a narrow filter, k near the size)
+            if allowed is None:
+                with self.session() as s:
+                    allowed = np.array(s.scalars(select(Item.id)).all(), np.int64)
+            return self._rescore(q[0], allowed.tolist())[:k]
+        return self._rescore(q[0], [i for i, _ in found])[:k]
+
+    def _rescore(self, q: np.ndarray, ids: list[int]) -> list[tuple[int, float]]:
+        """(id, exact score) best first, from the stored vectors; ids no longer stored are dropped."""
+        exact = []
         with self.session() as s:
-            rows = s.execute(select(Item.id, Item.vector).where(Item.id.in_([i for i, _ in found]))).all()
-        exact = [(i, float(np.frombuffer(v, np.float32) @ q[0])) for i, v in rows]
-        return sorted(exact, key=lambda t: -t[1])[:k]
+            for c in range(0, len(ids), 30_000):  # SQLite takes at most 32,766 parameters
+                rows = s.execute(select(Item.id, Item.vector).where(Item.id.in_(ids[c : c + 30_000]))).all()
+                exact += [(i, float(np.frombuffer(v, np.float32) @ q)) for i, v in rows]
+        return sorted(exact, key=lambda t: -t[1])
 
     def _extended(self, plan: IndexPlan, ids: np.ndarray, s: Session) -> tuple[faiss.Index, IndexPlan] | None:
         """The newest approximate index on disk, brought up to `ids` in place (policy.extend),

@@ -166,3 +166,25 @@ def test_large_collections_build_from_a_float16_file(tiny_clip, tmp_path, monkey
     for p in sorted(lib.iterdir())[:5]:
         hit = idx.search(image=str(p), k=1)[0]
         assert hit.path == str(p) and abs(hit.score - 1) < 1e-4
+
+
+@pytest.mark.parametrize("kind", ["ivfsq", "hnsw"])
+def test_approximate_indexes_answer_large_k_and_narrow_filters_completely(kind, tiny_clip, tmp_path):
+    """Probing only the tuned nprobe lists would miss most of a narrow filter or a k near the
+    collection's size: every matching item must still come back."""
+    from PIL import Image
+
+    from retrieval import SearchIndex
+
+    lib = tmp_path / "lib"
+    (lib / "few").mkdir(parents=True)
+    rng = np.random.default_rng(11)
+    for i in range(1_100):
+        where = lib / "few" if i % 100 == 0 else lib
+        Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(where / f"n{i:04}.png")
+    idx = SearchIndex(tmp_path / "ix", create=True)
+    idx.add([str(lib)], tiny_clip, index_type=kind, progress=False)
+    assert idx.info()["index_plan"]["kind"] == kind
+    assert len(idx.search("x", k=5_000)) == 1_100
+    few = idx.search("x", k=50, path=str(lib / "few" / "*"))
+    assert len(few) == 11 and all("/few/" in h.path for h in few)
