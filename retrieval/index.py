@@ -24,7 +24,8 @@ from sqlalchemy.orm import Session
 from .encoders import DEFAULT_MODEL, load_encoder
 from .errors import ModelLoadError, UserError
 from .policy import MIN_VECTORS, RERANK, IndexPlan, build, choose_index, extend, search_params
-from .store import DB_NAME, File, Item, Tag, bump_generation, get_meta, load_vectors, open_engine, set_meta, vectors_to_file
+from .store import (DB_NAME, File, Item, Tag, bump_generation, get_meta, load_vectors, open_engine, set_meta,
+                    vectors_by_id, vectors_to_file)
 
 if TYPE_CHECKING:
     from .encoders.base import Encoder
@@ -185,12 +186,9 @@ class Index:
 
     def _rescore(self, q: np.ndarray, ids: list[int]) -> list[tuple[int, float]]:
         """(id, exact score) best first, from the stored vectors; ids no longer stored are dropped."""
-        exact = []
         with self.session() as s:
-            for c in range(0, len(ids), 30_000):  # SQLite takes at most 32,766 parameters
-                rows = s.execute(select(Item.id, Item.vector).where(Item.id.in_(ids[c : c + 30_000]))).all()
-                exact += [(i, float(np.frombuffer(v, np.float32) @ q)) for i, v in rows]
-        return sorted(exact, key=lambda t: -t[1])
+            vecs = vectors_by_id(s, ids)
+        return sorted(((i, float(v @ q)) for i, v in vecs.items()), key=lambda t: -t[1])
 
     def _extended(self, plan: IndexPlan, ids: np.ndarray, s: Session) -> tuple[faiss.Index, IndexPlan] | None:
         """The newest approximate index on disk, brought up to `ids` in place (policy.extend),
@@ -202,10 +200,8 @@ class Index:
         index = faiss.read_index(files[-1])
 
         def load(new: np.ndarray) -> np.ndarray:
-            rows: dict[int, bytes] = {}
-            for c in range(0, len(new), 30_000):  # SQLite takes at most 32,766 parameters
-                rows.update(s.execute(select(Item.id, Item.vector).where(Item.id.in_(new[c : c + 30_000].tolist()))).all())
-            return np.stack([np.frombuffer(rows[int(i)], np.float32) for i in new])
+            vecs = vectors_by_id(s, new.tolist())
+            return np.stack([vecs[int(i)] for i in new])
 
         return (index, old) if extend(old, index, ids, load) else None
 

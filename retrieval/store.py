@@ -156,6 +156,16 @@ def load_vectors(session: Session) -> tuple[np.ndarray, np.ndarray]:
     return ids, vecs
 
 
+def vectors_by_id(session: Session, ids: list[int]) -> dict[int, np.ndarray]:
+    """The stored vectors of `ids` (ids no longer stored are absent), fetched in chunks: SQLite
+    takes at most 32,766 parameters a statement."""
+    out: dict[int, np.ndarray] = {}
+    for c in range(0, len(ids), 30_000):
+        for i, v in session.execute(select(Item.id, Item.vector).where(Item.id.in_(ids[c : c + 30_000]))):
+            out[i] = np.frombuffer(v, np.float32)
+    return out
+
+
 def vectors_to_file(session: Session, path: str, n: int, dim: int, chunk: int = 50_000) -> tuple[np.ndarray, np.ndarray]:
     """All (ids, vectors) with the vectors in a float16 memory map at `path`, written a chunk at
     a time: building a large index must not hold the collection in RAM (10M × 512 floats are
