@@ -124,25 +124,23 @@ def export(encoder: Encoder, folder: Path) -> dict[str, Path]:
     return files
 
 
-def _measure(encode: PixelEncoder, pixels: torch.Tensor, reference: np.ndarray | None) -> tuple[float, float]:
-    """(images/s, worst cosine against `reference`) on the calibration batch, after a warm-up."""
+def _measure(encode: PixelEncoder, pixels: torch.Tensor) -> tuple[float, np.ndarray]:
+    """(images/s, vectors) on the calibration batch, after a warm-up."""
     encode(pixels[:2])
     t = time.perf_counter()
     out = encode(pixels)
-    speed = len(pixels) / (time.perf_counter() - t)
-    cosine = 1.0 if reference is None else float((out * reference).sum(1).min())
-    return speed, cosine
+    return len(pixels) / (time.perf_counter() - t), out
 
 
 def choose(encoder: Encoder, folder: Path) -> dict:
     """Export, time and check every runtime once; the fastest that agrees with PyTorch wins."""
     files = export(encoder, folder)
     pixels = calibration_pixels(encoder)
-    reference = encoder.encode_pixels(pixels)
-    measured = {"torch": dict(zip(("images_per_s", "min_cosine"), _measure(encoder.encode_pixels, pixels, None)))}
+    speed, reference = _measure(encoder.encode_pixels, pixels)
+    measured = {"torch": {"images_per_s": round(speed, 2), "min_cosine": 1.0}}
     for name, path in files.items():
-        speed, cosine = _measure(_onnx_encoder(path), pixels, reference)
-        measured[name] = {"images_per_s": round(speed, 2), "min_cosine": round(cosine, 5)}
+        speed, out = _measure(_onnx_encoder(path), pixels)
+        measured[name] = {"images_per_s": round(speed, 2), "min_cosine": round(float((out * reference).sum(1).min()), 5)}
     ok = {k: v for k, v in measured.items() if v["min_cosine"] >= MIN_COSINE}
     # int8 must win clearly to be worth its small loss of precision (a tie is timing noise)
     choice = {"model": encoder.identity, "threads": torch.get_num_threads(), "measured": measured,
@@ -151,41 +149,48 @@ def choose(encoder: Encoder, folder: Path) -> dict:
     return choice
 
 
+def _auto(encoder: Encoder, folder: Path, images: int) -> str:
+    """The runtime `auto` means here: the cached choice, else torch for a small job, else a
+    fresh measurement (torch, recorded with its reason, when the model cannot be exported)."""
+    try:
+        saved = json.loads((folder / "choice.json").read_text())
+        if saved.get("threads") == torch.get_num_threads():
+            return saved["runtime"]
+    except (OSError, ValueError, KeyError):
+        pass
+    if images < AUTO_MIN_IMAGES:
+        return "torch"
+    try:
+        return choose(encoder, folder)["runtime"]
+    except Exception as e:  # an architecture the exporter cannot trace still indexes, on PyTorch
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "choice.json").write_text(json.dumps({"runtime": "torch", "threads": torch.get_num_threads(),
+                                                        "error": f"{type(e).__name__}: {e}"[:500]}))
+        return "torch"
+
+
 def pixel_encoder(encoder: Encoder, index_path: str | os.PathLike, runtime: str = "auto",
                   images: int = AUTO_MIN_IMAGES) -> tuple[PixelEncoder, str]:
     """The fastest faithful `encode_pixels` for indexing `images` images with `encoder` (or the
     runtime `runtime` names), and that runtime's name."""
     if runtime not in RUNTIMES:
         raise UserError(f"--runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
+    auto = runtime == "auto"
+    if runtime != "torch":
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            if not auto:
+                raise UserError(f"--runtime {runtime} needs `pip install onnxruntime onnx`") from None
+            runtime = "torch"
+    folder = Path(index_path) / "onnx" / hashlib.sha1(encoder.identity.encode()).hexdigest()[:16]
+    if runtime == "auto":
+        runtime = _auto(encoder, folder, images)
     if runtime == "torch":
         return encoder.encode_pixels, "torch"
     try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        if runtime != "auto":
-            raise UserError(f"--runtime {runtime} needs `pip install onnxruntime onnx`") from None
-        return encoder.encode_pixels, "torch"
-    folder = Path(index_path) / "onnx" / hashlib.sha1(encoder.identity.encode()).hexdigest()[:16]
-    if runtime == "auto":
-        try:
-            saved = json.loads((folder / "choice.json").read_text())
-            runtime = saved["runtime"] if saved.get("threads") == torch.get_num_threads() else None
-        except (OSError, ValueError, KeyError):
-            runtime = None
-        if runtime is None and images < AUTO_MIN_IMAGES:
-            return encoder.encode_pixels, "torch"
-        if runtime is None:
-            try:
-                runtime = choose(encoder, folder)["runtime"]
-            except Exception as e:  # an architecture the exporter cannot trace still indexes, on PyTorch
-                folder.mkdir(parents=True, exist_ok=True)
-                (folder / "choice.json").write_text(json.dumps({"runtime": "torch", "threads": torch.get_num_threads(),
-                                                                "error": f"{type(e).__name__}: {e}"[:500]}))
-                return encoder.encode_pixels, "torch"
-        if runtime == "torch":
-            return encoder.encode_pixels, "torch"
-        try:
-            return _onnx_encoder(export(encoder, folder)[runtime]), runtime
-        except Exception:  # a damaged cached export: index on PyTorch rather than fail
-            return encoder.encode_pixels, "torch"
-    return _onnx_encoder(export(encoder, folder)[runtime]), runtime
+        return _onnx_encoder(export(encoder, folder)[runtime]), runtime
+    except Exception:
+        if not auto:
+            raise
+        return encoder.encode_pixels, "torch"  # a damaged cached export: index on PyTorch rather than fail
