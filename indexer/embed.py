@@ -3,9 +3,10 @@
 Decoding (an image, a video's keyframes, a text file's passages) and preprocessing run in
 workers a few batches ahead of the model, which embeds units from several files per forward
 pass. A file comes out only when all its units are embedded, so the writer can commit it whole.
-Workers are threads, or processes (`processes=True`) so that Python-level work in decoding and
-preprocessing does not contend for the GIL with the model loop; they receive only the model's
-preprocessing (`Preprocess`), never the model.
+Workers do the per-image geometry (resize, crop) and hand over uint8 arrays; the model's batch
+forward normalises them (retrieval/encoders/pixels.py). Workers are threads, or processes
+(`processes=True`) so that Python-level work in decoding does not contend for the GIL with the
+model loop; they receive only the picklable `PixelPrep`, never the model.
 """
 from __future__ import annotations
 
@@ -13,14 +14,13 @@ from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
-import torch
-from PIL import Image
 from tqdm import tqdm
 
 from retrieval.encoders import Encoder
+from retrieval.encoders.pixels import PixelPrep
 from retrieval.encoders.runtime import PixelEncoder
 
 from .decode import DEFAULT_MAX_PIXELS, DecodeError, load_image
@@ -37,7 +37,7 @@ class Decoded:
     entry: Entry
     digest: str
     size: tuple[int, int] | None = None
-    units: list[tuple[dict, torch.Tensor | str]] = field(default_factory=list)  # (item fields, pixels or text)
+    units: list[tuple[dict, np.ndarray | str]] = field(default_factory=list)  # (item fields, uint8 pixels or text)
     error: str | None = None
     vectors: np.ndarray | None = None
 
@@ -59,18 +59,7 @@ class DecodeOptions:
     text: TextOptions = field(default_factory=TextOptions)
 
 
-@dataclass(frozen=True)
-class Preprocess:
-    """What decoding needs of a model: its input size and its image transform (picklable)."""
-    transform: Callable[[Image.Image], torch.Tensor]
-    image_size: int
-
-    @classmethod
-    def of(cls, encoder: Encoder) -> "Preprocess":
-        return cls(getattr(encoder, "_preprocess", encoder.preprocess), encoder.image_size)
-
-
-def decode(entry: Entry, digest: str, prep: Preprocess, opts: DecodeOptions) -> Decoded:
+def decode(entry: Entry, digest: str, prep: PixelPrep, opts: DecodeOptions) -> Decoded:
     d = Decoded(entry, digest)
     try:
         if entry.kind == "text":
@@ -79,27 +68,14 @@ def decode(entry: Entry, digest: str, prep: Preprocess, opts: DecodeOptions) -> 
             frames = keyframes(entry.path, max_gap=opts.max_gap, max_pixels=opts.max_pixels)
             d.size = frames[0].image.size
             d.units = [({"kind": "video", "timestamp": k.timestamp, "start": k.start, "end": k.end},
-                        prep.transform(k.image.convert("RGB"))) for k in frames]
+                        prep(k.image)) for k in frames]
         else:
             img = load_image(entry.path, opts.max_pixels, draft=2 * prep.image_size)
-            d.size, d.units = img.info["source_size"], [({"kind": "image"}, prep.transform(img))]
+            d.size, d.units = img.info["source_size"], [({"kind": "image"}, prep(img))]
     except DecodeError as err:
         d.error = str(err)
     except Exception as err:  # a decoder bug on one odd file must not end the run
         d.error = f"decode failed: {type(err).__name__}: {err}"
-    return d
-
-
-def _decode_in_process(entry: Entry, digest: str, prep: Preprocess, opts: DecodeOptions) -> Decoded:
-    """`decode` in a worker process; pixels travel back as numpy arrays (plain pickles, no
-    shared-memory file descriptors to run out of)."""
-    d = decode(entry, digest, prep, opts)
-    d.units = [(m, u if isinstance(u, str) else u.numpy()) for m, u in d.units]
-    return d
-
-
-def _received(d: Decoded) -> Decoded:
-    d.units = [(m, u if isinstance(u, (str, torch.Tensor)) else torch.from_numpy(u)) for m, u in d.units]
     return d
 
 
@@ -111,7 +87,7 @@ def _embed_units(done: list[Decoded], encoder: Encoder, encode_pixels: PixelEnco
     vecs = np.zeros((len(units), encoder.dim), np.float32)
     for i in range(0, len(pix), batch_size):
         idx = pix[i : i + batch_size]
-        vecs[idx] = encode_pixels(torch.stack([units[j] for j in idx]))
+        vecs[idx] = encode_pixels(np.stack([units[j] for j in idx]))
     for i in range(0, len(txt), batch_size * 2):
         idx = txt[i : i + batch_size * 2]
         vecs[idx] = encoder.encode_texts([units[j] for j in idx])
@@ -124,13 +100,12 @@ def _embed_units(done: list[Decoded], encoder: Encoder, encode_pixels: PixelEnco
 def embedded(todo: list[tuple[Entry, str]], encoder: Encoder, opts: DecodeOptions, *, batch_size: int, workers: int,
              progress: bool, encode_pixels: PixelEncoder | None = None, processes: bool = False) -> Iterator[list[Decoded]]:
     """Yield lists of finished files (vectors filled, or error set), about one batch at a time.
-    `encode_pixels` runs the image tower (default: the encoder's own, on PyTorch)."""
-    encode_pixels = encode_pixels or encoder.encode_pixels
-    prep = Preprocess.of(encoder)
+    `encode_pixels` runs the image tower on uint8 batches (default: the encoder's own, on PyTorch)."""
+    prep = PixelPrep.of(encoder)
+    encode_pixels = encode_pixels or prep.torch_encoder(encoder)
     bar = tqdm(total=len(todo), desc="embedding", unit="file", disable=not progress or not todo)
     # forkserver, not fork: a child forked from a process running torch's thread pools can hang
     pool = ProcessPoolExecutor(workers, mp_context=get_context("forkserver")) if processes else ThreadPoolExecutor(workers)
-    work = _decode_in_process if processes else decode
     # the model runs one batch ahead of the caller, in its own thread: while it embeds batch n+1
     # (native code, GIL released) the caller commits batch n
     with pool, ThreadPoolExecutor(1) as model:
@@ -139,7 +114,7 @@ def embedded(todo: list[tuple[Entry, str]], encoder: Encoder, opts: DecodeOption
 
         def refill() -> None:
             while len(pending) < batch_size * 2 and (job := next(jobs, None)) is not None:
-                pending.append(pool.submit(work, *job, prep, opts))
+                pending.append(pool.submit(decode, *job, prep, opts))
 
         refill()
         ahead: tuple[list[Decoded], Future] | None = None
@@ -148,7 +123,7 @@ def embedded(todo: list[tuple[Entry, str]], encoder: Encoder, opts: DecodeOption
             if pending:
                 done: list[Decoded] = []
                 while pending and sum(len(d.units) for d in done) < batch_size:
-                    done.append(_received(pending.popleft().result()))
+                    done.append(pending.popleft().result())
                     refill()
                 embedding = (done, model.submit(_embed_units, done, encoder, encode_pixels, batch_size))
             if ahead:

@@ -1,6 +1,7 @@
 """Trainable heads over frozen towers: what `mmsearch train` fits for each kind of model.
 
-* lite: the linear image head, the text-side map and the ConSE mix (see encoders/lite.py);
+* lite: the linear image head and the text-side map, trained through a lighter ConSE mix than
+  the one they are used with (see encoders/lite.py and `LiteHead.trained_pair`);
 * open_clip (``--train projections``): the image and text projection matrices.
 Each exposes frozen features, the head's parameters, the embedding functions and how to save
 the result as a file that ``--model`` accepts.
@@ -14,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .encoders import Encoder
-from .encoders.lite import DEFAULT_CONSE_WEIGHT, LiteEncoder, project_image, project_text
+from .encoders.lite import DEFAULT_CONSE_WEIGHT, TRAIN_CONSE_WEIGHT, LiteEncoder, project_image, project_text
 from .errors import UserError
 from .features import image_features, text_features
 
@@ -56,6 +57,16 @@ class LiteHead:
 
     def embed_texts(self, params: dict, feats: torch.Tensor) -> torch.Tensor:
         return project_text(self._with_weight(params), feats)
+
+    def trained_pair(self, params: dict, img: torch.Tensor, txt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the contrastive loss compares: the embeddings with ConSE mixed in at
+        TRAIN_CONSE_WEIGHT, lighter than the weight the head is used with. Trained through the
+        full mix, the learned block leans on ConSE; trained alone, its text map drifts from
+        MiniLM's space and text↔text ranking suffers. Measured with the shipped recipe,
+        mixed at 0.7 when used: trained through 0.7 → Tux/pysiogame text→image R@10 0.624/0.161,
+        through 0.5 → 0.663/0.179."""
+        mix = {**params, "conse_weight": torch.tensor(TRAIN_CONSE_WEIGHT)}
+        return project_image(mix, img[:, :1280], img[:, 1280:]), project_text(mix, txt)
 
     def _with_weight(self, params: dict) -> dict:
         return params if "conse_weight" in params else {**params, "conse_weight": torch.tensor(self.conse_weight)}
@@ -108,6 +119,9 @@ class ProjectionHead:
 
     def embed_texts(self, params: dict, feats: torch.Tensor) -> torch.Tensor:
         return feats @ params["text_projection"]
+
+    def trained_pair(self, params: dict, img: torch.Tensor, txt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.embed_images(params, img), self.embed_texts(params, txt)
 
     def save(self, params: dict, out: str, meta: dict) -> str:
         sd = self.encoder.model.state_dict()

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from .encoders import load_encoder
 from .evaluate import recall_metrics
+from .encoders.lite import DEFAULT_CONSE_WEIGHT
 from .heads import embed, head_for
 from .pairs import read_pairs
 
@@ -46,7 +47,7 @@ def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, 
 
 def train(spec: str | None, data: str, out: str, *, epochs: int = 15, batch_size: int = 256, lr: float = 1e-3,
           weight_decay: float = 0.05, dropout: float = 0.2, val_share: float = 0.1, seed: int = 0,
-          conse_weight: float = 0.5, what: str = "projections", progress: bool = True) -> dict:
+          conse_weight: float = DEFAULT_CONSE_WEIGHT, what: str = "projections", progress: bool = True) -> dict:
     head = head_for(load_encoder(spec), what, conse_weight)
     img, txt, captions = _features(head, data, progress)
     tr, va = split(captions, val_share, seed)
@@ -80,8 +81,8 @@ def train(spec: str | None, data: str, out: str, *, epochs: int = 15, batch_size
             idx = order[b : b + batch_size]
             if len(idx) < 2:
                 continue
-            loss = contrastive_loss(head.embed_images(params, head.dropout(img_t[idx], dropout)),
-                                    head.embed_texts(params, txt_t[idx]), scale, groups[idx])
+            loss = contrastive_loss(*head.trained_pair(params, head.dropout(img_t[idx], dropout), txt_t[idx]),
+                                    scale, groups[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()

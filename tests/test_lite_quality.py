@@ -59,7 +59,8 @@ def test_photos_are_found_by_their_plain_name(cli, photos, tmp_path):
     q.write_text("\n".join(NAMED_PHOTOS))
     rows = [json.loads(line) for line in cli("search", "--queries", str(q), "-k", "3").stdout.splitlines()]
     ranked = {r["query"]: [h["path"].split("/")[-1] for h in r["results"]] for r in rows}
-    # measured: 7 of 8 first; "coins" comes third (ImageNet has no coin class, so only the learned block knows coins)
+    # measured: 7 of 8 first; "an astronaut" ranks the rocket first and the astronaut third
+    # (before the emoji training data "coins" was the one missed: ImageNet has no coin class)
     assert sum(ranked[q][0] == name for q, name in NAMED_PHOTOS.items()) >= 7, ranked
     assert all(name in ranked[q] for q, name in NAMED_PHOTOS.items()), ranked
 
@@ -71,7 +72,7 @@ def test_colour_words_rank_solid_colours(lite):
     assert (np.argmax(txt @ imgs.T, axis=1) == np.arange(3)).all()
 
 
-@pytest.mark.parametrize("name, t2i_r10", [("tux_test.csv", 0.5), ("pysio_test.csv", 0.1)])
+@pytest.mark.parametrize("name, t2i_r10", [("tux_test.csv", 0.6), ("pysio_test.csv", 0.15)])  # measured 0.663, 0.179
 def test_held_out_recall(cli, pairs, name, t2i_r10):
     r = json.loads(cli("eval", "--data", pairs[name], "--json").stdout)
     assert r["text_to_image"]["R@10"] >= t2i_r10, r

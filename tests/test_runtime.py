@@ -8,13 +8,23 @@ import pytest
 
 from indexer.decode import load_image
 from retrieval.encoders import load_encoder
+from retrieval.encoders.pixels import PixelPrep
 from retrieval.encoders.runtime import MIN_COSINE, pixel_encoder
 
 
-def _pixels(encoder, photos):
+def _pixels(encoder, photos) -> np.ndarray:
+    prep = PixelPrep.of(encoder)
+    return np.stack([prep(load_image(p)) for p in sorted(photos.iterdir())])
+
+
+def test_batch_normalisation_is_bit_identical_to_the_models_transform(tiny_clip, photos):
+    """uint8 pixels normalised per batch give exactly the tensors the model's own transform gives."""
     import torch
 
-    return torch.stack([encoder.preprocess(load_image(p)) for p in sorted(photos.iterdir())])
+    enc = load_encoder(tiny_clip)
+    images = [load_image(p) for p in sorted(photos.iterdir())]
+    ours = PixelPrep.of(enc).normalise(_pixels(enc, photos))
+    assert ours.dtype == torch.float32 and torch.equal(ours, torch.stack([enc.preprocess(im) for im in images]))
 
 
 @pytest.mark.parametrize("runtime", ["onnx", "onnx-int8"])
@@ -23,7 +33,7 @@ def test_onnx_vectors_agree_with_pytorch_on_real_photos(tiny_clip, photos, tmp_p
     encode, used = pixel_encoder(enc, tmp_path, runtime)
     assert used == runtime
     pixels = _pixels(enc, photos)
-    ours, ref = encode(pixels), enc.encode_pixels(pixels)
+    ours, ref = encode(pixels), enc.encode_pixels(PixelPrep.of(enc).normalise(pixels))
     assert ours.shape == ref.shape and np.allclose(np.linalg.norm(ours, axis=1), 1, atol=1e-5)
     assert (ours * ref).sum(1).min() >= MIN_COSINE
     if runtime == "onnx":
@@ -63,7 +73,8 @@ def test_lite_on_onnx_agrees_with_pytorch(photos, tmp_path):
     for runtime in ("onnx", "onnx-int8"):
         encode, _ = pixel_encoder(enc, tmp_path, runtime)
         pixels = _pixels(enc, photos)
-        assert (encode(pixels) * enc.encode_pixels(pixels)).sum(1).min() >= MIN_COSINE
+        ref = enc.encode_pixels(PixelPrep.of(enc).normalise(pixels))
+        assert (encode(pixels) * ref).sum(1).min() >= MIN_COSINE
 
 
 def test_decode_in_worker_processes_gives_the_same_index(tiny_clip, image_set, tmp_path):

@@ -114,7 +114,8 @@ def test_text_and_image_parts(lib_cli, library):
     both = {str(library / "chelsea.png"), str(library / "coffee.png")}
     late = lib_cli.json("search", "a cat", "--image", str(library / "coffee.png"), "--type", "image", "--fusion", "late", "-k", "3")
     compact = lib_cli.json("search", f"a cat + {library / 'coffee.png'}", "--type", "image", "--fusion", "late", "-k", "3")
-    assert [h["path"] for h in late] == [h["path"] for h in compact] and late[0]["path"] in both
+    # rank fusion: each part's best match is near the top (an item second in both lists may lead)
+    assert [h["path"] for h in late] == [h["path"] for h in compact] and both <= {h["path"] for h in late}
     # early fusion adds vectors: an image query is ~1.0 similar to itself but a text only ~0.3 to
     # its image, so the image part dominates unless the text part is weighted up
     early = lib_cli.json("search", "a cat", "--image", str(library / "coffee.png"), "--type", "image", "-k", "2")

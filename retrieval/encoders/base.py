@@ -1,13 +1,13 @@
 """The one interface every model speaks: images and texts in, unit vectors out.
 
-The indexer splits image encoding into `preprocess` (CPU, runs in decode workers) and
-`encode_pixels` (the model forward), so decoding overlaps with the model. Everything
+The indexer splits image encoding into preprocessing (CPU, runs in decode workers; see
+`pixels.py`) and `encode_pixels` (the model forward), so decoding overlaps with the model. Everything
 else — search, training, eval — only needs `encode_images` and `encode_texts`.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -24,10 +24,13 @@ class Encoder(ABC):
     dim: int
     #: input side length; lets the decoder shrink large JPEGs while decoding.
     image_size: int = 224
+    #: the model's torchvision transform (resize, crop, to-tensor, normalise); `pixels.PixelPrep`
+    #: splits it so indexing can normalise whole batches at once.
+    transform: Callable[[Image.Image], torch.Tensor]
 
-    @abstractmethod
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """PIL image (RGB) -> CHW float tensor ready for `encode_pixels`."""
+        return self.transform(image)
 
     @abstractmethod
     def _forward_pixels(self, pixels: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from ..files import file_digest
 from .base import Encoder, ModelLoadError
@@ -32,7 +31,9 @@ BACKBONE = "tf_efficientnet_lite2"
 IMAGE_SIZE = 260
 PROMPT = "a picture of a {}"
 TOP_CLASSES = 10  # ConSE mixes the top-k classes only; the long tail of probabilities is noise
-DEFAULT_CONSE_WEIGHT = 0.5
+DEFAULT_CONSE_WEIGHT = 0.7
+#: the lighter ConSE mix the learned block is trained through (see heads.LiteHead.trained_pair)
+TRAIN_CONSE_WEIGHT = 0.5
 
 
 def load_image_tower(fold: bool = True) -> torch.nn.Module:
@@ -123,7 +124,7 @@ class LiteEncoder(Encoder):
 
         cfg = timm.data.resolve_data_config({}, model=self.image_tower)
         cfg["input_size"] = (3, IMAGE_SIZE, IMAGE_SIZE)
-        self._preprocess = timm.data.create_transform(**cfg)
+        self.transform = timm.data.create_transform(**cfg)
 
     @cached_property
     def class_texts(self) -> torch.Tensor:
@@ -132,9 +133,6 @@ class LiteEncoder(Encoder):
             return self.head["classes"]
         prompts = imagenet_prompts()
         return torch.cat([self.text_tower(prompts[i : i + 128]) for i in range(0, 1000, 128)])
-
-    def preprocess(self, image: Image.Image) -> torch.Tensor:
-        return self._preprocess(image)
 
     def image_features(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(pooled 1280-d features, ConSE vector in raw MiniLM space): what the head consumes."""

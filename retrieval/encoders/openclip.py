@@ -10,7 +10,6 @@ import os
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 from ..files import file_digest
 from .base import Encoder, ModelLoadError
@@ -100,14 +99,11 @@ class OpenClipEncoder(Encoder):
                 raise ModelLoadError(f"checkpoint {weights} does not fit architecture {name} ({detail}); pass the ARCH it was trained as") from None
             raise ModelLoadError(f"could not load {spec}: {detail}") from None
         self.model = model.eval()
-        self._preprocess = preprocess
+        self.transform = preprocess
         size = getattr(self.model.visual, "image_size", 224)
         self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
         with torch.inference_mode():
             self.dim = int(self.model.encode_text(self.tokenizer(["x"])).shape[-1])
-
-    def preprocess(self, image: Image.Image) -> torch.Tensor:
-        return self._preprocess(image)
 
     def _forward_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(pixels)

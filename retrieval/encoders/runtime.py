@@ -3,7 +3,7 @@
 Indexing spends nearly all its time in the image tower, and on CPU ONNX Runtime with int8
 weights runs a ViT about twice as fast as PyTorch (VNNI integer matmuls). The first index run
 with a model exports its image forward (preprocessed pixels -> raw embedding, head included)
-to ONNX, quantises a copy, and times all three on a calibration batch; the fastest whose
+(uint8 pixels in, normalisation inside the graph; see pixels.py) to ONNX, quantises a copy, and times all three on a calibration batch; the fastest whose
 vectors agree with PyTorch's (cosine >= `MIN_COSINE` on every calibration image) is used from
 then on. Everything lands under ``<index>/onnx/<model hash>/`` with a ``choice.json`` saying
 what was measured, so the cost is paid once per model and index. Queries stay on PyTorch:
@@ -26,30 +26,36 @@ import torch
 from ..errors import UserError
 from . import RUNTIMES
 from .base import Encoder, _normalise
+from .pixels import PixelPrep
 
 MIN_COSINE = 0.99
 CALIBRATION_IMAGES = 8
 INT8_MARGIN = 1.15
 AUTO_MIN_IMAGES = 200  # fewer to embed than this: not worth a first export and measurement
 
-PixelEncoder = Callable[[torch.Tensor], np.ndarray]
+#: uint8 NHWC batch (what `PixelPrep` makes) -> unit vectors
+PixelEncoder = Callable[[np.ndarray], np.ndarray]
+#: changes whenever the exported graph's input or output changes, so older cached exports are not reused
+EXPORT_FORMAT = "uint8-nhwc"
 
 
 class _ImageForward(torch.nn.Module):
-    """The encoder's image forward as a module torch.onnx can trace. Its networks are registered
-    as submodules so their weights export as initializers (which the int8 quantiser needs),
-    not as constants."""
+    """The encoder's image forward on uint8 NHWC pixels, as a module torch.onnx can trace. Its
+    networks are registered as submodules so their weights export as initializers (which the
+    int8 quantiser needs), not as constants."""
 
-    def __init__(self, encoder: Encoder):
+    def __init__(self, encoder: Encoder, prep: PixelPrep):
         super().__init__()
-        self.encoder = encoder
+        self.encoder, self.prep = encoder, prep
         self.towers = torch.nn.ModuleList(m for m in vars(encoder).values() if isinstance(m, torch.nn.Module))
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.encoder._forward_pixels(pixels)
+        x = pixels.permute(0, 3, 1, 2).float() / 255
+        mean, std = torch.tensor(self.prep.mean).view(1, 3, 1, 1), torch.tensor(self.prep.std).view(1, 3, 1, 1)
+        return self.encoder._forward_pixels((x - mean) / std)
 
 
-def calibration_pixels(encoder: Encoder, n: int = CALIBRATION_IMAGES) -> torch.Tensor:
+def calibration_pixels(encoder: Encoder, n: int = CALIBRATION_IMAGES) -> np.ndarray:
     """Deterministic stand-ins for real images (gradients, blocks of colour, noise): preprocessed
     the model's own way so the agreement check sees realistic input statistics."""
     from PIL import Image
@@ -65,7 +71,8 @@ def calibration_pixels(encoder: Encoder, n: int = CALIBRATION_IMAGES) -> torch.T
             base[y : y + h + 8, x : x + w + 8] = rng.random(3)
         base += rng.normal(0, 0.05 * (i % 3), base.shape)
         images.append(Image.fromarray((np.clip(base, 0, 1) * 255).astype(np.uint8)))
-    return torch.stack([encoder.preprocess(im) for im in images])
+    prep = PixelPrep.of(encoder)
+    return np.stack([prep(im) for im in images])
 
 
 def _session(path: Path):
@@ -83,8 +90,8 @@ def _onnx_encoder(path: Path) -> PixelEncoder:
     session = _session(path)
     name = session.get_inputs()[0].name
 
-    def encode(pixels: torch.Tensor) -> np.ndarray:
-        (out,) = session.run(None, {name: pixels.numpy()})
+    def encode(pixels: np.ndarray) -> np.ndarray:
+        (out,) = session.run(None, {name: pixels})
         return _normalise(torch.from_numpy(out))
 
     return encode
@@ -99,13 +106,13 @@ def export(encoder: Encoder, folder: Path) -> dict[str, Path]:
     if not files["onnx"].exists():
         tmp = folder / f"visual.{os.getpid()}.tmp.onnx"
         dummy = calibration_pixels(encoder, 2)
-        module = _ImageForward(encoder).eval()
+        module = _ImageForward(encoder, PixelPrep.of(encoder)).eval()
         fastpath = torch.backends.mha.get_fastpath_enabled()
         try:  # the tracer cannot export fused attention kernels
             torch.backends.mha.set_fastpath_enabled(False)
             with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
-                torch.onnx.export(module, (dummy,), str(tmp), input_names=["input"], output_names=["output"],
+                torch.onnx.export(module, (torch.from_numpy(dummy),), str(tmp), input_names=["input"], output_names=["output"],
                                   dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, dynamo=False,
                                   opset_version=17)
         finally:
@@ -124,7 +131,7 @@ def export(encoder: Encoder, folder: Path) -> dict[str, Path]:
     return files
 
 
-def _measure(encode: PixelEncoder, pixels: torch.Tensor) -> tuple[float, np.ndarray]:
+def _measure(encode: PixelEncoder, pixels: np.ndarray) -> tuple[float, np.ndarray]:
     """(images/s, vectors) on the calibration batch, after a warm-up."""
     encode(pixels[:2])
     t = time.perf_counter()
@@ -136,7 +143,7 @@ def choose(encoder: Encoder, folder: Path) -> dict:
     """Export, time and check every runtime once; the fastest that agrees with PyTorch wins."""
     files = export(encoder, folder)
     pixels = calibration_pixels(encoder)
-    speed, reference = _measure(encoder.encode_pixels, pixels)
+    speed, reference = _measure(PixelPrep.of(encoder).torch_encoder(encoder), pixels)
     measured = {"torch": {"images_per_s": round(speed, 2), "min_cosine": 1.0}}
     for name, path in files.items():
         speed, out = _measure(_onnx_encoder(path), pixels)
@@ -171,8 +178,8 @@ def _auto(encoder: Encoder, folder: Path, images: int) -> str:
 
 def pixel_encoder(encoder: Encoder, index_path: str | os.PathLike, runtime: str = "auto",
                   images: int = AUTO_MIN_IMAGES) -> tuple[PixelEncoder, str]:
-    """The fastest faithful `encode_pixels` for indexing `images` images with `encoder` (or the
-    runtime `runtime` names), and that runtime's name."""
+    """The fastest faithful image forward (uint8 NHWC batches -> unit vectors) for indexing
+    `images` images with `encoder` (or the one `runtime` names), and that runtime's name."""
     if runtime not in RUNTIMES:
         raise UserError(f"--runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
     auto = runtime == "auto"
@@ -183,14 +190,15 @@ def pixel_encoder(encoder: Encoder, index_path: str | os.PathLike, runtime: str 
             if not auto:
                 raise UserError(f"--runtime {runtime} needs `pip install onnxruntime onnx`") from None
             runtime = "torch"
-    folder = Path(index_path) / "onnx" / hashlib.sha1(encoder.identity.encode()).hexdigest()[:16]
+    folder = Path(index_path) / "onnx" / hashlib.sha1(f"{encoder.identity}:{EXPORT_FORMAT}".encode()).hexdigest()[:16]
     if runtime == "auto":
         runtime = _auto(encoder, folder, images)
+    on_torch = PixelPrep.of(encoder).torch_encoder(encoder), "torch"
     if runtime == "torch":
-        return encoder.encode_pixels, "torch"
+        return on_torch
     try:
         return _onnx_encoder(export(encoder, folder)[runtime]), runtime
     except Exception:
         if not auto:
             raise
-        return encoder.encode_pixels, "torch"  # a damaged cached export: index on PyTorch rather than fail
+        return on_torch  # a damaged cached export: index on PyTorch rather than fail

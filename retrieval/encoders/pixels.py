@@ -1,0 +1,54 @@
+"""Image preprocessing split where it is cheapest for indexing: geometry in the decode workers,
+arithmetic in the model.
+
+A model's transform is resize → crop → to-tensor → normalise. The first two must run per image
+on a PIL image; the last two are per-pixel arithmetic that costs about as much as the resize
+when done image by image in Python (measured on Tux Paint stamps: 1.3 ms of ~4.3 ms decode work),
+while inside the model's batch forward it is a vectorised pass over the batch. So decode workers
+hand over uint8 HWC arrays (also 4× less to move between processes) and `PixelPrep.normalise`, or
+the exported ONNX graph itself, turns a batch into the model's float input — the same operations
+in the same order as torchvision's ToTensor + Normalize, so the vectors are bit-identical.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .base import Encoder
+
+
+@dataclass(frozen=True)
+class PixelPrep:
+    """An encoder's preprocessing as (picklable) PIL geometry plus the normalisation constants."""
+    geometry: Callable[[Image.Image], Image.Image]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    image_size: int
+
+    @classmethod
+    def of(cls, encoder: Encoder) -> "PixelPrep":
+        """Split the encoder's torchvision transform at its to-tensor step."""
+        from torchvision import transforms as T
+
+        steps = list(encoder.transform.transforms)
+        cut = next(i for i, s in enumerate(steps) if type(s).__name__ in ("ToTensor", "MaybeToTensor"))
+        (norm,) = [s for s in steps[cut + 1 :] if isinstance(s, T.Normalize)]
+        return cls(T.Compose(steps[:cut]), tuple(map(float, norm.mean)), tuple(map(float, norm.std)), encoder.image_size)
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        """PIL image -> uint8 HWC array of the model's input size."""
+        return np.asarray(self.geometry(image.convert("RGB")), dtype=np.uint8)
+
+    def normalise(self, batch: np.ndarray) -> torch.Tensor:
+        """uint8 NHWC batch -> the float NCHW tensor the model's forward takes."""
+        x = torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2))).float().div_(255)
+        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
+        return x.sub_(mean).div_(torch.tensor(self.std).view(1, 3, 1, 1))
+
+    def torch_encoder(self, encoder: Encoder) -> Callable[[np.ndarray], np.ndarray]:
+        """The encoder's PyTorch forward on uint8 batches."""
+        return lambda batch: encoder.encode_pixels(self.normalise(batch))
