@@ -62,3 +62,15 @@ def test_bad_pair_files(cli, tmp_path):
     assert r.exit_code == 2 and "caption column" in r.stderr
     r = cli("eval", "--data", str(tmp_path / "nope.csv"), ok=False)
     assert r.exit_code == 2 and "does not exist" in r.stderr
+
+
+def test_lite_head_sides_always_match_in_width():
+    """Image and text vectors of one head live in one space: same width whatever the head holds."""
+    import torch
+
+    from retrieval.encoders.lite import project_image, project_text
+
+    pooled, conse, text = torch.randn(2, 1280), torch.randn(2, 384), torch.randn(2, 384)
+    image_map = {"img_w": torch.randn(384, 1280), "img_b": torch.zeros(384)}
+    for head in ({}, image_map, {**image_map, "txt_w": torch.eye(384), "txt_b": torch.zeros(384)}):
+        assert project_text(head, text).shape == project_image(head, pooled, conse).shape

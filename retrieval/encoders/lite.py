@@ -159,9 +159,12 @@ def project_image(head: dict[str, torch.Tensor], pooled: torch.Tensor, conse: to
 
 
 def project_text(head: dict[str, torch.Tensor], text: torch.Tensor) -> torch.Tensor:
-    if "txt_w" not in head:
+    """The head's text side, always as wide as `project_image`'s output for the same head (a
+    head without a text map keeps the sentence embedding in the learned block)."""
+    if "img_w" not in head:
         return text
-    learned = F.normalize(F.linear(text, head["txt_w"], head.get("txt_b")), dim=-1)
+    learned = F.linear(text, head["txt_w"], head.get("txt_b")) if "txt_w" in head else text
+    learned = F.normalize(learned, dim=-1)
     return torch.cat([learned, _conse_weight(head) * F.normalize(text, dim=-1)], dim=-1)
 
 
