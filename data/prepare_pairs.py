@@ -14,7 +14,7 @@ and the emoji drawings.
   identical caption (titles are often collection names).
 * ``emoji.csv`` — emoji drawings in two styles (Apple's, Google's) named by CLDR's short names
   ("man pilot", "cheese wedge"): the everyday objects, animals, people and actions that clipart
-  titles cover thinly (measured: Tux held-out text→image R@10 0.59 → 0.66 on average over seeds).
+  titles cover thinly (measured over 3 seeds: Tux held-out text→image R@10 0.59 → 0.64–0.66).
 * ``train.csv`` — clipart + emoji + tux_train: what `mmsearch train` fits the shipped head on.
 * ``pysio_test.csv`` — pysiogame's labelled drawings ("a picture of a {label}"): test only.
 """

@@ -43,11 +43,11 @@ class PixelPrep:
         """PIL image -> uint8 HWC array of the model's input size."""
         return np.asarray(self.geometry(image.convert("RGB")), dtype=np.uint8)
 
-    def normalise(self, batch: np.ndarray) -> torch.Tensor:
-        """uint8 NHWC batch -> the float NCHW tensor the model's forward takes."""
-        x = torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2))).float().div_(255)
-        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
-        return x.sub_(mean).div_(torch.tensor(self.std).view(1, 3, 1, 1))
+    def normalise(self, batch: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """uint8 NHWC batch -> the float NCHW tensor the model's forward takes (also traced into
+        the ONNX export, so both runtimes share this one definition)."""
+        x = torch.as_tensor(batch).permute(0, 3, 1, 2).contiguous().float().div(255)
+        return x.sub(torch.tensor(self.mean).view(1, 3, 1, 1)).div(torch.tensor(self.std).view(1, 3, 1, 1))
 
     def torch_encoder(self, encoder: Encoder) -> Callable[[np.ndarray], np.ndarray]:
         """The encoder's PyTorch forward on uint8 batches."""

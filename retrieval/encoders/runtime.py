@@ -2,10 +2,10 @@
 
 Indexing spends nearly all its time in the image tower, and on CPU ONNX Runtime with int8
 weights runs a ViT about twice as fast as PyTorch (VNNI integer matmuls). The first index run
-with a model exports its image forward (preprocessed pixels -> raw embedding, head included)
-(uint8 pixels in, normalisation inside the graph; see pixels.py) to ONNX, quantises a copy, and times all three on a calibration batch; the fastest whose
-vectors agree with PyTorch's (cosine >= `MIN_COSINE` on every calibration image) is used from
-then on. Everything lands under ``<index>/onnx/<model hash>/`` with a ``choice.json`` saying
+with a model exports its image forward (uint8 pixels -> raw embedding, normalisation and head
+included; see pixels.py) to ONNX, quantises a copy, and times all three on a calibration batch;
+the fastest whose vectors agree with PyTorch's (cosine >= `MIN_COSINE` on every calibration
+image) is used from then on. Everything lands under ``<index>/onnx/<model hash>/`` with a ``choice.json`` saying
 what was measured, so the cost is paid once per model and index. Queries stay on PyTorch:
 one vector at a time gains nothing, and the agreement check is what keeps both sides in one space.
 """
@@ -50,9 +50,7 @@ class _ImageForward(torch.nn.Module):
         self.towers = torch.nn.ModuleList(m for m in vars(encoder).values() if isinstance(m, torch.nn.Module))
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = pixels.permute(0, 3, 1, 2).float() / 255
-        mean, std = torch.tensor(self.prep.mean).view(1, 3, 1, 1), torch.tensor(self.prep.std).view(1, 3, 1, 1)
-        return self.encoder._forward_pixels((x - mean) / std)
+        return self.encoder._forward_pixels(self.prep.normalise(pixels))
 
 
 def calibration_pixels(encoder: Encoder, n: int = CALIBRATION_IMAGES) -> np.ndarray:
