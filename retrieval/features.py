@@ -13,6 +13,7 @@ import platformdirs
 import torch
 from tqdm import tqdm
 
+from .encoders.pixels import PixelPrep
 from .files import file_digest
 
 
@@ -40,10 +41,13 @@ class FeatureCache:
         os.replace(tmp, self.path)
 
 
-def image_features(paths: list[str], feature_id: str, preprocess, forward, batch_size: int = 32, workers: int = 4,
+def image_features(paths: list[str], feature_id: str, prep: PixelPrep, forward, batch_size: int = 32, workers: int = 4,
                    progress: bool = True) -> np.ndarray:
     """Features for each image path (rows in order), computing only what the cache lacks.
-    Rows of images that cannot be decoded are NaN; callers drop them."""
+    Rows of images that cannot be decoded are NaN; callers drop them. Worker threads decode and
+    resize the next batch while the model runs on this one; they hand over uint8 pixels and the
+    batch is normalised here, so no torch work runs in the workers (per-image torch ops in four
+    threads beside the model's own thread pool spent more time in the kernel than computing)."""
     from indexer.decode import DecodeError, load_image
 
     digests = [file_digest(p) for p in paths]
@@ -51,22 +55,25 @@ def image_features(paths: list[str], feature_id: str, preprocess, forward, batch
     todo = sorted({d: p for d, p in zip(digests, paths) if d not in cache.rows}.items())
     bar = tqdm(total=len(todo), desc="image features", unit="img", disable=not progress or not todo)
 
-    def prep(item):
+    def decoded(item):
         try:
-            return item[0], preprocess(load_image(item[1]))
+            return item[0], prep(load_image(item[1]))
         except DecodeError:
             return item[0], None
 
+    batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
     with ThreadPoolExecutor(workers) as pool:
-        for start in range(0, len(todo), batch_size):
-            batch = [b for b in pool.map(prep, todo[start : start + batch_size]) if b[1] is not None]
+        ahead = [pool.submit(decoded, item) for item in batches[0]] if batches else []
+        for n in range(len(batches)):
+            current, ahead = ahead, [pool.submit(decoded, item) for item in (batches[n + 1] if n + 1 < len(batches) else [])]
+            batch = [b for b in (f.result() for f in current) if b[1] is not None]
             if not batch:
                 continue
             with torch.inference_mode():
-                feats = forward(torch.stack([b[1] for b in batch])).float().numpy()
+                feats = forward(prep.normalise(np.stack([b[1] for b in batch]))).float().numpy()
             cache.rows.update(zip([b[0] for b in batch], feats))
             bar.update(len(batch))
-            if (start // batch_size) % 20 == 19:
+            if n % 20 == 19:
                 cache.save()
     bar.close()
     cache.save()
