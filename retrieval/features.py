@@ -64,8 +64,8 @@ def image_features(paths: list[str], feature_id: str, prep: PixelPrep, forward, 
     batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
     with ThreadPoolExecutor(workers) as pool:
         ahead = [pool.submit(decoded, item) for item in batches[0]] if batches else []
-        for n in range(len(batches)):
-            current, ahead = ahead, [pool.submit(decoded, item) for item in (batches[n + 1] if n + 1 < len(batches) else [])]
+        for n, following in enumerate(batches[1:] + [[]]):
+            current, ahead = ahead, [pool.submit(decoded, item) for item in following]
             batch = [b for b in (f.result() for f in current) if b[1] is not None]
             if not batch:
                 continue

@@ -67,7 +67,7 @@ class LiteHead:
         mixed at 0.7 when used: trained through 0.7 → Tux/pysiogame text→image R@10 0.624/0.161,
         through 0.5 → 0.663/0.179."""
         mix = {**params, "conse_weight": torch.tensor(TRAIN_CONSE_WEIGHT)}
-        return project_image(mix, img[:, :1280], img[:, 1280:]), project_text(mix, txt)
+        return self.embed_images(mix, img), self.embed_texts(mix, txt)
 
     def _with_weight(self, params: dict) -> dict:
         return params if "conse_weight" in params else {**params, "conse_weight": torch.tensor(self.conse_weight)}

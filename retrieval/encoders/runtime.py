@@ -5,9 +5,10 @@ weights runs a ViT about twice as fast as PyTorch (VNNI integer matmuls). The fi
 with a model exports its image forward (uint8 pixels -> raw embedding, normalisation and head
 included; see pixels.py) to ONNX, quantises a copy, and times all three on a calibration batch;
 the fastest whose vectors agree with PyTorch's (cosine >= `MIN_COSINE` on every calibration
-image) is used from then on. Everything lands under ``<index>/onnx/<model hash>/`` with a ``choice.json`` saying
-what was measured, so the cost is paid once per model and index. Queries stay on PyTorch:
-one vector at a time gains nothing, and the agreement check is what keeps both sides in one space.
+image) is used from then on. Everything lands under ``<index>/onnx/<model hash>/`` with a
+``choice.json`` saying what was measured, so the cost is paid once per model and index.
+Queries stay on PyTorch: one vector at a time gains nothing, and the agreement check is what
+keeps both sides in one space.
 """
 from __future__ import annotations
 
