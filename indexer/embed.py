@@ -20,8 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from retrieval.encoders import Encoder
-from retrieval.encoders.pixels import PixelPrep
-from retrieval.encoders.runtime import PixelEncoder
+from retrieval.encoders.pixels import PixelEncoder, PixelPrep
 
 from .decode import DEFAULT_MAX_PIXELS, DecodeError, load_image
 from .scan import Entry
@@ -101,14 +100,14 @@ def embedded(todo: list[tuple[Entry, str]], encoder: Encoder, opts: DecodeOption
              progress: bool, encode_pixels: PixelEncoder | None = None, processes: bool = False) -> Iterator[list[Decoded]]:
     """Yield lists of finished files (vectors filled, or error set), about one batch at a time.
     `encode_pixels` runs the image tower on uint8 batches (default: the encoder's own, on PyTorch)."""
-    prep = PixelPrep.of(encoder)
+    prep = encoder.pixel_prep
     encode_pixels = encode_pixels or prep.torch_encoder(encoder)
     bar = tqdm(total=len(todo), desc="embedding", unit="file", disable=not progress or not todo)
     # forkserver, not fork: a child forked from a process running torch's thread pools can hang
     pool = ProcessPoolExecutor(workers, mp_context=get_context("forkserver")) if processes else ThreadPoolExecutor(workers)
-    # the model runs one batch ahead of the caller, in its own thread: while it embeds batch n+1
-    # (native code, GIL released) the caller commits batch n
-    with pool, ThreadPoolExecutor(1) as model:
+    # the model runs ahead of the caller, in its own threads (one per lane of the image forward):
+    # while it embeds the next batches (native code, GIL released) the caller commits this one
+    with pool, ThreadPoolExecutor(encode_pixels.lanes) as model:
         jobs = iter(todo)
         pending: deque[Future] = deque()
 
@@ -117,18 +116,17 @@ def embedded(todo: list[tuple[Entry, str]], encoder: Encoder, opts: DecodeOption
                 pending.append(pool.submit(decode, *job, prep, opts))
 
         refill()
-        ahead: tuple[list[Decoded], Future] | None = None
-        while pending or ahead:
-            embedding = None
+        embedding: deque[tuple[list[Decoded], Future]] = deque()
+        while pending or embedding:
             if pending:
                 done: list[Decoded] = []
                 while pending and sum(len(d.units) for d in done) < batch_size:
                     done.append(pending.popleft().result())
                     refill()
-                embedding = (done, model.submit(_embed_units, done, encoder, encode_pixels, batch_size))
-            if ahead:
-                ahead[1].result()
-                yield ahead[0]
-                bar.update(len(ahead[0]))
-            ahead = embedding
+                embedding.append((done, model.submit(_embed_units, done, encoder, encode_pixels, batch_size)))
+            if len(embedding) > encode_pixels.lanes or not pending:
+                done, future = embedding.popleft()
+                future.result()
+                yield done
+                bar.update(len(done))
     bar.close()

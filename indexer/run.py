@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from retrieval.encoders import RUNTIMES
@@ -25,6 +25,10 @@ from .decode import DEFAULT_MAX_PIXELS
 from .plan import make_plan
 from .scan import Entry, scan
 from .text import TextOptions
+
+
+#: most keys or ids in one SQL `IN (...)` (older SQLite builds allow 999 variables a statement)
+SQL_CHUNK = 500
 
 
 @dataclass
@@ -105,12 +109,8 @@ def index_paths(
         # sweep + reuse in one transaction: a rename never loses its vectors
         if plan.remove:
             s.execute(delete(File).where(File.id.in_(plan.remove)))
-        for e, digest, items in plan.reuse:
-            _write(s, e, digest, [_copy(i) for i in items])
-        for e in plan.broken:
-            _skip(s, e, e.error or "unusable", summary)
-        for e, reason in plan.unreadable:
-            _skip(s, e, reason, summary)
+        _write(s, [(e, digest, [_copy(i) for i in items], None) for e, digest, items in plan.reuse])
+        _skip(s, [(e, e.error or "unusable") for e in plan.broken] + plan.unreadable, summary)
         set_meta(s, "roots", json.dumps(sorted(set(known) | set(roots))))
         set_meta(s, "removed", json.dumps(removed))
         if plan.remove or plan.reuse or plan.broken or plan.unreadable:
@@ -132,13 +132,13 @@ def index_paths(
             summary.processes = processes
             for batch in embedded(plan.embed, encoder, opts, batch_size=batch_size, workers=workers, progress=progress,
                                   encode_pixels=encode_pixels, processes=processes):
-                for d in batch:
-                    if d.error:
-                        _skip(s, d.entry, d.error, summary)
-                    else:
-                        _write(s, d.entry, d.digest, [{**it, "vector": pack(it["vector"])} for it in d.items()], d.size)
-                        _count(summary, d.entry, plan.new_paths)
-                        summary.embedded += 1
+                ok = [d for d in batch if not d.error]
+                _skip(s, [(d.entry, d.error) for d in batch if d.error], summary)
+                _write(s, [(d.entry, d.digest, [{**it, "vector": pack(it["vector"])} for it in d.items()], d.size)
+                           for d in ok])
+                for d in ok:
+                    _count(summary, d.entry, plan.new_paths)
+                summary.embedded += len(ok)
                 bump_generation(s)
                 _commit(s)
     if retype:
@@ -163,25 +163,40 @@ def _copy(item: Item) -> dict:
                 offset=item.offset, link_path=item.link_path, vector=item.vector)
 
 
-def _file_row(s: Session, e: Entry) -> File:
-    row = s.scalars(select(File).where(File.path_key == e.key)).one_or_none()
-    if row is None:
-        row = File(path_key=e.key, path=display_path(e.path), kind=e.kind)
-        s.add(row)
-    else:
-        s.execute(delete(Item).where(Item.file_id == row.id))
-    row.size, row.mtime_ns = e.size, e.mtime_ns
-    return row
+def _file_rows(s: Session, entries: list[Entry]) -> list[File]:
+    """Each entry's File row, found by path or added, with its old items gone and size and mtime
+    set: a batch's worth in a few statements, not a query per file."""
+    found: dict[bytes, File] = {}
+    for i in range(0, len(entries), SQL_CHUNK):
+        keys = [e.key for e in entries[i : i + SQL_CHUNK]]
+        found |= {row.path_key: row for row in s.scalars(select(File).where(File.path_key.in_(keys)))}
+    ids = [row.id for row in found.values()]
+    for i in range(0, len(ids), SQL_CHUNK):
+        s.execute(delete(Item).where(Item.file_id.in_(ids[i : i + SQL_CHUNK])))
+    rows = []
+    for e in entries:
+        if (row := found.get(e.key)) is None:
+            row = File(path_key=e.key, path=display_path(e.path), kind=e.kind)
+            s.add(row)
+        row.size, row.mtime_ns = e.size, e.mtime_ns
+        rows.append(row)
+    return rows
 
 
-def _write(s: Session, e: Entry, digest: str, items: list[dict], size: tuple[int, int] | None = None) -> None:
-    row = _file_row(s, e)
-    row.digest, row.status, row.error = digest, "ok", None
-    if size is not None:
-        row.width, row.height = size
-    s.flush()
+def _write(s: Session, files: list[tuple[Entry, str, list[dict], tuple[int, int] | None]]) -> None:
+    """Store (entry, content digest, item fields, pixel size) for each file, replacing what it had."""
+    if not files:
+        return
+    rows = _file_rows(s, [e for e, _, _, _ in files])
+    for row, (_, digest, _, size) in zip(rows, files):
+        row.digest, row.status, row.error = digest, "ok", None
+        if size is not None:
+            row.width, row.height = size
+    s.flush()  # new rows get their ids
+    items = [{"file_id": row.id, **it} for row, (_, _, its, _) in zip(rows, files) for it in its]
     first = _fresh_ids(s, len(items))
-    s.add_all(Item(id=first + i, file_id=row.id, **it) for i, it in enumerate(items))
+    if items:  # (a file may have none, e.g. a text file without passages)
+        s.execute(insert(Item), [{"id": first + i, **it} for i, it in enumerate(items)])
 
 
 def _fresh_ids(s: Session, n: int) -> int:
@@ -201,7 +216,8 @@ def _commit(s: Session) -> None:
     s.commit()
 
 
-def _skip(s: Session, e: Entry, reason: str, summary: Summary) -> None:
-    row = _file_row(s, e)
-    row.digest, row.status, row.error = None, "skipped", reason
-    summary.skipped.append({"path": display_path(e.path), "reason": reason})
+def _skip(s: Session, skipped: list[tuple[Entry, str]], summary: Summary) -> None:
+    """Record each (entry, reason) as skipped, without items."""
+    for row, (e, reason) in zip(_file_rows(s, [e for e, _ in skipped]), skipped):
+        row.digest, row.status, row.error = None, "skipped", reason
+        summary.skipped.append({"path": display_path(e.path), "reason": reason})

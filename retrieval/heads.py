@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 
 from .encoders import Encoder
-from .encoders.pixels import PixelPrep
 from .encoders.lite import DEFAULT_CONSE_WEIGHT, TRAIN_CONSE_WEIGHT, LiteEncoder, project_image, project_text
 from .errors import UserError
 from .features import image_features, text_features
@@ -34,7 +33,7 @@ class LiteHead:
             pooled, conse = enc.image_features(pixels)
             return torch.cat([pooled, conse], dim=1)
 
-        return (image_features(images, self.feature_id, PixelPrep.of(enc), forward, progress=progress),
+        return (image_features(images, self.feature_id, enc.pixel_prep, forward, progress=progress),
                 text_features(texts, enc.text_tower))
 
     def current_params(self) -> dict:
@@ -98,7 +97,7 @@ class ProjectionHead:
         vproj, tproj = m.visual.proj, m.text_projection
         m.visual.proj, m.text_projection = None, None
         try:
-            img = image_features(images, self.feature_id, PixelPrep.of(self.encoder), m.encode_image, progress=progress)
+            img = image_features(images, self.feature_id, self.encoder.pixel_prep, m.encode_image, progress=progress)
             txt = text_features(texts, lambda t: m.encode_text(self.encoder.tokenizer(t)))
         finally:
             m.visual.proj, m.text_projection = vproj, tproj

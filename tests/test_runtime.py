@@ -5,26 +5,31 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from indexer.decode import load_image
 from retrieval.encoders import load_encoder
-from retrieval.encoders.pixels import PixelPrep
 from retrieval.encoders.runtime import MIN_COSINE, pixel_encoder
 
 
 def _pixels(encoder, photos) -> np.ndarray:
-    prep = PixelPrep.of(encoder)
+    prep = encoder.pixel_prep
     return np.stack([prep(load_image(p)) for p in sorted(photos.iterdir())])
 
 
 def test_batch_normalisation_is_bit_identical_to_the_models_transform(tiny_clip, photos):
     """uint8 pixels normalised per batch give exactly the tensors the model's own transform gives."""
-    import torch
-
     enc = load_encoder(tiny_clip)
     images = [load_image(p) for p in sorted(photos.iterdir())]
-    ours = PixelPrep.of(enc).normalise(_pixels(enc, photos))
-    assert ours.dtype == torch.float32 and torch.equal(ours, torch.stack([enc.preprocess(im) for im in images]))
+    ours = enc.pixel_prep.normalise(_pixels(enc, photos))
+    assert ours.dtype == torch.float32 and torch.equal(ours, torch.stack([enc.transform(im) for im in images]))
+
+
+def test_queries_and_indexing_preprocess_alike(tiny_clip, photos):
+    """encode_images (queries, training) gives exactly what uint8 batches through the model give."""
+    enc = load_encoder(tiny_clip)
+    ours = enc.encode_images([load_image(p) for p in sorted(photos.iterdir())])
+    assert np.array_equal(ours, enc.encode_pixels(enc.pixel_prep.normalise(_pixels(enc, photos))))
 
 
 @pytest.mark.parametrize("runtime", ["onnx", "onnx-int8"])
@@ -33,11 +38,16 @@ def test_onnx_vectors_agree_with_pytorch_on_real_photos(tiny_clip, photos, tmp_p
     encode, used = pixel_encoder(enc, tmp_path, runtime)
     assert used == runtime
     pixels = _pixels(enc, photos)
-    ours, ref = encode(pixels), enc.encode_pixels(PixelPrep.of(enc).normalise(pixels))
+    ours, ref = encode(pixels), enc.encode_pixels(enc.pixel_prep.normalise(pixels))
     assert ours.shape == ref.shape and np.allclose(np.linalg.norm(ours, axis=1), 1, atol=1e-5)
     assert (ours * ref).sum(1).min() >= MIN_COSINE
     if runtime == "onnx":
         assert (ours * ref).sum(1).min() > 0.9999  # the same arithmetic, reordered
+    # batches spread over the sessions sharing the cores come back in order (batch by batch:
+    # dynamic int8 scales activations per batch, so other batches give slightly other vectors)
+    assert encode.lanes == min(2, torch.get_num_threads())
+    batches = [pixels[i : i + 2] for i in range(0, len(pixels), 2)]
+    assert np.allclose(encode.many(batches), np.concatenate([encode(b) for b in batches]), atol=1e-5)
 
 
 def test_auto_measures_once_and_keeps_its_choice(tiny_clip, tmp_path):
@@ -73,7 +83,7 @@ def test_lite_on_onnx_agrees_with_pytorch(photos, tmp_path):
     for runtime in ("onnx", "onnx-int8"):
         encode, _ = pixel_encoder(enc, tmp_path, runtime)
         pixels = _pixels(enc, photos)
-        ref = enc.encode_pixels(PixelPrep.of(enc).normalise(pixels))
+        ref = enc.encode_pixels(enc.pixel_prep.normalise(pixels))
         assert (encode(pixels) * ref).sum(1).min() >= MIN_COSINE
 
 

@@ -2,11 +2,13 @@
 
 The indexer splits image encoding into preprocessing (CPU, runs in decode workers; see
 `pixels.py`) and `encode_pixels` (the model forward), so decoding overlaps with the model. Everything
-else — search, training, eval — only needs `encode_images` and `encode_texts`.
+else — search, training, eval — only needs `encode_images` and `encode_texts`, which preprocess
+the same way.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from functools import cached_property
 from typing import Callable, Sequence
 
 import numpy as np
@@ -14,6 +16,7 @@ import torch
 from PIL import Image
 
 from ..errors import ModelLoadError  # noqa: F401  (re-exported for backends)
+from .pixels import PixelPrep
 
 
 class Encoder(ABC):
@@ -24,13 +27,14 @@ class Encoder(ABC):
     dim: int
     #: input side length; lets the decoder shrink large JPEGs while decoding.
     image_size: int = 224
-    #: the model's torchvision transform (resize, crop, to-tensor, normalise); `pixels.PixelPrep`
-    #: splits it so indexing can normalise whole batches at once.
+    #: the model's torchvision transform (resize, crop, to-tensor, normalise); images go through
+    #: `pixel_prep`, which splits it so that indexing can normalise whole batches at once
     transform: Callable[[Image.Image], torch.Tensor]
 
-    def preprocess(self, image: Image.Image) -> torch.Tensor:
-        """PIL image (RGB) -> CHW float tensor ready for `encode_pixels`."""
-        return self.transform(image)
+    @cached_property
+    def pixel_prep(self) -> PixelPrep:
+        """This model's preprocessing, split for batches (made once per loaded model)."""
+        return PixelPrep.of(self)
 
     @abstractmethod
     def _forward_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -47,7 +51,8 @@ class Encoder(ABC):
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         if not images:
             return np.zeros((0, self.dim), np.float32)
-        return self.encode_pixels(torch.stack([self.preprocess(im.convert("RGB")) for im in images]))
+        prep = self.pixel_prep
+        return self.encode_pixels(prep.normalise(np.stack([prep(im) for im in images])))
 
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
