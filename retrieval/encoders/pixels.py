@@ -42,8 +42,7 @@ class PixelPrep:
         cut = next(i for i, s in enumerate(steps) if type(s).__name__ in ("ToTensor", "MaybeToTensor"))
         geometry = [s for s in steps[:cut] if not _to_rgb(s)]
         (norm,) = [s for s in steps[cut + 1 :] if isinstance(s, T.Normalize)]
-        return cls(T.Compose(geometry), tuple(map(float, norm.mean)),
-                   tuple(map(float, norm.std)), encoder.image_size)
+        return cls(T.Compose(geometry), tuple(map(float, norm.mean)), tuple(map(float, norm.std)), encoder.image_size)
 
     def __call__(self, image: Image.Image) -> np.ndarray:
         """PIL image -> uint8 HWC array of the model's input size."""
@@ -84,5 +83,6 @@ class PixelEncoder:
 
 def _to_rgb(step) -> bool:
     """Whether a transform step is open_clip's conversion to RGB (a class now, a function before)."""
-    return (type(step).__name__ == "MaybeConvertMode" and getattr(step, "mode", None) == "RGB") or \
-        getattr(step, "__name__", "") == "_convert_to_rgb"
+    if type(step).__name__ == "MaybeConvertMode":
+        return getattr(step, "mode", None) == "RGB"
+    return getattr(step, "__name__", "") == "_convert_to_rgb"

@@ -20,6 +20,7 @@ import queue
 import time
 import warnings
 from pathlib import Path
+
 import numpy as np
 import torch
 
