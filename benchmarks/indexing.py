@@ -95,7 +95,8 @@ def main() -> None:
             """index_paths on `root` in a fresh index that has the runtime choice cached."""
             index = Index(Path(tmp) / name, create=True)
             index.encoder(args.model)
-            shutil.copytree(Path(idx.path) / "onnx", Path(index.path) / "onnx", dirs_exist_ok=True)
+            if (Path(idx.path) / "onnx").exists():  # (absent when the runtime is torch)
+                shutil.copytree(Path(idx.path) / "onnx", Path(index.path) / "onnx")
             return index_paths(index, [str(root)], args.model, batch_size=args.batch_size, runtime=args.runtime,
                                processes=args.processes, workers=args.workers, progress=False)
 
@@ -103,7 +104,7 @@ def main() -> None:
         part = Path(tmp) / "part"  # a quarter of the images
         part.mkdir()
         for p in files[: len(files) // 4]:
-            os.link(p, part / f"{len(os.listdir(part))}{p.suffix}")
+            shutil.copy2(p, part / f"{len(os.listdir(part))}{p.suffix}")
         rounds = []
         for r in range(args.rounds):  # forward and pipeline back to back, round after round: these machines drift
             fwd = forward(encode) if runtime != "torch" else torch_fwd
