@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .encoders import load_encoder
-from .evaluate import recall_metrics
 from .encoders.lite import DEFAULT_CONSE_WEIGHT
+from .evaluate import recall_metrics
 from .heads import embed, head_for
 from .pairs import read_pairs
 

@@ -52,7 +52,7 @@ class Encoder(ABC):
         if not images:
             return np.zeros((0, self.dim), np.float32)
         prep = self.pixel_prep
-        return self.encode_pixels(prep.normalise(np.stack([prep(im) for im in images])))
+        return prep.torch_encoder(self)(np.stack([prep(im) for im in images]))
 
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:

@@ -4,12 +4,11 @@ Indexing spends nearly all its time in the image tower, and on CPU ONNX Runtime 
 weights runs a ViT about twice as fast as PyTorch (1.8–3× measured, with or without VNNI integer
 instructions). The first index run with a model exports its image forward (uint8 pixels -> raw
 embedding, normalisation and head included; see pixels.py) to ONNX, quantises a copy, and times
-all three on a calibration batch;
-the fastest whose vectors agree with PyTorch's (cosine >= `MIN_COSINE` on every calibration
-image) is used from then on. Everything lands under ``<index>/onnx/<model hash>/`` with a
-``choice.json`` saying what was measured, so the cost is paid once per model and index.
-Queries stay on PyTorch: one vector at a time gains nothing, and the agreement check is what
-keeps both sides in one space.
+all three on a calibration batch; the fastest whose vectors agree with PyTorch's (cosine >=
+`MIN_COSINE` on every calibration image) is used from then on. Everything lands under
+``<index>/onnx/<model hash>/`` with a ``choice.json`` saying what was measured, so the cost is
+paid once per model and index. Queries stay on PyTorch: one vector at a time gains nothing, and
+the agreement check is what keeps both sides in one space.
 """
 from __future__ import annotations
 
@@ -28,7 +27,7 @@ import torch
 from ..errors import UserError
 from . import RUNTIMES
 from .base import Encoder, _normalise
-from .pixels import PixelEncoder, PixelPrep
+from .pixels import PixelEncoder
 
 MIN_COSINE = 0.99
 CALIBRATION_IMAGES = 8
@@ -48,9 +47,9 @@ class _ImageForward(torch.nn.Module):
     networks are registered as submodules so their weights export as initializers (which the
     int8 quantiser needs), not as constants."""
 
-    def __init__(self, encoder: Encoder, prep: PixelPrep):
+    def __init__(self, encoder: Encoder):
         super().__init__()
-        self.encoder, self.prep = encoder, prep
+        self.encoder, self.prep = encoder, encoder.pixel_prep
         self.towers = torch.nn.ModuleList(m for m in vars(encoder).values() if isinstance(m, torch.nn.Module))
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -115,7 +114,7 @@ def export(encoder: Encoder, folder: Path) -> dict[str, Path]:
     if not files["onnx"].exists():
         tmp = folder / f"visual.{os.getpid()}.tmp.onnx"
         dummy = calibration_pixels(encoder, 2)
-        module = _ImageForward(encoder, encoder.pixel_prep).eval()
+        module = _ImageForward(encoder).eval()
         fastpath = torch.backends.mha.get_fastpath_enabled()
         try:  # the tracer cannot export fused attention kernels
             torch.backends.mha.set_fastpath_enabled(False)
