@@ -9,7 +9,7 @@ import torch
 
 from indexer.decode import load_image
 from retrieval.encoders import load_encoder
-from retrieval.encoders.runtime import MIN_COSINE, pixel_encoder
+from retrieval.encoders.runtime import MIN_COSINE, RUN_BATCH, pixel_encoder
 
 
 def _pixels(encoder, photos) -> np.ndarray:
@@ -43,6 +43,9 @@ def test_onnx_vectors_agree_with_pytorch_on_real_photos(tiny_clip, photos, tmp_p
     assert (ours * ref).sum(1).min() >= MIN_COSINE
     if runtime == "onnx":
         assert (ours * ref).sum(1).min() > 0.9999  # the same arithmetic, reordered
+        # a batch longer than one session run is split into runs and comes back whole, in order
+        many = np.concatenate([pixels] * (RUN_BATCH // len(pixels) + 2))[: 2 * RUN_BATCH + 3]
+        assert np.allclose(encode(many), np.concatenate([encode(p[None]) for p in many]), atol=1e-5)
     # batches spread over the sessions sharing the cores come back in order (batch by batch:
     # dynamic int8 scales activations per batch, so other batches give slightly other vectors)
     assert encode.lanes == min(2, torch.get_num_threads())
