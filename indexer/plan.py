@@ -2,10 +2,11 @@
 
 Unchanged files (same size and mtime) cost nothing. New and changed files are hashed; those whose
 content the store already has (renamed, duplicated, or only touched) reuse its vectors. The rest
-need decoding and embedding.
+need decoding and embedding, as do unchanged captions whose image has moved (their link is stale).
 """
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -17,6 +18,7 @@ from retrieval.files import file_digest, under
 from retrieval.store import File, Item, files_by_key
 
 from .scan import Entry
+from .text import TABLE_EXTS
 
 
 @dataclass
@@ -35,6 +37,7 @@ def make_plan(session: Session, entries: list[Entry], roots: list[str], workers:
     stored = files_by_key(session)
     seen: set[bytes] = set()
     todo: list[Entry] = []
+    texts: list[tuple[Entry, int]] = []  # unchanged text files, with their file ids
     for e in entries:
         seen.add(e.key)
         row = stored.get(e.key)
@@ -45,10 +48,15 @@ def make_plan(session: Session, entries: list[Entry], roots: list[str], workers:
                 plan.unchanged += 1
         elif row and row.size == e.size and row.mtime_ns == e.mtime_ns:
             plan.unchanged += 1
+            if e.kind == "text":
+                texts.append((e, row.id))
         else:
             todo.append(e)
             if not row:
                 plan.new_paths.add(e.key)
+    for e in _relinked(session, texts, entries):
+        plan.unchanged -= 1
+        todo.append(e)
     plan.remove = [f.id for k, f in stored.items() if k not in seen and under(k, roots)]
 
     def digest(e: Entry) -> tuple[Entry, str | None, str | None]:
@@ -69,6 +77,19 @@ def make_plan(session: Session, entries: list[Entry], roots: list[str], workers:
         else:
             plan.embed.append((e, d))
     return plan
+
+
+def _relinked(session: Session, texts: list[tuple[Entry, int]], entries: list[Entry]) -> list[Entry]:
+    """Unchanged caption files whose image has gone (renamed, removed) or appeared beside them:
+    their items' link to it is out of date, so they are embedded again (texts are cheap)."""
+    texts = [(e, i) for e, i in texts if os.path.splitext(e.path)[1].lower() not in TABLE_EXTS]  # tables link by column
+    if not texts:
+        return []
+    media = {os.path.splitext(e.path)[0] for e in entries if e.kind in ("image", "video") and not e.error}
+    links = dict(session.execute(select(Item.file_id, Item.link_path).where(Item.kind == "text").distinct()).all())
+    return [e for e, file_id in texts
+            if ((link := links.get(file_id)) and not os.path.isfile(link))
+            or (not link and os.path.splitext(e.path)[0] in media)]
 
 
 def _items_by_digest(session: Session, digests: set[str]) -> dict[str, list[Item]]:

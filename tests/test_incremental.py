@@ -130,3 +130,26 @@ def test_item_ids_are_never_reused(tmp_path, tiny_clip, photos):
     idx.add([str(lib)], progress=False)
     with idx.index.session() as s:
         assert s.scalar(select(func.min(Item.id)).where(Item.file.has(path=str(lib / "horse.png")))) > top
+
+
+def test_caption_links_follow_their_images(cli, tiny_clip, photos, tmp_path):
+    """A sidecar caption left in place while its image is renamed (or an image added beside a
+    caption) gets its link to the image redone, not kept pointing at a file that is gone."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    shutil.copy2(photos / "coffee.png", lib / "coffee.png")
+    (lib / "coffee.txt").write_text("A cup of coffee.\n")
+    (lib / "later.txt").write_text("A caption with no image beside it yet.\n")
+
+    def links() -> dict[str, str | None]:
+        hits = cli.json("search", "coffee", "--type", "text", "-k", "10")
+        return {os.path.basename(h["path"]): h.get("link_path") for h in hits}
+
+    cli.json("index", str(lib), "--model", tiny_clip)
+    assert links() == {"coffee.txt": str(lib / "coffee.png"), "later.txt": None}
+    os.rename(lib / "coffee.png", lib / "cup.png")  # the image alone: its caption no longer sits beside it
+    shutil.copy2(photos / "moon.png", lib / "later.png")  # an image appears beside a caption
+    s = cli.json("index", str(lib))
+    assert (s["updated"], s["unchanged"], s["reused"], s["removed"]) == (2, 0, 1, 1)
+    assert links() == {"coffee.txt": None, "later.txt": str(lib / "later.png")}
+    assert cli.json("index", str(lib))["embedded"] == 0  # settled: the next run re-embeds nothing
