@@ -116,7 +116,7 @@ def main() -> None:
         print(f"model {enc.identity}, {len(files)} images, torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}")
         print(f"model load                 {load_s:8.2f} s  (+ {choose_s:.1f} s choosing the runtime: {runtime})")
         print(f"decode + resize/crop       {decode_ms:8.2f} + {geometry_ms:.2f} ms an image, one thread "
-              f"(the model's own transform per image: two-step geometry, to-tensor, normalise: {transform_ms:.2f} ms)")
+              f"(the model's own transform per image: geometry, to-tensor, normalise: {transform_ms:.2f} ms)")
         print(f"bare forward, PyTorch      {torch_fwd:8.1f} images/s")
         for i, (f, r, st, _, _) in enumerate(rounds):
             print(f"round {i + 1}: forward {f:5.1f}, pipeline {r:5.1f} ({r / f:.2f} ×), steady {st:5.1f} ({st / f:.2f} ×) images/s")

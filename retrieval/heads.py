@@ -24,7 +24,8 @@ class LiteHead:
     def __init__(self, encoder: LiteEncoder, conse_weight: float = DEFAULT_CONSE_WEIGHT):
         self.encoder = encoder
         self.conse_weight = conse_weight
-        self.feature_id = "lite-effnet-lite2-pooled+conse-v1"
+        # the version changes with the tower's preprocessing (v2: resize and crop fused)
+        self.feature_id = "lite-effnet-lite2-pooled+conse-v2"
 
     def features(self, images: list[str], texts: list[str], progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
         enc = self.encoder

@@ -17,18 +17,22 @@ Spec: ``lite`` (the shipped head) or ``lite:/path/to/head.safetensors`` (one you
 from __future__ import annotations
 
 import json
+import math
 from functools import cached_property
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torchvision import transforms as T
 
 from ..files import file_digest
 from .base import Encoder, ModelLoadError
+from .pixels import ResizeCrop
 
 HEAD_FILE = Path(__file__).parent / "weights" / "lite-head.safetensors"
 BACKBONE = "tf_efficientnet_lite2"
 IMAGE_SIZE = 260
+CROP_PCT = 0.89  # timm's for this tower
 PROMPT = "a picture of a {}"
 TOP_CLASSES = 10  # ConSE mixes the top-k classes only; the long tail of probabilities is noise
 DEFAULT_CONSE_WEIGHT = 0.7
@@ -92,6 +96,13 @@ class TextTower:
         return F.normalize((out * mask).sum(1) / mask.sum(1).clamp(min=1e-6), dim=-1)
 
 
+def lite_transform() -> T.Compose:
+    """timm's evaluation preprocessing for this tower (bicubic, crop 0.89: resize to 292, crop 260,
+    mean and std 0.5), with resize and crop fused into one resampling (`ResizeCrop`)."""
+    return T.Compose([ResizeCrop(math.floor(IMAGE_SIZE / CROP_PCT), IMAGE_SIZE), T.ToTensor(),
+                      T.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
+
+
 def imagenet_prompts() -> list[str]:
     from timm.data import ImageNetInfo
 
@@ -120,11 +131,7 @@ class LiteEncoder(Encoder):
         else:
             self.identity = f"lite:{BACKBONE}+minilm-l6:conse"
         self.dim = 768 if "img_w" in self.head else 384
-        import timm.data
-
-        cfg = timm.data.resolve_data_config({}, model=self.image_tower)
-        cfg["input_size"] = (3, IMAGE_SIZE, IMAGE_SIZE)
-        self.transform = timm.data.create_transform(**cfg)
+        self.transform = lite_transform()
 
     @cached_property
     def class_texts(self) -> torch.Tensor:
