@@ -37,7 +37,7 @@ def make_plan(session: Session, entries: list[Entry], roots: list[str], workers:
     stored = files_by_key(session)
     seen: set[bytes] = set()
     todo: list[Entry] = []
-    texts: list[tuple[Entry, int]] = []  # unchanged text files, with their file ids
+    texts: list[Entry] = []  # unchanged text files
     for e in entries:
         seen.add(e.key)
         row = stored.get(e.key)
@@ -49,7 +49,7 @@ def make_plan(session: Session, entries: list[Entry], roots: list[str], workers:
         elif row and row.size == e.size and row.mtime_ns == e.mtime_ns:
             plan.unchanged += 1
             if e.kind == "text":
-                texts.append((e, row.id))
+                texts.append(e)
         else:
             todo.append(e)
             if not row:
@@ -79,17 +79,22 @@ def make_plan(session: Session, entries: list[Entry], roots: list[str], workers:
     return plan
 
 
-def _relinked(session: Session, texts: list[tuple[Entry, int]], entries: list[Entry]) -> list[Entry]:
+def _relinked(session: Session, texts: list[Entry], entries: list[Entry]) -> list[Entry]:
     """Unchanged caption files whose image has gone (renamed, removed) or appeared beside them:
-    their items' link to it is out of date, so they are embedded again (texts are cheap)."""
-    texts = [(e, i) for e, i in texts if os.path.splitext(e.path)[1].lower() not in TABLE_EXTS]  # tables link by column
+    their items' link to it is out of date, so they are embedded again (texts are cheap). Read
+    from the link_path index alone, never the items' rows (which hold the vectors)."""
+    texts = [e for e in texts if os.path.splitext(e.path)[1].lower() not in TABLE_EXTS]  # tables link by column
     if not texts:
         return []
-    media = {os.path.splitext(e.path)[0] for e in entries if e.kind in ("image", "video") and not e.error}
-    links = dict(session.execute(select(Item.file_id, Item.link_path).where(Item.kind == "text").distinct()).all())
-    return [e for e, file_id in texts
-            if ((link := links.get(file_id)) and not os.path.isfile(link))
-            or (not link and os.path.splitext(e.path)[0] in media)]
+    media: dict[str, set[str]] = {}
+    for e in entries:
+        if e.kind in ("image", "video") and not e.error:
+            media.setdefault(os.path.splitext(e.path)[0], set()).add(e.path)
+    linked = set(session.scalars(select(Item.link_path).where(Item.link_path.is_not(None)).distinct()))
+    scanned = set().union(*media.values())
+    gone = {os.path.splitext(p)[0] for p in linked - scanned if not os.path.isfile(p)}
+    return [e for e in texts if (stem := os.path.splitext(e.path)[0]) in gone
+            or (stem in media and not media[stem] & linked)]
 
 
 def _items_by_digest(session: Session, digests: set[str]) -> dict[str, list[Item]]:

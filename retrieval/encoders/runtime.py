@@ -38,7 +38,7 @@ AUTO_MIN_IMAGES = 200  # fewer to embed than this: not worth a first export and 
 #: on 2 cores two one-thread sessions embedded ~10% more images/s than one two-thread session
 LANES = 2
 #: images per session run: a run's activations live in the session's memory arena, which at 32
-#: images grew to ~1 GB for `lite` and took ~0.7 s of page faults to warm; at 8 the arena is a
+#: images grew to ~1 GB for `lite` and took ~1 s of page faults to warm; at 8 the arena is a
 #: quarter and the throughput the same (measured on 2 cores)
 RUN_BATCH = 8
 #: changes whenever the exported graphs' inputs, outputs or quantisation change, so older cached
