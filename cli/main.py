@@ -12,6 +12,8 @@ from typing import List, Optional
 
 import typer
 
+from retrieval.encoders import DEFAULT_CONSE_WEIGHT
+
 app = typer.Typer(
     help="Cross-modal search over your images, videos and texts: index folders, then search them by text, "
     "by example image, or both at once.",
@@ -196,7 +198,7 @@ def train(
     weight_decay: float = typer.Option(0.05, "--weight-decay"),
     dropout: float = typer.Option(0.2, "--dropout", min=0.0, max=0.9),
     val_share: float = typer.Option(0.1, "--val-share", min=0.0, max=0.9, help="Share of captions held out for validation."),
-    conse_weight: float = typer.Option(0.7, "--conse-weight", help="lite: weight of the ImageNet-class (ConSE) block mixed in beside the learned one (not trained)."),
+    conse_weight: float = typer.Option(DEFAULT_CONSE_WEIGHT, "--conse-weight", help="lite: weight of the ImageNet-class (ConSE) block mixed in beside the learned one (not trained)."),
     seed: int = typer.Option(0, "--seed"),
     json_out: bool = JsonOpt,
 ):

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .encoders import Encoder
-from .encoders.lite import DEFAULT_CONSE_WEIGHT, TRAIN_CONSE_WEIGHT, LiteEncoder, project_image, project_text
+from .encoders import DEFAULT_CONSE_WEIGHT, Encoder
+from .encoders.lite import TRAIN_CONSE_WEIGHT, LiteEncoder, project_image, project_text
 from .errors import UserError
 from .features import image_features, text_features
 

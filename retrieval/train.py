@@ -16,8 +16,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .encoders import load_encoder
-from .encoders.lite import DEFAULT_CONSE_WEIGHT
+from .encoders import DEFAULT_CONSE_WEIGHT, load_encoder
 from .evaluate import recall_metrics
 from .heads import embed, head_for
 from .pairs import read_pairs

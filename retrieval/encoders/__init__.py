@@ -10,6 +10,8 @@ if TYPE_CHECKING:  # torch loads only with a model: a no-op `mmsearch index` sta
     from .base import Encoder
 
 DEFAULT_MODEL = "lite"
+#: `lite`: weight of the ConSE block beside the learned one (here, light, for the CLI's defaults)
+DEFAULT_CONSE_WEIGHT = 0.7
 #: what runs the image tower while indexing (see runtime.py); queries always use PyTorch
 RUNTIMES = ("auto", "torch", "onnx", "onnx-int8")
 
@@ -37,4 +39,4 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-__all__ = ["DEFAULT_MODEL", "RUNTIMES", "Encoder", "ModelLoadError", "load_encoder"]
+__all__ = ["DEFAULT_CONSE_WEIGHT", "DEFAULT_MODEL", "RUNTIMES", "Encoder", "ModelLoadError", "load_encoder"]

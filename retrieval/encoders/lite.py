@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torchvision import transforms as T
 
 from ..files import file_digest
+from . import DEFAULT_CONSE_WEIGHT
 from .base import Encoder, ModelLoadError
 from .pixels import ResizeCrop
 
@@ -35,7 +36,6 @@ IMAGE_SIZE = 260
 CROP_PCT = 0.89  # timm's for this tower
 PROMPT = "a picture of a {}"
 TOP_CLASSES = 10  # ConSE mixes the top-k classes only; the long tail of probabilities is noise
-DEFAULT_CONSE_WEIGHT = 0.7
 #: the lighter ConSE mix the learned block is trained through (see heads.LiteHead.trained_pair)
 TRAIN_CONSE_WEIGHT = 0.5
 
