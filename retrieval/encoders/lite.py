@@ -33,7 +33,6 @@ from .pixels import ResizeCrop
 HEAD_FILE = Path(__file__).parent / "weights" / "lite-head.safetensors"
 BACKBONE = "tf_efficientnet_lite2"
 IMAGE_SIZE = 260
-CROP_PCT = 0.89  # timm's for this tower
 PROMPT = "a picture of a {}"
 TOP_CLASSES = 10  # ConSE mixes the top-k classes only; the long tail of probabilities is noise
 #: the lighter ConSE mix the learned block is trained through (see heads.LiteHead.trained_pair)
@@ -96,11 +95,15 @@ class TextTower:
         return F.normalize((out * mask).sum(1) / mask.sum(1).clamp(min=1e-6), dim=-1)
 
 
-def lite_transform() -> T.Compose:
-    """timm's evaluation preprocessing for this tower (bicubic, crop 0.89: resize to 292, crop 260,
-    mean and std 0.5), with resize and crop fused into one resampling (`ResizeCrop`)."""
-    return T.Compose([ResizeCrop(math.floor(IMAGE_SIZE / CROP_PCT), IMAGE_SIZE), T.ToTensor(),
-                      T.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
+def lite_transform(tower: torch.nn.Module) -> T.Compose:
+    """timm's evaluation preprocessing for the tower at `IMAGE_SIZE` (its crop share, mean and std
+    from its data config: resize to 292, crop 260, mean and std 0.5; bicubic, as `ResizeCrop`
+    resamples), with resize and crop fused into one resampling."""
+    import timm.data
+
+    cfg = timm.data.resolve_data_config({}, model=tower)
+    return T.Compose([ResizeCrop(math.floor(IMAGE_SIZE / cfg["crop_pct"]), IMAGE_SIZE), T.ToTensor(),
+                      T.Normalize(cfg["mean"], cfg["std"])])
 
 
 def imagenet_prompts() -> list[str]:
@@ -131,7 +134,7 @@ class LiteEncoder(Encoder):
         else:
             self.identity = f"lite:{BACKBONE}+minilm-l6:conse"
         self.dim = 768 if "img_w" in self.head else 384
-        self.transform = lite_transform()
+        self.transform = lite_transform(self.image_tower)
 
     @cached_property
     def class_texts(self) -> torch.Tensor:

@@ -44,6 +44,8 @@ RUN_BATCH = 8
 #: changes whenever the exported graphs' inputs, outputs or quantisation change, so older cached
 #: exports are not reused
 EXPORT_FORMAT = "uint8-nhwc;int8-7bit"
+#: the exported graph's input name (given by `export`, fed by the sessions)
+_INPUT = "input"
 
 
 class _ImageForward(torch.nn.Module):
@@ -100,8 +102,8 @@ def _onnx_encoder(path: Path) -> PixelEncoder:
 
     def encode(pixels: np.ndarray) -> np.ndarray:
         session = free.get()
-        try:  # "input": the name export() gives it
-            out = np.concatenate([session.run(None, {"input": pixels[i : i + RUN_BATCH]})[0]
+        try:
+            out = np.concatenate([session.run(None, {_INPUT: pixels[i : i + RUN_BATCH]})[0]
                                   for i in range(0, len(pixels), RUN_BATCH)])
         finally:
             free.put(session)
@@ -125,8 +127,8 @@ def export(encoder: Encoder, folder: Path) -> dict[str, Path]:
             torch.backends.mha.set_fastpath_enabled(False)
             with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
-                torch.onnx.export(module, (torch.from_numpy(dummy),), str(tmp), input_names=["input"], output_names=["output"],
-                                  dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, dynamo=False,
+                torch.onnx.export(module, (torch.from_numpy(dummy),), str(tmp), input_names=[_INPUT], output_names=["output"],
+                                  dynamic_axes={_INPUT: {0: "batch"}, "output": {0: "batch"}}, dynamo=False,
                                   opset_version=17)
         finally:
             torch.backends.mha.set_fastpath_enabled(fastpath)
