@@ -9,10 +9,10 @@ runtime indexing uses (`--runtime`, chosen and cached before timing), (b) `index
 end (scan, hash, decode, preprocess, embed, commit, build the FAISS index) in a fresh index, and
 its steady rate: the difference from a run on a quarter of the images, which pays the same
 start-up (sessions' first runs, the first batch's decoding) — the rate a large collection sees;
-both as ratios to the bare forward of the same runtime, measured right before them. These
-machines drift by ±10% within minutes, so forward and pipelines run back to back for `--rounds`
-rounds and the median round is reported; (c) the cost of a second run over the unchanged
-folder. Same process, same loaded model. `vit-b-32-random` is an open_clip ViT-B-32-256 with
+both as ratios to the bare forward of the same runtime, the mean of forwards measured right
+before and right after them (these machines drift by ±10% within minutes; the bracket cancels a
+steady drift), for `--rounds` rounds, and the median round is reported; (c) the cost of a
+second run over the unchanged folder. Same process, same loaded model. `vit-b-32-random` is an open_clip ViT-B-32-256 with
 random weights (speed does not depend on weight values).
 """
 from __future__ import annotations
@@ -48,7 +48,7 @@ def main() -> None:
     ap.add_argument("--runtime", default="auto")
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--processes", action="store_true", help="decode workers in processes, not threads")
-    ap.add_argument("--rounds", type=int, default=3, help="forward + pipeline measurements; the median is reported")
+    ap.add_argument("--rounds", type=int, default=5, help="forward + pipeline measurements; the median is reported")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         if args.folder:
@@ -106,9 +106,12 @@ def main() -> None:
         for p in files[: len(files) // 4]:
             shutil.copy2(p, part / f"{len(os.listdir(part))}{p.suffix}")
         rounds = []
-        for r in range(args.rounds):  # forward and pipeline back to back, round after round: these machines drift
-            fwd = forward(encode) if runtime != "torch" else torch_fwd
+        fwd_after = forward(encode) if runtime != "torch" else torch_fwd
+        for r in range(args.rounds):  # pipelines between two forwards, round after round: these machines drift
+            fwd_before = fwd_after
             s, s_part = pipeline(folder, f"full{r}"), pipeline(part, f"part{r}")
+            fwd_after = forward(encode) if runtime != "torch" else torch_fwd
+            fwd = (fwd_before + fwd_after) / 2  # the forward rate at the pipelines' time, to first order
             rate, steady = s.embedded / s.seconds, (s.embedded - s_part.embedded) / (s.seconds - s_part.seconds)
             rounds.append((fwd, rate, steady, s, s_part))
         fwd, rate, steady, s, s_part = sorted(rounds, key=lambda x: x[2] / x[0])[len(rounds) // 2]  # the median round
@@ -119,7 +122,7 @@ def main() -> None:
               f"(the model's own transform per image: geometry, to-tensor, normalise: {transform_ms:.2f} ms)")
         print(f"bare forward, PyTorch      {torch_fwd:8.1f} images/s")
         for i, (f, r, st, _, _) in enumerate(rounds):
-            print(f"round {i + 1}: forward {f:5.1f}, pipeline {r:5.1f} ({r / f:.2f} ×), steady {st:5.1f} ({st / f:.2f} ×) images/s")
+            print(f"round {i + 1}: forward {f:5.1f} (mean of before and after), pipeline {r:5.1f} ({r / f:.2f} ×), steady {st:5.1f} ({st / f:.2f} ×) images/s")
         print("median round (by steady ratio):")
         print(f"bare forward, {runtime:12s} {fwd:8.1f} images/s  ({encode.lanes} batches at a time)")
         print(f"index pipeline             {rate:8.1f} images/s  ({s.embedded} embedded in {s.seconds:.1f} s on {s.runtime}, "

@@ -12,7 +12,8 @@ indexes the same folder with the same checkpoint, once per image-tower runtime.
 
 Both tools are timed the same way, as fresh command-line runs over a small and a large folder
 (the first --small and --images stamps): images/s = (large − small) / (wall time difference),
-so start-up, imports, model load and rclip's query cancel out and only indexing is left.
+so start-up, imports, model load and rclip's query cancel out and only indexing is left. They
+alternate for `--rounds` rounds; the median rate and the median within-round ratio are printed.
 mmsearch's one-time ONNX export and runtime measurement (cached per index; here shared through
 a template index directory) is done before timing and reported separately.
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -106,6 +108,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=640)
     ap.add_argument("--small", type=int, default=128)
     ap.add_argument("--runtimes", nargs="+", default=["auto", "torch"])
+    ap.add_argument("--rounds", type=int, default=3, help="rclip and mmsearch alternate; the median is reported")
     args = ap.parse_args()
     if not RCLIP.exists():
         raise SystemExit("rclip is not installed: run benchmarks/setup_peers.sh")
@@ -137,9 +140,6 @@ def main() -> None:
             env = {**os.environ, "RCLIP_DATADIR": str(rdata), "HF_HUB_OFFLINE": "1"}
             return timed([str(RCLIP), "-f", "-t", "1", "a dog"], folder, env)
 
-        rclip_rate = marginal_rate(rclip, folders["small"], folders["large"])
-        print(f"{args.small} and {args.images} images, {ARCH} (random weights), {os.cpu_count()} cpus")
-        print(f"rclip 3.3 (ONNX Runtime fp32)       {rclip_rate:7.1f} images/s")
         template = tmp / "template"  # an index holding only the one-time ONNX export and choice
         t = time.perf_counter()
         from retrieval.encoders import load_encoder
@@ -148,18 +148,34 @@ def main() -> None:
 
         Index(template, create=True)
         chosen = pixel_encoder(load_encoder(spec), template, "auto", images=args.images)[1]
+        print(f"{args.small} and {args.images} images, {ARCH} (random weights), {os.cpu_count()} cpus")
         print(f"mmsearch one-time ONNX export + runtime choice: {time.perf_counter() - t:.1f} s -> {chosen}")
-        for runtime in args.runtimes:
 
-            def ours(folder: Path) -> float:
+        def ours(runtime: str):
+            def run(folder: Path) -> float:
                 index = tmp / f"index-{next(runs)}"
                 shutil.copytree(template / "onnx", index / "onnx")
                 cmd = [sys.executable, "-m", "cli.main", "index", str(folder), "--index", str(index), "--model", spec,
                        "--runtime", runtime]
                 return timed(cmd, ROOT, {**os.environ, "HF_HUB_OFFLINE": "1"})
+            return run
 
-            rate = marginal_rate(ours, folders["small"], folders["large"])
-            print(f"mmsearch --runtime {runtime:10s}       {rate:7.1f} images/s  = {rate / rclip_rate:.2f}x rclip")
+        # rclip and each runtime of ours alternate, round after round, so that the machine's drift
+        # (±10 % within minutes) falls on all of them alike; each round's ratio is taken within it
+        rates: dict[str, list[float]] = {"rclip": [], **{r: [] for r in args.runtimes}}
+        for r in range(args.rounds):
+            rates["rclip"].append(marginal_rate(rclip, folders["small"], folders["large"]))
+            for runtime in args.runtimes:
+                rates[runtime].append(marginal_rate(ours(runtime), folders["small"], folders["large"]))
+            print(f"round {r + 1}: rclip {rates['rclip'][-1]:.1f}, "
+                  + ", ".join(f"mmsearch {k} {rates[k][-1]:.1f} ({rates[k][-1] / rates['rclip'][-1]:.2f}x)"
+                              for k in args.runtimes) + " images/s", flush=True)
+        print(f"median of {args.rounds} rounds:")
+        print(f"rclip 3.3 (ONNX Runtime fp32)       {statistics.median(rates['rclip']):7.1f} images/s")
+        for runtime in args.runtimes:
+            ratios = [a / b for a, b in zip(rates[runtime], rates["rclip"])]
+            print(f"mmsearch --runtime {runtime:10s}       {statistics.median(rates[runtime]):7.1f} images/s  "
+                  f"= {statistics.median(ratios):.2f}x rclip (rounds: {', '.join(f'{x:.2f}' for x in ratios)})")
 
 
 if __name__ == "__main__":

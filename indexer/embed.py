@@ -117,12 +117,17 @@ def embedded(todo: list[tuple[Entry, str]], encoder: Encoder, opts: DecodeOption
 
         refill()
         embedding: deque[tuple[list[Decoded], Future]] = deque()
+        left = len(todo)  # files not yet in a batch
         while pending or embedding:
             if pending:
+                # the last batches shrink (halving) so that every lane has work until the end, rather
+                # than one lane embedding a whole last batch while the others sit idle
+                target = min(batch_size, -(-left // encode_pixels.lanes))
                 done: list[Decoded] = []
-                while pending and sum(len(d.units) for d in done) < batch_size:
+                while pending and sum(len(d.units) for d in done) < target:
                     done.append(pending.popleft().result())
                     refill()
+                left -= len(done)
                 embedding.append((done, model.submit(_embed_units, done, encoder, encode_pixels, batch_size)))
             if len(embedding) > encode_pixels.lanes or not pending:
                 done, future = embedding.popleft()

@@ -108,6 +108,29 @@ def test_decode_in_worker_processes_gives_the_same_index(tiny_clip, image_set, t
     assert all(np.allclose(vectors[True][p], vectors[False][p], atol=1e-5) for p in vectors[True])
 
 
+
+def test_last_batches_shrink_so_every_lane_works_to_the_end(tiny_clip, image_set):
+    """The batch that ends a run is not left to one lane: batches halve as the files run out, and
+    every file still comes out once, in order, with its own vectors."""
+    from indexer.embed import DecodeOptions, embedded
+    from indexer.scan import scan
+    from retrieval.encoders.pixels import PixelEncoder
+
+    enc = load_encoder(tiny_clip)
+    seen: list[int] = []
+    forward = enc.pixel_prep.torch_encoder(enc)
+    encode = PixelEncoder(lambda b: seen.append(len(b)) or forward(b), lanes=2)
+    todo = [(e, str(i)) for i, e in enumerate(sorted(scan([str(image_set)]), key=lambda e: e.path))]
+    assert len(todo) >= 18
+    out = [d for batch in embedded(todo, enc, DecodeOptions(), batch_size=8, workers=1, progress=False,
+                                   encode_pixels=encode) for d in batch]
+    assert [d.digest for d in out] == [str(i) for i in range(len(todo))] and not any(d.error for d in out)
+    assert seen[0] == 8 and sum(seen) == len(todo)
+    left = np.cumsum(seen[::-1])[::-1]  # files not yet embedded when each batch was formed
+    assert all(n <= -(-rest // 2) for n, rest in zip(seen, left))  # never more than a lane's share
+    single = np.concatenate([forward(enc.pixel_prep(load_image(d.entry.path, draft=2 * enc.image_size))[None]) for d in out])
+    assert np.allclose(np.concatenate([d.vectors for d in out]), single, atol=1e-5)
+
 @pytest.mark.quality
 def test_lite_fused_resize_crop_matches_timms_transform(photos, tuxpaint):
     """lite resizes and crops in one resampling (`ResizeCrop`): the picture timm's evaluation
