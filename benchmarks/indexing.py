@@ -12,8 +12,8 @@ start-up (sessions' first runs, the first batch's decoding) — the rate a large
 both as ratios to the bare forward of the same runtime, the mean of forwards measured right
 before and right after them (these machines drift by ±10% within minutes; the bracket cancels a
 steady drift), for `--rounds` rounds, and the median round is reported; (c) the cost of a
-second run over the unchanged folder. Same process, same loaded model. `vit-b-32-random` is an open_clip ViT-B-32-256 with
-random weights (speed does not depend on weight values).
+second run over the unchanged folder. Same process, same loaded model. `vit-b-32-random` is an
+open_clip ViT-B-32-256 with random weights (speed does not depend on weight values).
 """
 from __future__ import annotations
 

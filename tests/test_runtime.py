@@ -117,19 +117,19 @@ def test_last_batches_shrink_so_every_lane_works_to_the_end(tiny_clip, image_set
     from retrieval.encoders.pixels import PixelEncoder
 
     enc = load_encoder(tiny_clip)
-    seen: list[int] = []
     forward = enc.pixel_prep.torch_encoder(enc)
-    encode = PixelEncoder(lambda b: seen.append(len(b)) or forward(b), lanes=2)
     todo = [(e, str(i)) for i, e in enumerate(sorted(scan([str(image_set)]), key=lambda e: e.path))]
     assert len(todo) >= 18
-    out = [d for batch in embedded(todo, enc, DecodeOptions(), batch_size=8, workers=1, progress=False,
-                                   encode_pixels=encode) for d in batch]
+    batches = list(embedded(todo, enc, DecodeOptions(), batch_size=8, workers=1, progress=False,
+                            encode_pixels=PixelEncoder(forward, lanes=2)))
+    sizes = [len(b) for b in batches]  # yielded in the order they were formed
+    left = np.cumsum(sizes[::-1])[::-1]  # files not yet in a batch when each was formed
+    assert sizes[0] == 8 and all(n <= -(-rest // 2) for n, rest in zip(sizes, left))  # at most a lane's share
+    out = [d for b in batches for d in b]
     assert [d.digest for d in out] == [str(i) for i in range(len(todo))] and not any(d.error for d in out)
-    assert seen[0] == 8 and sum(seen) == len(todo)
-    left = np.cumsum(seen[::-1])[::-1]  # files not yet embedded when each batch was formed
-    assert all(n <= -(-rest // 2) for n, rest in zip(seen, left))  # never more than a lane's share
     single = np.concatenate([forward(enc.pixel_prep(load_image(d.entry.path, draft=2 * enc.image_size))[None]) for d in out])
     assert np.allclose(np.concatenate([d.vectors for d in out]), single, atol=1e-5)
+
 
 @pytest.mark.quality
 def test_lite_fused_resize_crop_matches_timms_transform(photos, tuxpaint):
