@@ -106,12 +106,11 @@ def main() -> None:
         for p in files[: len(files) // 4]:
             shutil.copy2(p, part / f"{len(os.listdir(part))}{p.suffix}")
         rounds = []
-        fwd_after = forward(encode) if runtime != "torch" else torch_fwd
+        bare = [forward(encode) if runtime != "torch" else torch_fwd]
         for r in range(args.rounds):  # pipelines between two forwards, round after round: these machines drift
-            fwd_before = fwd_after
             s, s_part = pipeline(folder, f"full{r}"), pipeline(part, f"part{r}")
-            fwd_after = forward(encode) if runtime != "torch" else torch_fwd
-            fwd = (fwd_before + fwd_after) / 2  # the forward rate at the pipelines' time, to first order
+            bare.append(forward(encode) if runtime != "torch" else torch_fwd)
+            fwd = (bare[-2] + bare[-1]) / 2  # the forward rate at the pipelines' time, to first order
             rate, steady = s.embedded / s.seconds, (s.embedded - s_part.embedded) / (s.seconds - s_part.seconds)
             rounds.append((fwd, rate, steady, s, s_part))
         fwd, rate, steady, s, s_part = sorted(rounds, key=lambda x: x[2] / x[0])[len(rounds) // 2]  # the median round

@@ -108,11 +108,10 @@ def test_decode_in_worker_processes_gives_the_same_index(tiny_clip, image_set, t
     assert all(np.allclose(vectors[True][p], vectors[False][p], atol=1e-5) for p in vectors[True])
 
 
-
 def test_last_batches_shrink_so_every_lane_works_to_the_end(tiny_clip, image_set):
     """The batch that ends a run is not left to one lane: batches halve as the files run out, and
     every file still comes out once, in order, with its own vectors."""
-    from indexer.embed import DecodeOptions, embedded
+    from indexer.embed import DecodeOptions, decode, embedded
     from indexer.scan import scan
     from retrieval.encoders.pixels import PixelEncoder
 
@@ -127,7 +126,8 @@ def test_last_batches_shrink_so_every_lane_works_to_the_end(tiny_clip, image_set
     assert sizes[0] == 8 and all(n <= -(-rest // 2) for n, rest in zip(sizes, left))  # at most a lane's share
     out = [d for b in batches for d in b]
     assert [d.digest for d in out] == [str(i) for i in range(len(todo))] and not any(d.error for d in out)
-    single = np.concatenate([forward(enc.pixel_prep(load_image(d.entry.path, draft=2 * enc.image_size))[None]) for d in out])
+    single = np.concatenate([forward(decode(d.entry, d.digest, enc.pixel_prep, DecodeOptions()).units[0][1][None])
+                             for d in out])
     assert np.allclose(np.concatenate([d.vectors for d in out]), single, atol=1e-5)
 
 
