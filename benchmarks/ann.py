@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "benchmarks" / ".peers"))
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
-from retrieval.policy import RERANK, build, choose_index, exact_topk, search_params  # noqa: E402
+from mmsearch.retrieval.policy import RERANK, build, choose_index, exact_topk, search_params  # noqa: E402
 
 
 def collection(n: int, d: int, noise: str, scratch: Path) -> np.ndarray:

@@ -31,12 +31,13 @@ sys.path[:0] = [str(ROOT), str(ROOT / "data"), str(ROOT / "benchmarks")]
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from indexer.decode import load_image  # noqa: E402
-from indexer.run import index_paths  # noqa: E402
-from retrieval.encoders import load_encoder  # noqa: E402
-from retrieval.encoders.pixels import PixelEncoder  # noqa: E402
-from retrieval.encoders.runtime import pixel_encoder  # noqa: E402
-from retrieval.index import Index  # noqa: E402
+from mmsearch.indexer.options import IndexOptions  # noqa: E402
+from mmsearch.indexer.run import index_paths  # noqa: E402
+from mmsearch.media.image import load_image  # noqa: E402
+from mmsearch.retrieval.encoders import load_encoder  # noqa: E402
+from mmsearch.retrieval.encoders.pixels import PixelEncoder  # noqa: E402
+from mmsearch.retrieval.encoders.runtime import pixel_encoder  # noqa: E402
+from mmsearch.retrieval.index import Index  # noqa: E402
 
 
 def main() -> None:
@@ -69,7 +70,7 @@ def main() -> None:
         enc = load_encoder(args.model)
         load_s = time.perf_counter() - t
         idx = Index(Path(tmp) / "index", create=True)  # where the runtime is chosen, once
-        idx.encoder(args.model)
+        idx.use_model(args.model)
         t = time.perf_counter()
         encode, runtime = pixel_encoder(enc, idx.path, args.runtime, images=len(files))
         choose_s = time.perf_counter() - t
@@ -94,11 +95,12 @@ def main() -> None:
         def pipeline(root: Path, name: str):
             """index_paths on `root` in a fresh index that has the runtime choice cached."""
             index = Index(Path(tmp) / name, create=True)
-            index.encoder(args.model)
+            index.use_model(args.model)
             if (Path(idx.path) / "onnx").exists():  # (absent when the runtime is torch)
                 shutil.copytree(Path(idx.path) / "onnx", Path(index.path) / "onnx")
-            return index_paths(index, [str(root)], args.model, batch_size=args.batch_size, runtime=args.runtime,
-                               processes=args.processes, workers=args.workers, progress=False)
+            opts = IndexOptions.of(model=args.model, batch_size=args.batch_size, runtime=args.runtime,
+                                   processes=args.processes, **({"workers": args.workers} if args.workers else {}))
+            return index_paths(index, [str(root)], opts)
 
         torch_fwd = forward(prep.torch_encoder(enc), min(len(pixels), 128))  # a reference: it is slow
         part = Path(tmp) / "part"  # a quarter of the images
@@ -114,7 +116,7 @@ def main() -> None:
             rate, steady = s.embedded / s.seconds, (s.embedded - s_part.embedded) / (s.seconds - s_part.seconds)
             rounds.append((fwd, rate, steady, s, s_part))
         fwd, rate, steady, s, s_part = sorted(rounds, key=lambda x: x[2] / x[0])[len(rounds) // 2]  # the median round
-        s2 = index_paths(Index(Path(tmp) / "full0"), [str(folder)], progress=False)
+        s2 = index_paths(Index(Path(tmp) / "full0"), [str(folder)], IndexOptions())
         print(f"model {enc.identity}, {len(files)} images, torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}")
         print(f"model load                 {load_s:8.2f} s  (+ {choose_s:.1f} s choosing the runtime: {runtime})")
         print(f"decode + resize/crop       {decode_ms:8.2f} + {geometry_ms:.2f} ms an image, one thread "

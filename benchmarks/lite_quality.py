@@ -21,10 +21,10 @@ sys.path[:0] = [str(ROOT), str(ROOT / "data")]
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from retrieval.encoders import load_encoder  # noqa: E402
-from retrieval.evaluate import recall_metrics  # noqa: E402
-from retrieval.heads import embed, head_for  # noqa: E402
-from retrieval.train import _features  # noqa: E402
+from mmsearch.retrieval.encoders import load_encoder  # noqa: E402
+from mmsearch.retrieval.evaluate import recall_metrics  # noqa: E402
+from mmsearch.retrieval.heads import embed, head_for  # noqa: E402
+from mmsearch.retrieval.train import _features  # noqa: E402
 
 
 def main() -> None:
@@ -61,9 +61,15 @@ def main() -> None:
     imgs = [Image.new("RGB", (400, 300), (i * 7 % 255, 90, 160)) for i in range(64)]
     texts = [f"a photo of thing number {i} on a table" for i in range(256)]
     enc.encode_images(imgs[:8]), enc.encode_texts(texts[:8])
-    t = time.perf_counter(); [enc.encode_images(imgs[i : i + 32]) for i in (0, 32)]; img_s = 64 / (time.perf_counter() - t)
-    t = time.perf_counter(); [enc.encode_texts(texts[i : i + 32]) for i in range(0, 256, 32)]; txt_s = 256 / (time.perf_counter() - t)
-    t = time.perf_counter(); [enc.encode_texts(["a dog on a beach"]) for _ in range(20)]; one_ms = (time.perf_counter() - t) / 20 * 1000
+
+    def per_second(n: int, work) -> float:
+        t = time.perf_counter()
+        work()
+        return n / (time.perf_counter() - t)
+
+    img_s = per_second(64, lambda: [enc.encode_images(imgs[i : i + 32]) for i in (0, 32)])
+    txt_s = per_second(256, lambda: [enc.encode_texts(texts[i : i + 32]) for i in range(0, 256, 32)])
+    one_ms = 1000 / per_second(20, lambda: [enc.encode_texts(["a dog on a beach"]) for _ in range(20)])
     print(f"\nthroughput (2 threads, batch 32): {img_s:.1f} images/s (incl. preprocessing), {txt_s:.0f} texts/s; "
           f"one short query {one_ms:.1f} ms; model load {load_s:.2f} s")
 

@@ -142,9 +142,9 @@ def main() -> None:
 
         template = tmp / "template"  # an index holding only the one-time ONNX export and choice
         t = time.perf_counter()
-        from retrieval.encoders import load_encoder
-        from retrieval.encoders.runtime import pixel_encoder
-        from retrieval.index import Index
+        from mmsearch.retrieval.encoders import load_encoder
+        from mmsearch.retrieval.encoders.runtime import pixel_encoder
+        from mmsearch.retrieval.index import Index
 
         Index(template, create=True)
         chosen = pixel_encoder(load_encoder(spec), template, "auto", images=args.images)[1]
@@ -155,7 +155,7 @@ def main() -> None:
             def run(folder: Path) -> float:
                 index = tmp / f"index-{next(runs)}"
                 shutil.copytree(template / "onnx", index / "onnx")
-                cmd = [sys.executable, "-m", "cli.main", "index", str(folder), "--index", str(index), "--model", spec,
+                cmd = [sys.executable, "-m", "mmsearch", "index", str(folder), "--index", str(index), "--model", spec,
                        "--runtime", runtime]
                 return timed(cmd, ROOT, {**os.environ, "HF_HUB_OFFLINE": "1"})
             return run

@@ -28,9 +28,9 @@ import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 from sqlalchemy import insert  # noqa: E402
 
-from retrieval.encoders import load_encoder  # noqa: E402
-from retrieval.index import Index  # noqa: E402
-from retrieval.store import File, Item, bump_generation  # noqa: E402
+from mmsearch.retrieval.encoders import load_encoder  # noqa: E402
+from mmsearch.retrieval.index import Index  # noqa: E402
+from mmsearch.retrieval.store import File, Item, bump_generation  # noqa: E402
 
 QUERIES = ["a dog on a beach", "a red car at night", "two people shaking hands", "a bowl of fruit",
            "snow on the mountains", "a cat sleeping on a sofa", "an old map", "a rocket launch"]
@@ -38,7 +38,7 @@ QUERIES = ["a dog on a beach", "a red car at night", "two people shaking hands",
 
 def build(path: Path, n: int) -> None:
     idx = Index(path, create=True)
-    enc = idx.encoder("lite")
+    enc = idx.use_model("lite")
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((256, enc.dim)).astype(np.float32)
     with idx.session() as s:
@@ -52,7 +52,7 @@ def build(path: Path, n: int) -> None:
             s.execute(insert(Item), [dict(file_id=start + i + 1, kind="image", vector=v[i].tobytes()) for i in range(m)])
         bump_generation(s)
         s.commit()
-    idx.vectors()
+    idx.index.faiss_index()
 
 
 def drive(url: str, clients: int, seconds: float) -> tuple[float, float, float]:
@@ -98,7 +98,7 @@ def main() -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        server = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--index", str(Path(tmp) / "ix"),
+        server = subprocess.Popen([sys.executable, "-m", "mmsearch", "serve", "--index", str(Path(tmp) / "ix"),
                                    "--port", str(port)], cwd=ROOT, stderr=subprocess.DEVNULL, env={**os.environ})
         try:
             url = f"http://127.0.0.1:{port}/search"

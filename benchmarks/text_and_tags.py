@@ -22,10 +22,12 @@ sys.path[:0] = [str(ROOT), str(ROOT / "data")]
 
 import pandas as pd  # noqa: E402
 
-from indexer.run import index_paths  # noqa: E402
-from retrieval.index import Index  # noqa: E402
-from retrieval.search import Filters, Part, fused_search, search  # noqa: E402
-from retrieval.tags import tag_files  # noqa: E402
+from mmsearch.indexer.options import IndexOptions  # noqa: E402
+from mmsearch.indexer.run import index_paths  # noqa: E402
+from mmsearch.retrieval.index import Index  # noqa: E402
+from mmsearch.retrieval.request import SearchRequest  # noqa: E402
+from mmsearch.retrieval.search import Filters, Part, fused_search, search  # noqa: E402
+from mmsearch.retrieval.tags import tag_files  # noqa: E402
 
 
 def recall(ranks: list[int | None], ks=(1, 5, 10)) -> str:
@@ -39,11 +41,11 @@ def image_to_text(model: str, tmp: Path, pairs: pd.DataFrame) -> None:
         (lib / f"{i:04}.png").symlink_to(img)
         (lib / f"{i:04}.txt").write_text(cap + "\n")
     idx = Index(tmp / "tux-index", create=True)
-    index_paths(idx, [str(lib)], model, progress=False)
+    index_paths(idx, [str(lib)], IndexOptions(model=model))
     enc = idx.encoder()
     ranks = []
     for i, cap in enumerate(pairs["caption"]):
-        from indexer.decode import load_image
+        from mmsearch.media.image import load_image
 
         v = enc.encode_images([load_image(lib / f"{i:04}.png")])[0]
         texts = [h.text for h in search(idx, v, k=10, filters=Filters(kinds={"text"}))]
@@ -54,7 +56,7 @@ def image_to_text(model: str, tmp: Path, pairs: pd.DataFrame) -> None:
 def tags_and_fusion(model: str, tmp: Path, pysio: pd.DataFrame) -> None:
     root = Path(pysio["image"][0]).parents[1]
     idx = Index(tmp / "pysio-index", create=True)
-    index_paths(idx, [str(root)], model, progress=False)
+    index_paths(idx, [str(root)], IndexOptions(model=model))
     categories = sorted(p.name for p in root.iterdir() if p.is_dir())
     labels = [c.replace("_n_", " and ").replace("_", " ") for c in categories]
     result = tag_files(idx, labels, prompt="a drawing of {}", threshold=1.0)
@@ -63,14 +65,13 @@ def tags_and_fusion(model: str, tmp: Path, pysio: pd.DataFrame) -> None:
     print(f"zero-shot tags: top tag = pysiogame category for {hits}/{len(result)} drawings "
           f"({hits / len(result):.3f}; chance {1 / len(labels):.3f})")
 
-    only = Filters(kinds={"image"})
     runs = {"name alone": [], "category alone": [], "early": [], "late": []}
     for img, cap in zip(pysio["image"], pysio["caption"]):
         name = Part(text=cap)
         cat = Part(text=f"a drawing of {truth[img]}")
         for key, parts, fusion in (("name alone", [name], "early"), ("category alone", [cat], "early"),
                                    ("early", [name, cat], "early"), ("late", [name, cat], "late")):
-            paths = [h.path for h in fused_search(idx, parts, k=10, fusion=fusion, filters=only)]
+            paths = [h.path for h in fused_search(idx, parts, SearchRequest(k=10, fusion=fusion, kind="image"))]
             runs[key].append(paths.index(img) if img in paths else None)
     for key, ranks in runs.items():
         print(f"  two-part queries, {key:15} {recall(ranks)}")

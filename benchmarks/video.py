@@ -24,16 +24,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "data"), str(ROOT / "tests")]
 
 import av  # noqa: E402
-import pandas as pd  # noqa: E402
-
 import fetch  # noqa: E402
-from indexer.decode import load_image  # noqa: E402
-from indexer.run import index_paths  # noqa: E402
-from indexer.video import keyframes  # noqa: E402
-from retrieval.encoders import load_encoder  # noqa: E402
-from retrieval.index import Index  # noqa: E402
-from retrieval.search import Filters, search  # noqa: E402
+import pandas as pd  # noqa: E402
 from videos import write_video  # noqa: E402
+
+from mmsearch.indexer.options import IndexOptions  # noqa: E402
+from mmsearch.indexer.run import index_paths  # noqa: E402
+from mmsearch.media.image import load_image  # noqa: E402
+from mmsearch.media.video import keyframes  # noqa: E402
+from mmsearch.retrieval.encoders import load_encoder  # noqa: E402
+from mmsearch.retrieval.index import Index  # noqa: E402
+from mmsearch.retrieval.search import Filters, search  # noqa: E402
 
 
 def speed(model: str, tmp: Path) -> None:
@@ -51,7 +52,7 @@ def speed(model: str, tmp: Path) -> None:
     total = 0.0
     for i in range(runs):
         idx = Index(tmp / f"speed{i}", create=True)
-        total += index_paths(idx, [str(clip)], model, progress=False).seconds
+        total += index_paths(idx, [str(clip)], IndexOptions(model=model)).seconds
     total /= runs
     print(f"{clip.name} ({desc}): {n} keyframes")
     print(f"  decode + shot detection   {duration / kf:7.1f}x real time ({kf:.2f}s)")
@@ -72,7 +73,7 @@ def moments(model: str, tmp: Path, n_shots: int) -> None:
         b = write_video(folder / f"part{part // 10}.mp4", chunk, size=(320, 240), crossfade=1.0 if part // 10 % 2 else 0.0)
         bounds += [(folder / f"part{part // 10}.mp4", s, e) for s, e in b]
     idx = Index(tmp / "moments-index", create=True)
-    index_paths(idx, [str(folder)], model, progress=False)
+    index_paths(idx, [str(folder)], IndexOptions(model=model))
     enc = idx.encoder()
     r1 = r5 = 0
     for (path, start, end), caption in zip(bounds, pairs["caption"]):

@@ -72,7 +72,7 @@ class Cli:
         self.runner = CliRunner()
 
     def __call__(self, *args: str, ok: bool = True):
-        from cli.main import app
+        from mmsearch.cli.main import app
 
         where = ["--index", str(self.index)] if args[0] in ("index", "search", "info", "describe", "tag") else []
         r = self.runner.invoke(app, [args[0], *where, *args[1:]])
@@ -92,6 +92,6 @@ def cli(tmp_path) -> Cli:
 def run_mmsearch(*args: str, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
     """Run the installed console script as a user would (separate process, real exit code)."""
     return subprocess.run(
-        [sys.executable, "-m", "cli.main", *args], capture_output=True, text=True, cwd=ROOT,
+        [sys.executable, "-m", "mmsearch", *args], capture_output=True, text=True, cwd=ROOT,
         env={**os.environ, **(env or {})}, **kw,
     )

@@ -45,7 +45,7 @@ EXPECTED = {
 
 
 def test_every_bad_file_is_skipped_with_its_reason(cli, tiny_clip, photos, messy, monkeypatch):
-    from indexer import plan
+    from mmsearch.indexer import plan
 
     real_digest = plan.file_digest
 
@@ -91,7 +91,7 @@ def test_symlink_loops_are_followed_once(cli, tiny_clip, photos, tmp_path):
 
 
 def test_exif_orientation_is_applied(photos, tmp_path):
-    from indexer.decode import load_image
+    from mmsearch.media.image import load_image
 
     img = Image.open(photos / "rocket.jpg")
     exif = Image.Exif()
@@ -102,7 +102,7 @@ def test_exif_orientation_is_applied(photos, tmp_path):
 
 
 def test_transparent_images_are_flattened_on_white(tmp_path):
-    from indexer.decode import load_image
+    from mmsearch.media.image import load_image
 
     Image.new("RGBA", (8, 8), (255, 0, 0, 0)).save(tmp_path / "clear.png")
     assert load_image(tmp_path / "clear.png").getpixel((0, 0)) == (255, 255, 255)

@@ -12,9 +12,8 @@ import time
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import ROOT, run_mmsearch
+from PIL import Image
 
 
 def _one_line_error(r) -> str:
@@ -96,7 +95,7 @@ def test_killed_indexer_leaves_a_working_index_and_resumes(tiny_clip, photos, tm
     for i in range(120):
         Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(lib / f"noise{i:03}.png")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "index", str(lib), "--index", str(index), "--model", tiny_clip,
+        [sys.executable, "-m", "mmsearch", "index", str(lib), "--index", str(index), "--model", tiny_clip,
          "--batch-size", "1", "--workers", "1"],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )

@@ -64,7 +64,7 @@ def test_unchanged_run_does_not_load_the_model(cli, tiny_clip, photos, tmp_path,
     lib.mkdir()
     shutil.copy2(photos / "coffee.png", lib / "coffee.png")
     cli("index", str(lib), "--model", tiny_clip)
-    from retrieval import index as index_module
+    from mmsearch.retrieval import index as index_module
 
     def boom(*a, **k):
         raise AssertionError("model loaded for an unchanged folder")
@@ -74,14 +74,14 @@ def test_unchanged_run_does_not_load_the_model(cli, tiny_clip, photos, tmp_path,
 
 
 def test_python_api_add_search_remove(tmp_path, tiny_clip, photos):
-    from retrieval import SearchIndex
+    from mmsearch import SearchIndex
 
     lib = tmp_path / "lib"
     (lib / "old").mkdir(parents=True)
     shutil.copy2(photos / "coffee.png", lib / "coffee.png")
     shutil.copy2(photos / "moon.png", lib / "old" / "moon.png")
     idx = SearchIndex(tmp_path / "ix", create=True)
-    assert idx.add([str(lib)], tiny_clip, progress=False).new == 2
+    assert idx.add([str(lib)], model=tiny_clip, progress=False).new == 2
     hit = idx.search(image=str(photos / "moon.png"), k=1)[0]
     assert hit.path == str(lib / "old" / "moon.png") and idx.item(hit.item_id)["kind"] == "image"
     assert idx.remove([str(lib / "old")]) == 1
@@ -101,7 +101,7 @@ def test_unchanged_run_does_not_even_import_torch(cli, tiny_clip, photos, tmp_pa
     lib.mkdir()
     shutil.copy2(photos / "coffee.png", lib / "coffee.png")
     cli("index", str(lib), "--model", tiny_clip)
-    code = ("import sys\nfrom cli.main import main\nsys.argv = ['mmsearch', 'index', sys.argv[1], '--index', sys.argv[2]]\n"
+    code = ("import sys\nfrom mmsearch.cli.main import main\nsys.argv = ['mmsearch', 'index', sys.argv[1], '--index', sys.argv[2]]\n"
             "try:\n    main()\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
             "assert 'torch' not in sys.modules, 'torch imported'\n")
     r = subprocess.run([sys.executable, "-c", code, str(lib), str(cli.index)], cwd=ROOT, capture_output=True, text=True)
@@ -113,15 +113,15 @@ def test_item_ids_are_never_reused(tmp_path, tiny_clip, photos):
     """A FAISS index is extended by comparing id sets, so a deleted id must never come back."""
     from sqlalchemy import func, select
 
-    from retrieval import SearchIndex
-    from retrieval.store import Item
+    from mmsearch import SearchIndex
+    from mmsearch.retrieval.store import Item
 
     lib = tmp_path / "lib"
     lib.mkdir()
     for name in ("chelsea.png", "coffee.png", "rocket.jpg"):
         shutil.copy2(photos / name, lib / name)
     idx = SearchIndex(tmp_path / "ix", create=True)
-    idx.add([str(lib)], tiny_clip, progress=False)
+    idx.add([str(lib)], model=tiny_clip, progress=False)
     with idx.index.session() as s:
         top = s.scalar(select(func.max(Item.id)))
         newest = s.scalars(select(Item).where(Item.id == top)).one().file.path

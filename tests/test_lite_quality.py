@@ -8,9 +8,8 @@ import sys
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from conftest import ROOT
+from PIL import Image
 
 pytestmark = pytest.mark.quality
 
@@ -23,7 +22,7 @@ NAMED_PHOTOS = {
 
 @pytest.fixture(scope="module")
 def lite():
-    from retrieval.encoders import load_encoder
+    from mmsearch.retrieval.encoders import load_encoder
 
     return load_encoder("lite")
 
@@ -41,7 +40,7 @@ def test_lite_is_offline_and_its_head_ships(lite):
 
 
 def test_batchnorm_folding_changes_nothing(lite):
-    from retrieval.encoders.lite import load_image_tower
+    from mmsearch.retrieval.encoders.lite import load_image_tower
 
     x = torch.randn(2, 3, 260, 260)
     with torch.inference_mode():

@@ -4,7 +4,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from retrieval.policy import TARGET_RECALL, build, choose_index, exact_topk, extend, held_ids, recall, search_params
+from mmsearch.retrieval.policy import (
+    TARGET_RECALL,
+    build,
+    choose_index,
+    exact_topk,
+    extend,
+    held_ids,
+    recall,
+    search_params,
+)
 
 GiB = 1 << 30
 
@@ -112,7 +121,7 @@ def test_readers_keep_a_stale_approximate_index_until_the_indexer_rebuilds(tiny_
 
     from PIL import Image
 
-    from retrieval import SearchIndex
+    from mmsearch import SearchIndex
 
     lib = tmp_path / "lib"
     lib.mkdir()
@@ -120,7 +129,7 @@ def test_readers_keep_a_stale_approximate_index_until_the_indexer_rebuilds(tiny_
     for i in range(60):
         Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(lib / f"n{i:02}.png")
     writer = SearchIndex(tmp_path / "ix", create=True)
-    writer.add([str(lib)], tiny_clip, index_type="hnsw", progress=False)
+    writer.add([str(lib)], model=tiny_clip, index_type="hnsw", progress=False)
     reader = SearchIndex(tmp_path / "ix")
     assert reader.info()["index_plan"]["kind"] == "hnsw"
     gone = lib / "n00.png"
@@ -151,17 +160,17 @@ def test_large_collections_build_from_a_float16_file(tiny_clip, tmp_path, monkey
     """Past IN_MEMORY_LIMIT the vectors stream to a scratch file instead of RAM; same answers."""
     from PIL import Image
 
-    import retrieval.index
-    from retrieval import SearchIndex
+    import mmsearch.retrieval.index
+    from mmsearch import SearchIndex
 
     lib = tmp_path / "lib"
     lib.mkdir()
     rng = np.random.default_rng(7)
     for i in range(60):
         Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(lib / f"n{i:02}.png")
-    monkeypatch.setattr(retrieval.index, "IN_MEMORY_LIMIT", 10)
+    monkeypatch.setattr(mmsearch.retrieval.index, "IN_MEMORY_LIMIT", 10)
     idx = SearchIndex(tmp_path / "ix", create=True)
-    idx.add([str(lib)], tiny_clip, index_type="hnsw", progress=False)
+    idx.add([str(lib)], model=tiny_clip, index_type="hnsw", progress=False)
     assert idx.info()["index_plan"]["kind"] == "hnsw" and not list((tmp_path / "ix").glob("build-*"))
     for p in sorted(lib.iterdir())[:5]:
         hit = idx.search(image=str(p), k=1)[0]
@@ -174,7 +183,7 @@ def test_approximate_indexes_answer_large_k_and_narrow_filters_completely(kind, 
     collection's size: every matching item must still come back."""
     from PIL import Image
 
-    from retrieval import SearchIndex
+    from mmsearch import SearchIndex
 
     lib = tmp_path / "lib"
     (lib / "few").mkdir(parents=True)
@@ -183,7 +192,7 @@ def test_approximate_indexes_answer_large_k_and_narrow_filters_completely(kind, 
         where = lib / "few" if i % 100 == 0 else lib
         Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(where / f"n{i:04}.png")
     idx = SearchIndex(tmp_path / "ix", create=True)
-    idx.add([str(lib)], tiny_clip, index_type=kind, progress=False)
+    idx.add([str(lib)], model=tiny_clip, index_type=kind, progress=False)
     assert idx.info()["index_plan"]["kind"] == kind
     assert len(idx.search("x", k=5_000)) == 1_100
     few = idx.search("x", k=50, path=str(lib / "few" / "*"))

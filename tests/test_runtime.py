@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from indexer.decode import load_image
-from retrieval.encoders import load_encoder
-from retrieval.encoders.runtime import MIN_COSINE, RUN_BATCH, pixel_encoder
+from mmsearch.media.image import load_image
+from mmsearch.retrieval.encoders import load_encoder
+from mmsearch.retrieval.encoders.runtime import MIN_COSINE, RUN_BATCH, pixel_encoder
 
 
 def _pixels(encoder, photos) -> np.ndarray:
@@ -77,7 +77,7 @@ def test_index_on_onnx_runtime_searches_with_pytorch_queries(cli, tiny_clip, ima
 
 def test_unknown_runtime_is_a_one_line_error(cli, image_set):
     r = cli("index", str(image_set), "--runtime", "tensorrt", ok=False)
-    assert r.exit_code != 0 and "--runtime must be one of" in r.output and "Traceback" not in r.output
+    assert r.exit_code != 0 and "--runtime: Input should be 'auto', 'torch', 'onnx' or 'onnx-int8'" in r.output and "Traceback" not in r.output
 
 
 @pytest.mark.quality
@@ -91,16 +91,17 @@ def test_lite_on_onnx_agrees_with_pytorch(photos, tmp_path):
 
 
 def test_decode_in_worker_processes_gives_the_same_index(tiny_clip, image_set, tmp_path):
-    from retrieval import SearchIndex
+    from mmsearch import SearchIndex
 
     vectors = {}
     for processes in (False, True):
         idx = SearchIndex(tmp_path / f"ix-{processes}", create=True)
-        summary = idx.add([str(image_set)], tiny_clip, processes=processes, runtime="torch", progress=False)
+        summary = idx.add([str(image_set)], model=tiny_clip, processes=processes, runtime="torch", progress=False)
         assert summary.processes == processes and not summary.skipped
         with idx.index.session() as s:
-            from retrieval.store import File, Item
             from sqlalchemy import select
+
+            from mmsearch.retrieval.store import File, Item
 
             vectors[processes] = {p: np.frombuffer(v, np.float32) for p, v in s.execute(
                 select(File.path, Item.vector).join(Item, Item.file_id == File.id))}
@@ -111,22 +112,23 @@ def test_decode_in_worker_processes_gives_the_same_index(tiny_clip, image_set, t
 def test_last_batches_shrink_so_every_lane_works_to_the_end(tiny_clip, image_set):
     """The batch that ends a run is not left to one lane: batches halve as the files run out, and
     every file still comes out once, in order, with its own vectors."""
-    from indexer.embed import DecodeOptions, decode, embedded
-    from indexer.scan import scan
-    from retrieval.encoders.pixels import PixelEncoder
+    from mmsearch.indexer.embed import decode, embedded
+    from mmsearch.indexer.options import IndexOptions
+    from mmsearch.indexer.scan import scan
+    from mmsearch.retrieval.encoders.pixels import PixelEncoder
 
     enc = load_encoder(tiny_clip)
     forward = enc.pixel_prep.torch_encoder(enc)
     todo = [(e, str(i)) for i, e in enumerate(sorted(scan([str(image_set)]), key=lambda e: e.path))]
     assert len(todo) >= 18
-    batches = list(embedded(todo, enc, DecodeOptions(), batch_size=8, workers=1, progress=False,
+    batches = list(embedded(todo, enc, IndexOptions(), batch_size=8, workers=1, progress=False,
                             encode_pixels=PixelEncoder(forward, lanes=2)))
     sizes = [len(b) for b in batches]  # yielded in the order they were formed
     left = np.cumsum(sizes[::-1])[::-1]  # files not yet in a batch when each was formed
     assert sizes[0] == 8 and all(n <= -(-rest // 2) for n, rest in zip(sizes, left))  # at most a lane's share
     out = [d for b in batches for d in b]
     assert [d.digest for d in out] == [str(i) for i in range(len(todo))] and not any(d.error for d in out)
-    single = np.concatenate([forward(decode(d.entry, d.digest, enc.pixel_prep, DecodeOptions()).units[0][1][None])
+    single = np.concatenate([forward(decode(d.entry, d.digest, enc.pixel_prep, IndexOptions()).units[0][1][None])
                              for d in out])
     assert np.allclose(np.concatenate([d.vectors for d in out]), single, atol=1e-5)
 

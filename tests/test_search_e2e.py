@@ -22,7 +22,11 @@ def test_text_search_contract_and_info(cli, tiny_clip, image_set):
     assert len(hits) == 5
     for h in hits:
         assert {"path", "score", "kind"} <= set(h) and h["kind"] == "image"
-    assert cli.json("search", "a cup of coffee", "--min-score", "2") == []
+    assert hits[2]["score"] > hits[3]["score"]
+    threshold = (hits[2]["score"] + hits[3]["score"]) / 2  # the first three pass, the weaker ones not
+    assert cli.json("search", "a cup of coffee", "-k", "5", "--min-score", str(threshold)) == hits[:3]
+    bad = cli("search", "a cup of coffee", "--min-score", "2", ok=False)  # a cosine is at most 1
+    assert bad.exit_code == 2 and bad.output.strip() == "mmsearch: error: --min-score: Input should be less than or equal to 1"
     info = cli.json("info")
     n = sum(1 for p in image_set.rglob("*") if p.is_file())
     assert info["items"]["image"] == n and info["vectors"] == n
@@ -35,7 +39,7 @@ def test_text_search_contract_and_info(cli, tiny_clip, image_set):
 def test_encoder_vectors_are_unit_and_match_dim(tiny_clip, photos):
     from PIL import Image
 
-    from retrieval.encoders import load_encoder
+    from mmsearch.retrieval.encoders import load_encoder
 
     enc = load_encoder(tiny_clip)
     img = enc.encode_images([Image.open(photos / "coffee.png")])

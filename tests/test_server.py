@@ -12,7 +12,6 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-
 from videos import write_video
 
 TOKEN = "s3cret-token"
@@ -20,8 +19,8 @@ TOKEN = "s3cret-token"
 
 @pytest.fixture(scope="module")
 def served(photos, tmp_path_factory):
-    from cli.server import create_app
-    from retrieval.api import SearchIndex
+    from mmsearch import SearchIndex
+    from mmsearch.cli.server import create_app
 
     lib = tmp_path_factory.mktemp("served")
     for n in ("chelsea.png", "coffee.png", "rocket.jpg", "horse.png", "astronaut.png", "coins.png"):
@@ -59,7 +58,7 @@ def test_search_contract_and_filters(served):
     texts = client.get("/search", params={"q": "coffee", "type": "text"}).json()
     assert texts[0]["text"].startswith("A cup of coffee")
     assert client.get("/search", params={"q": "x", "type": "sound"}).status_code == 400
-    assert client.get("/search", params={"q": "x", "k": 0}).status_code == 422
+    assert client.get("/search", params={"q": "x", "k": 0}).status_code == 400
     assert client.get("/search", params={"q": "a cat", "not": "a cat"}).status_code == 400  # parts cancel out
 
 
@@ -134,7 +133,7 @@ def test_server_sees_concurrent_indexing_without_restart(served, photos, tmp_pat
     for i in range(24):
         Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype="uint8")).save(more / f"n{i:02}.png")
     before = client.get("/info").json()["vectors"]
-    from retrieval.api import SearchIndex
+    from mmsearch import SearchIndex
 
     writer = threading.Thread(target=lambda: SearchIndex(idx.path).add([str(more)], batch_size=2, progress=False))
     writer.start()
@@ -167,7 +166,7 @@ def test_web_page_in_headless_chromium(served):
     from selenium.webdriver.support.select import Select
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from cli.server import create_app
+    from mmsearch.cli.server import create_app
 
     idx, lib, _, _ = served
     port = _free_port()

@@ -68,7 +68,7 @@ def test_image_to_text_and_describe(lib_cli, library):
 
 
 def test_parse_compact_syntax(photos):
-    from retrieval.search import parse_compact
+    from mmsearch.retrieval.search import parse_compact
 
     p = parse_compact(f"2:beach + {photos / 'coffee.png'} - people")
     assert [(x.text, x.image, x.weight) for x in p] == [("beach", None, 2.0), (None, str(photos / "coffee.png"), 1.0), ("people", None, -1.0)]
@@ -77,8 +77,9 @@ def test_parse_compact_syntax(photos):
 
 
 def test_late_fusion_is_reciprocal_rank_fusion(lib_cli, library):
-    from retrieval.index import Index
-    from retrieval.search import RRF_K, Filters, Part, fused_search, search
+    from mmsearch.retrieval.index import Index
+    from mmsearch.retrieval.request import SearchRequest
+    from mmsearch.retrieval.search import RRF_K, Filters, Part, fused_search, search
 
     idx = Index(lib_cli.index)
     enc = idx.encoder()
@@ -88,15 +89,16 @@ def test_late_fusion_is_reciprocal_rank_fusion(lib_cli, library):
         for rank, h in enumerate(search(idx, enc.encode_texts([text])[0], k=100, filters=only)):
             expected[h.path] = expected.get(h.path, 0.0) + w / (RRF_K + rank + 1)
     got = fused_search(idx, [Part(text="a cat"), Part(text="a rocket", weight=2), Part(text="people", weight=-1)],
-                       k=8, fusion="late", filters=only)
+                       SearchRequest(k=8, fusion="late", kind="image"))
     want = sorted((p for p in expected if expected[p] > 0), key=lambda p: -expected[p])[:8]
     assert [h.path for h in got] == want
     assert all(abs(h.score - round(expected[h.path], 6)) < 1e-6 for h in got)
 
 
 def test_early_fusion_is_the_normalised_weighted_sum(lib_cli, library):
-    from retrieval.index import Index
-    from retrieval.search import Filters, Part, fused_search, search
+    from mmsearch.retrieval.index import Index
+    from mmsearch.retrieval.request import SearchRequest
+    from mmsearch.retrieval.search import Filters, Part, fused_search, search
 
     idx = Index(lib_cli.index)
     enc = idx.encoder()
@@ -104,7 +106,7 @@ def test_early_fusion_is_the_normalised_weighted_sum(lib_cli, library):
     v = 2 * a + b - 0.5 * c
     expected = search(idx, v / np.linalg.norm(v), k=5, filters=Filters(kinds={"image"}))
     got = fused_search(idx, [Part(text="a cat", weight=2), Part(text="a rocket"), Part(text="people", weight=-0.5)],
-                       k=5, filters=Filters(kinds={"image"}))
+                       SearchRequest(k=5, kind="image"))
     assert [(h.path, h.score) for h in got] == [(h.path, h.score) for h in expected]
     cli_hits = lib_cli.json("search", "2:a cat + a rocket - 0.5:people", "--type", "image", "-k", "5")
     assert [h["path"] for h in cli_hits] == [h.path for h in expected]
@@ -171,7 +173,7 @@ def test_video_tags_are_keyframe_shares(cli, photos, tmp_path):
 
 
 def test_schema_v1_index_is_migrated(tmp_path):
-    from retrieval.store import SCHEMA_VERSION, open_engine
+    from mmsearch.retrieval.store import SCHEMA_VERSION, open_engine
 
     db = tmp_path / "mmsearch.db"
     with sqlite3.connect(db) as c:  # an index written by the first release

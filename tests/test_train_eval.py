@@ -68,7 +68,7 @@ def test_lite_head_sides_always_match_in_width():
     """Image and text vectors of one head live in one space: same width whatever the head holds."""
     import torch
 
-    from retrieval.encoders.lite import project_image, project_text
+    from mmsearch.retrieval.encoders.lite import project_image, project_text
 
     pooled, conse, text = torch.randn(2, 1280), torch.randn(2, 384), torch.randn(2, 384)
     image_map = {"img_w": torch.randn(384, 1280), "img_b": torch.zeros(384)}

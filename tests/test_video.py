@@ -5,7 +5,6 @@ import os
 
 import pytest
 from PIL import Image
-
 from videos import rotate_90, write_audio_only, write_empty_stream, write_video
 
 SHOT_PHOTOS = ["chelsea.png", "coffee.png", "rocket.jpg", "horse.png"]
@@ -20,7 +19,7 @@ def shots_video(photos, tmp_path_factory):
 
 
 def test_keyframes_follow_shots_and_fill_long_ones(shots_video):
-    from indexer.video import keyframes
+    from mmsearch.media.video import keyframes
 
     path, bounds = shots_video
     ks = keyframes(str(path), max_gap=4.0)
@@ -36,7 +35,7 @@ def test_keyframes_follow_shots_and_fill_long_ones(shots_video):
 
 
 def test_crossfades_and_variable_frame_rate(photos, tmp_path):
-    from indexer.video import keyframes
+    from mmsearch.media.video import keyframes
 
     shots = [(Image.open(photos / n), 3.0) for n in SHOT_PHOTOS[:3]]
     bounds = write_video(tmp_path / "fade.mkv", shots, crossfade=1.0)
@@ -113,7 +112,7 @@ def test_bad_videos_are_skipped_with_reasons(cli, tiny_clip, shots_video, photos
     assert not reasons, reasons
     assert s["new"] >= 1  # phone.mp4 (and truncated.mp4 if any of it decodes)
 
-    from indexer.video import keyframes
+    from mmsearch.media.video import keyframes
 
     k = keyframes(str(d / "phone.mp4"))[0]
     assert k.image.size[0] < k.image.size[1]  # rotation applied: portrait

@@ -1,1 +1,0 @@
-"""Batch indexer: scan folders, decode media, embed in batches, commit to the store."""

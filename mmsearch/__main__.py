@@ -1,0 +1,4 @@
+"""`python -m mmsearch ...` runs the command line."""
+from .cli.main import main
+
+main()

@@ -1,0 +1,158 @@
+"""`SearchIndex`: the one public Python API, above the retrieval core and the indexer. The CLI
+and the HTTP server are thin shells over it.
+
+    from mmsearch import SearchIndex
+
+    idx = SearchIndex("~/my-index", create=True)
+    idx.add(["~/Pictures", "~/Videos"])
+    for hit in idx.search("a dog on a beach", k=5, kind="image"):
+        print(hit.score, hit.path)
+
+Options come as typed, validated sets: `search` takes a `SearchRequest` (or its fields as
+keywords), `add` an `IndexOptions` (or its fields as keywords). Safe for concurrent readers in one
+process: every call opens its own database session, the FAISS index is swapped atomically when
+another process commits, and the model is loaded once.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+from typing import Any, Iterable, Sequence
+
+from sqlalchemy import delete, select
+
+from .errors import UserError
+from .indexer.options import IndexOptions
+from .media.errors import DecodeError
+from .media.files import under
+from .media.image import DEFAULT_MAX_PIXELS, load_image, load_image_bytes
+from .media.video import frame_at
+from .retrieval.index import Index
+from .retrieval.request import SearchRequest
+from .retrieval.search import Filters, Hit, Part, part_vector, run, search
+from .retrieval.store import File, Item, Tag, bump_generation, chunks, get_meta, set_meta
+
+#: item ids are SQLite integers; a larger number names no item (and must not overflow a query)
+MAX_ITEM_ID = 2**63 - 1
+
+
+class SearchIndex:
+    def __init__(self, path: str | os.PathLike | None = None, *, create: bool = False):
+        self.index = Index(path, create=create)
+
+    @property
+    def path(self) -> str:
+        return self.index.path
+
+    # -- writing ------------------------------------------------------------------------------
+    def add(self, paths: Iterable[str] = (), options: IndexOptions | None = None, **fields: Any):
+        """Index (or update) files and folders; no paths: update every root indexed before.
+        `options` (or its fields as keywords: model, reindex, batch_size, ...) say how. Returns
+        the run's `Summary`."""
+        from .indexer.run import index_paths
+
+        opts = options or IndexOptions.of(**fields)
+        return index_paths(self.index, [os.path.expanduser(p) for p in paths], opts)
+
+    def remove(self, paths: Iterable[str]) -> int:
+        """Forget files (and everything under folders), also for later updates of every root;
+        returns how many files were removed."""
+        roots = [os.path.abspath(os.path.expanduser(p)) for p in paths]
+        with self.index.session() as s:
+            ids = [f.id for f in s.scalars(select(File)) if under(f.path_key, roots)]
+            known = json.loads(get_meta(s, "roots") or "[]")
+            set_meta(s, "roots", json.dumps([r for r in known if not under(r, roots)]))
+            # a removed part of a still-indexed folder stays out of later updates of that folder
+            removed = set(json.loads(get_meta(s, "removed") or "[]")) | {r for r in roots if r not in known}
+            set_meta(s, "removed", json.dumps(sorted(removed)))
+            for part in chunks(ids):
+                s.execute(delete(File).where(File.id.in_(part)))
+            if ids:
+                bump_generation(s)
+            s.commit()
+        return len(ids)
+
+    # -- reading ------------------------------------------------------------------------------
+    def search(self, query: str | SearchRequest | None = None, *, upload: bytes | None = None,
+               max_pixels: int = DEFAULT_MAX_PIXELS, **fields: Any) -> list[Hit]:
+        """Search by text (plain, or compact fused syntax ``2:beach + ref.jpg - people``), by
+        example images (``image=[paths]``), by the bytes of an uploaded image, or all at once.
+        `query` is the text or a whole `SearchRequest`; keywords are `SearchRequest` fields (k,
+        kind, path, after, before, tags, negative, weights, fusion, min_score, per_video, at)."""
+        request = query if isinstance(query, SearchRequest) else SearchRequest.of(q=query, **fields)
+        pixels = None if upload is None else _decode_upload(upload, max_pixels)
+        return run(self.index, request, pixels)
+
+    def batch_search(self, queries: Sequence[str], request: SearchRequest | None = None, batch_size: int = 64,
+                     **fields: Any) -> list[list[Hit]]:
+        """Many text queries with one request's k, filters and limits, embedded in batches with
+        the model loaded once."""
+        request = request or SearchRequest.of(**fields)
+        encoder, filters = self.index.encoder(), Filters.of(request)
+        out = []
+        for i in range(0, len(queries), batch_size):
+            for vec in encoder.encode_texts(list(queries[i : i + batch_size])):
+                out.append(search(self.index, vec, request.k, min_score=request.min_score, filters=filters,
+                                  per_video=request.per_video))
+        return out
+
+    def describe(self, image: str, k: int = 5, at: float | None = None) -> list[Hit]:
+        """Captioning by retrieval: the distinct indexed texts that best match an image."""
+        hits = search(self.index, part_vector(self.index, Part(image=os.path.expanduser(image), at=at)), k=k * 4,
+                      filters=Filters(kinds={"text"}))
+        distinct = {h.text: h for h in reversed(hits)}  # the best hit of each text (dicts keep order)
+        return sorted(distinct.values(), key=lambda h: -h.score)[:k]
+
+    def tag(self, labels: Sequence[str], prompt: str = "a photo of a {}", threshold: float = 0.3,
+            paths: Sequence[str] | None = None) -> list[dict]:
+        from .retrieval.tags import tag_files
+
+        return tag_files(self.index, list(labels), prompt, threshold, list(paths) if paths else None)
+
+    def item(self, item_id: int) -> dict | None:
+        """Metadata of one item and its file; None if there is no such item."""
+        if not 0 <= item_id <= MAX_ITEM_ID:
+            return None
+        with self.index.session() as s:
+            row = s.execute(select(Item, File).join(File).where(Item.id == item_id)).one_or_none()
+            if row is None:
+                return None
+            item, f = row
+            tags = [{"label": t.label, "score": round(t.score, 4)} for t in s.scalars(select(Tag).where(Tag.file_id == f.id))]
+        fields = {"id": item.id, "kind": item.kind, "path": f.path, "timestamp": item.timestamp, "start": item.start,
+                  "end": item.end, "text": item.text, "offset": item.offset, "link_path": item.link_path,
+                  "width": f.width, "height": f.height, "size": f.size, "mtime": f.mtime_ns / 1e9, "tags": tags}
+        return {k: v for k, v in fields.items() if v is not None}
+
+    def thumbnail(self, item_id: int, size: int = 256) -> bytes | None:
+        """A JPEG thumbnail of an image item, or of a video item's keyframe; None for texts and
+        missing items. Only indexed files are ever opened, by id."""
+        if not 0 <= item_id <= MAX_ITEM_ID:
+            return None
+        with self.index.session() as s:
+            row = s.execute(select(Item, File).join(File).where(Item.id == item_id)).one_or_none()
+        if row is None or row[0].kind == "text":
+            return None
+        item, f = row
+        try:
+            img = frame_at(f.fs_path, item.timestamp or 0.0) if item.kind == "video" else load_image(f.fs_path, draft=size)
+        except (DecodeError, OSError):
+            return None
+        img.thumbnail((size, size))
+        buf = io.BytesIO()
+        img.convert("RGB").save(buf, "JPEG", quality=85)
+        return buf.getvalue()
+
+    def info(self) -> dict:
+        return self.index.info()
+
+
+def _decode_upload(data: bytes, max_pixels: int):
+    try:
+        return load_image_bytes(bytes(data), max_pixels)
+    except DecodeError as e:
+        raise UserError(f"uploaded image: {e}") from None
+
+
+__all__ = ["Hit", "IndexOptions", "SearchIndex", "SearchRequest", "UserError"]

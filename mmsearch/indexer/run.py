@@ -1,0 +1,187 @@
+"""The indexing runner: scan → plan → embed (embed.py) → write, with a summary.
+
+Each batch of finished files is committed in its own transaction, so a killed run keeps
+everything up to its last batch and the next run resumes from there.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from sqlalchemy import delete, func, insert, select
+from sqlalchemy.orm import Session
+
+from ..errors import UserError
+from ..media.files import display_path, under
+from ..retrieval.index import Index
+from ..retrieval.store import File, Item, bump_generation, chunks, get_meta, pack, set_meta
+from .options import IndexOptions
+from .plan import make_plan
+from .scan import Entry, scan
+
+
+@dataclass
+class Summary:
+    new: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    reused: int = 0
+    embedded: int = 0
+    skipped: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    runtime: str | None = None  # what ran the image tower, when anything was embedded
+    processes: bool = False  # whether decode workers were processes
+
+    def as_dict(self) -> dict:
+        return {**self.__dict__, "files_per_second": round(self.embedded / self.seconds, 2) if self.seconds else 0.0}
+
+    def line(self) -> str:
+        return (
+            f"{self.new} new, {self.updated} updated, {self.unchanged} unchanged, {self.removed} removed, "
+            f"{self.reused} reused by content, {len(self.skipped)} skipped; embedded {self.embedded} "
+            f"in {self.seconds:.1f}s" + (f" (image tower on {self.runtime})" if self.runtime and self.embedded else "")
+        )
+
+
+def index_paths(index: Index, roots: Iterable[str], opts: IndexOptions | None = None) -> Summary:
+    """Bring the index up to date with `roots` (none: every root indexed before)."""
+    opts = opts or IndexOptions()
+    start = time.perf_counter()
+    known = json.loads(index.meta("roots") or "[]")
+    paths = [os.path.abspath(r) for r in roots]
+    for r in paths:
+        if not os.path.exists(r):
+            raise UserError(f"{display_path(r)} does not exist")
+    removed = json.loads(index.meta("removed") or "[]")  # parts of roots taken out by SearchIndex.remove
+    if paths:  # naming a folder again brings back what was removed inside it
+        removed = [p for p in removed if not under(os.fsencode(p), paths)]
+    else:  # rescan everything indexed before; a vanished root is swept, not an error
+        if not known:
+            raise UserError("nothing to index: give one or more folders or files")
+        paths = known
+    index_type = opts.index_type
+    retype = index_type is not None and index_type != (index.meta("index_type") or "auto")
+    generation = index.generation()
+    # an unchanged folder must not pay for loading the model: check it eagerly only when it may differ
+    lazy = not opts.reindex and index.model_spec is not None and opts.model in (None, index.model_spec)
+    encoder = None if lazy else index.use_model(opts.model, reindex=opts.reindex)
+    summary = Summary()
+    entries = [e for e in scan(paths, opts.exclude, opts.hidden) if not under(e.key, removed)]
+    with index.session() as s:
+        plan = make_plan(s, entries, paths, opts.workers, opts.progress)
+        summary.unchanged = plan.unchanged
+        # sweep + reuse in one transaction: a rename never loses its vectors
+        for ids in chunks(plan.remove):
+            s.execute(delete(File).where(File.id.in_(ids)))
+        _write(s, [(e, digest, [_copy(i) for i in items], None) for e, digest, items in plan.reuse])
+        _skip(s, [(e, e.error or "unusable") for e in plan.broken] + plan.unreadable, summary)
+        set_meta(s, "roots", json.dumps(sorted(set(known) | set(paths))))
+        set_meta(s, "removed", json.dumps(removed))
+        if plan.remove or plan.reuse or plan.broken or plan.unreadable:
+            bump_generation(s)
+        _commit(s)
+        summary.removed = len(plan.remove)
+        summary.reused = len(plan.reuse)
+        for e, _, _ in plan.reuse:
+            _count(summary, e, plan.new_paths)
+        if plan.embed:  # torch and the model load only when there is something to embed
+            from ..retrieval.encoders.runtime import pixel_encoder
+            from .embed import embedded
+
+            encoder = encoder or index.encoder()
+            images = sum(e.kind != "text" for e, _ in plan.embed)
+            encode_pixels, summary.runtime = pixel_encoder(encoder, index.path, opts.runtime, images)
+            summary.processes = opts.processes
+            for batch in embedded(plan.embed, encoder, opts, batch_size=opts.batch_size, workers=opts.workers,
+                                  progress=opts.progress, encode_pixels=encode_pixels, processes=opts.processes):
+                ok = [d for d in batch if not d.error]
+                _skip(s, [(d.entry, d.error) for d in batch if d.error], summary)
+                _write(s, [(d.entry, d.digest, [{**it, "vector": pack(it["vector"])} for it in d.items()], d.size)
+                           for d in ok])
+                for d in ok:
+                    _count(summary, d.entry, plan.new_paths)
+                summary.embedded += len(ok)
+                bump_generation(s)
+                _commit(s)
+    if retype and index_type:
+        with index.session() as s:
+            set_meta(s, "index_type", index_type)
+            s.commit()
+    # leave the FAISS index of this generation behind, built by the policy, so queries are fast
+    index.faiss_index(rebuild=retype or index.generation() != generation)
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _count(summary: Summary, e: Entry, new_paths: set[bytes]) -> None:
+    if e.key in new_paths:
+        summary.new += 1
+    else:
+        summary.updated += 1
+
+
+def _copy(item: Item) -> dict:
+    return dict(kind=item.kind, timestamp=item.timestamp, start=item.start, end=item.end, text=item.text,
+                offset=item.offset, link_path=item.link_path, vector=item.vector)
+
+
+def _file_rows(s: Session, entries: list[Entry]) -> list[File]:
+    """Each entry's File row, found by path or added, with its old items gone and size and mtime
+    set: a batch's worth in a few statements, not a query per file."""
+    found: dict[bytes, File] = {}
+    for keys in chunks([e.key for e in entries]):
+        found |= {row.path_key: row for row in s.scalars(select(File).where(File.path_key.in_(keys)))}
+    for ids in chunks([row.id for row in found.values()]):
+        s.execute(delete(Item).where(Item.file_id.in_(ids)))
+    rows = []
+    for e in entries:
+        if (row := found.get(e.key)) is None:
+            row = File(path_key=e.key, path=display_path(e.path), kind=e.kind)
+            s.add(row)
+        row.size, row.mtime_ns = e.size, e.mtime_ns
+        rows.append(row)
+    return rows
+
+
+def _write(s: Session, files: list[tuple[Entry, str, list[dict], tuple[int, int] | None]]) -> None:
+    """Store (entry, content digest, item fields, pixel size) for each file, replacing what it had."""
+    if not files:
+        return
+    rows = _file_rows(s, [e for e, _, _, _ in files])
+    for row, (_, digest, _, size) in zip(rows, files):
+        row.digest, row.status, row.error = digest, "ok", None
+        if size is not None:
+            row.width, row.height = size
+    s.flush()  # new rows get their ids
+    items = [{"file_id": row.id, **it} for row, (_, _, its, _) in zip(rows, files) for it in its]
+    first = _fresh_ids(s, len(items))
+    if items:  # (a file may have none, e.g. a text file without passages)
+        s.execute(insert(Item), [{"id": first + i, **it} for i, it in enumerate(items)])
+
+
+def _fresh_ids(s: Session, n: int) -> int:
+    """The first of `n` item ids never used before. SQLite would hand out a deleted maximum again;
+    never reusing ids lets a FAISS index be extended by comparing id sets (an id it holds always
+    means the same vector). Counted in the session, stored by `_commit`."""
+    if "next_item_id" not in s.info:
+        s.info["next_item_id"] = int(get_meta(s, "next_item_id") or (s.scalar(select(func.max(Item.id))) or 0) + 1)
+    first = s.info["next_item_id"]
+    s.info["next_item_id"] = first + n
+    return first
+
+
+def _commit(s: Session) -> None:
+    if "next_item_id" in s.info:
+        set_meta(s, "next_item_id", str(s.info["next_item_id"]))
+    s.commit()
+
+
+def _skip(s: Session, skipped: list[tuple[Entry, str]], summary: Summary) -> None:
+    """Record each (entry, reason) as skipped, without items."""
+    for row, (e, reason) in zip(_file_rows(s, [e for e, _ in skipped]), skipped):
+        row.digest, row.status, row.error = None, "skipped", reason
+        summary.skipped.append({"path": display_path(e.path), "reason": reason})

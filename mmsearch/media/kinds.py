@@ -1,0 +1,27 @@
+"""The one table of file kinds: which extensions are images, videos, texts and caption tables."""
+from __future__ import annotations
+
+import os
+
+IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+VIDEO_EXTS = frozenset({".mp4", ".mkv", ".webm", ".mov", ".avi", ".ogv", ".m4v"})
+#: caption tables: one text item per row (`media.tables`)
+TABLE_EXTS = frozenset({".csv", ".tsv", ".jsonl", ".parquet"})
+TEXT_EXTS = frozenset({".txt", ".md"}) | TABLE_EXTS
+#: the kinds of item an index holds (and a search can be restricted to)
+ITEM_KINDS = ("image", "video", "text")
+KIND_BY_EXT = {**dict.fromkeys(IMAGE_EXTS, "image"), **dict.fromkeys(VIDEO_EXTS, "video"),
+               **dict.fromkeys(TEXT_EXTS, "text")}
+
+
+def extension(path: str) -> str:
+    return os.path.splitext(path)[1].lower()
+
+
+def kind_of(path: str) -> str | None:
+    """image, video or text by the file's extension; None for anything else."""
+    return KIND_BY_EXT.get(extension(path))
+
+
+def is_table(path: str) -> bool:
+    return extension(path) in TABLE_EXTS

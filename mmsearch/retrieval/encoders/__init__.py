@@ -1,0 +1,44 @@
+"""Model registry: turn a user's ``--model`` spec into an `Encoder`."""
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import TYPE_CHECKING, Literal, get_args
+
+from ...errors import ModelLoadError
+
+if TYPE_CHECKING:  # torch loads only with a model: a no-op `mmsearch index` stays fast
+    from .base import Encoder
+
+DEFAULT_MODEL = "lite"
+#: `lite`: weight of the ImageNet-class (ConSE) block mixed in beside the learned one, at use and
+#: as `train --conse-weight`'s default (defined here, not in lite.py, so reading it loads no torch)
+DEFAULT_CONSE_WEIGHT = 0.7
+#: what runs the image tower while indexing (see runtime.py); queries always use PyTorch
+Runtime = Literal["auto", "torch", "onnx", "onnx-int8"]
+RUNTIMES: tuple[str, ...] = get_args(Runtime)
+
+
+@lru_cache(maxsize=4)
+def load_encoder(spec: str | None = None) -> Encoder:
+    """Load (once per process) the model a spec names: ``lite`` or ``open_clip:ARCH:TAG|PATH``."""
+    spec = spec or DEFAULT_MODEL
+    if spec == "lite" or spec.startswith("lite:"):
+        from .lite import LiteEncoder
+
+        return LiteEncoder(spec)
+    if spec.startswith("open_clip:"):
+        from .openclip import OpenClipEncoder
+
+        return OpenClipEncoder(spec)
+    raise ModelLoadError(f"unknown model {spec!r}: use 'lite' (default, offline) or open_clip:ARCH:TAG or open_clip:ARCH:/path/to/checkpoint.pt")
+
+
+def __getattr__(name: str):
+    if name == "Encoder":
+        from .base import Encoder
+
+        return Encoder
+    raise AttributeError(name)
+
+
+__all__ = ["DEFAULT_CONSE_WEIGHT", "DEFAULT_MODEL", "RUNTIMES", "Encoder", "ModelLoadError", "load_encoder"]

@@ -1,0 +1,113 @@
+"""Any open_clip model: a hub tag, or a local checkpoint file, with its own preprocessing and tokenizer.
+
+Spec: ``open_clip:ARCH:TAG`` (hub weights, e.g. ``open_clip:ViT-B-32:laion2b_s34b_b79k``) or
+``open_clip:ARCH:/path/to/checkpoint.pt``. ARCH may also be a path to an open_clip model-config
+JSON, for custom architectures.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from ...errors import ModelLoadError
+from ...media.files import file_digest
+from .base import Encoder
+
+
+def _resolve_arch(arch: str) -> tuple[str, str]:
+    """Return (model name, identity part); registers a JSON config file with open_clip."""
+    import open_clip
+
+    if arch.endswith(".json"):
+        cfg = Path(arch).expanduser()
+        if not cfg.is_file():
+            raise ModelLoadError(f"model config {arch} does not exist")
+        open_clip.add_model_config(cfg)
+        return cfg.stem, f"{cfg.stem}@{file_digest(cfg)[:12]}"
+    if arch not in open_clip.list_models():
+        raise ModelLoadError(
+            f"unknown open_clip architecture {arch!r}; `python -c \"import open_clip; print(open_clip.list_models())\"` lists them"
+        )
+    return arch, arch
+
+
+def _hub_weights(name: str, tag: str) -> str:
+    """What to pass open_clip for a hub tag: the cached file when there is one (no network at
+    all), else the tag itself — after a quick check that the hub can be reached, since an offline
+    machine would otherwise spend a minute in download retries before failing."""
+    import socket
+    from urllib.parse import urlparse
+
+    import open_clip
+    from huggingface_hub import try_to_load_from_cache
+
+    repo = open_clip.get_pretrained_cfg(name, tag).get("hf_hub", "").strip("/")
+    if repo and tag != "openai":
+        for fn in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
+            cached = try_to_load_from_cache(repo, fn)
+            if isinstance(cached, str):
+                return cached
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        raise ModelLoadError(
+            f"cannot download open_clip weights {name}:{tag}: {host} is unreachable (offline?). "
+            f"Download the checkpoint elsewhere and pass --model open_clip:{name}:/path/to/file, or use --model lite"
+        ) from None
+    return tag
+
+
+def _is_local(weights: str) -> bool:
+    return os.sep in weights or weights.endswith((".pt", ".pth", ".bin", ".safetensors")) or os.path.exists(weights)
+
+
+class OpenClipEncoder(Encoder):
+    def __init__(self, spec: str):
+        import open_clip
+
+        self.spec = spec
+        try:
+            _, arch, weights = spec.split(":", 2)
+        except ValueError:
+            raise ModelLoadError(
+                f"bad model spec {spec!r}: use open_clip:ARCH:TAG or open_clip:ARCH:/path/to/checkpoint.pt"
+            ) from None
+        name, arch_id = _resolve_arch(arch)
+        if _is_local(weights):
+            path = Path(weights).expanduser()
+            if not path.is_file():
+                raise ModelLoadError(f"checkpoint {weights} does not exist")
+            weights = str(path.resolve())
+            self.spec = f"open_clip:{arch}:{weights}"
+            self.identity = f"open_clip:{arch_id}:file-{file_digest(path)[:16]}"
+        else:
+            known = [t for a, t in open_clip.list_pretrained() if a == name]
+            if weights not in known:
+                raise ModelLoadError(
+                    f"open_clip has no pretrained tag {weights!r} for {name}; known tags: {', '.join(known) or 'none'}"
+                )
+            self.identity = f"open_clip:{arch_id}:{weights}"
+        source = weights if _is_local(weights) else _hub_weights(name, weights)
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=source, device="cpu")
+            self.tokenizer = open_clip.get_tokenizer(name)
+        except Exception as e:  # open_clip, torch and the hub raise many types; all mean "cannot load"
+            detail = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            if _is_local(weights) and isinstance(e, (RuntimeError, AssertionError, KeyError, ValueError)):
+                raise ModelLoadError(f"checkpoint {weights} does not fit architecture {name} ({detail}); pass the ARCH it was trained as") from None
+            raise ModelLoadError(f"could not load {spec}: {detail}") from None
+        self.model = model.eval()
+        self.transform = preprocess
+        size = getattr(self.model.visual, "image_size", 224)
+        self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        with torch.inference_mode():
+            self.dim = int(self.model.encode_text(self.tokenizer(["x"])).shape[-1])
+
+    def _forward_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(pixels)
+
+    def _forward_texts(self, texts: list[str]) -> torch.Tensor:
+        return self.model.encode_text(self.tokenizer(texts))

@@ -1,0 +1,227 @@
+"""Which runtime embeds images while indexing: PyTorch, or ONNX Runtime in fp32 or dynamic int8.
+
+Indexing spends nearly all its time in the image tower, and on CPU ONNX Runtime with int8
+weights runs a ViT about twice as fast as PyTorch (1.8–3× measured, with or without VNNI integer
+instructions). The first index run with a model exports its image forward (uint8 pixels -> raw
+embedding, normalisation and head included; see pixels.py) to ONNX, quantises a copy, and times
+all three on a calibration batch; the fastest whose vectors agree with PyTorch's (cosine >=
+`MIN_COSINE` on every calibration image) is used from then on. Everything lands under
+``<index>/onnx/<model hash>/`` with a ``choice.json`` saying what was measured, so the cost is
+paid once per model and index. Queries stay on PyTorch: one vector at a time gains nothing, and
+the agreement check is what keeps both sides in one space.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import queue
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ...errors import UserError
+from .base import Encoder, _normalise
+from .pixels import PixelEncoder
+
+MIN_COSINE = 0.99
+CALIBRATION_IMAGES = 8
+INT8_MARGIN = 1.15
+AUTO_MIN_IMAGES = 200  # fewer to embed than this: not worth a first export and measurement
+
+#: ONNX Runtime sessions that share the cores, each with its own threads (see `PixelEncoder`):
+#: on 2 cores two one-thread sessions embedded ~10% more images/s than one two-thread session
+LANES = 2
+#: images per session run: a run's activations live in the session's memory arena, which at 32
+#: images grew to ~1 GB for `lite` and took ~1 s of page faults to warm; at 8 the arena is a
+#: quarter and the throughput the same (measured on 2 cores)
+RUN_BATCH = 8
+#: changes whenever the exported graphs' inputs, outputs or quantisation change, so older cached
+#: exports are not reused
+EXPORT_FORMAT = "uint8-nhwc;int8-7bit"
+#: the exported graph's input name (given by `export`, fed by the sessions)
+_INPUT = "input"
+
+
+class _ImageForward(torch.nn.Module):
+    """The encoder's image forward on uint8 NHWC pixels, as a module torch.onnx can trace. Its
+    networks are registered as submodules so their weights export as initializers (which the
+    int8 quantiser needs), not as constants."""
+
+    def __init__(self, encoder: Encoder):
+        super().__init__()
+        self.encoder, self.prep = encoder, encoder.pixel_prep
+        self.towers = torch.nn.ModuleList(m for m in vars(encoder).values() if isinstance(m, torch.nn.Module))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.encoder._forward_pixels(self.prep.normalise(pixels))
+
+
+def calibration_pixels(encoder: Encoder, n: int = CALIBRATION_IMAGES) -> np.ndarray:
+    """Deterministic stand-ins for real images (gradients, blocks of colour, noise): preprocessed
+    the model's own way so the agreement check sees realistic input statistics."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    size = encoder.image_size
+    images = []
+    for i in range(n):
+        yy, xx = np.mgrid[0:size, 0:size] / size
+        base = np.stack([xx, yy, (xx + yy) / 2], -1)[..., np.roll(np.arange(3), i)]
+        for _ in range(4):
+            y, x, h, w = rng.integers(0, size // 2, 4)
+            base[y : y + h + 8, x : x + w + 8] = rng.random(3)
+        base += rng.normal(0, 0.05 * (i % 3), base.shape)
+        images.append(Image.fromarray((np.clip(base, 0, 1) * 255).astype(np.uint8)))
+    prep = encoder.pixel_prep
+    return np.stack([prep(im) for im in images])
+
+
+def _session(path: Path, threads: int):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    # decode workers share the cores: threads that spin while waiting would take their time
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def _onnx_encoder(path: Path) -> PixelEncoder:
+    """Up to `LANES` sessions splitting torch's thread count; a call runs on whichever is free."""
+    lanes = max(1, min(LANES, torch.get_num_threads()))
+    free: queue.SimpleQueue = queue.SimpleQueue()
+    for _ in range(lanes):
+        free.put(_session(path, torch.get_num_threads() // lanes))
+
+    def encode(pixels: np.ndarray) -> np.ndarray:
+        session = free.get()
+        try:
+            out = np.concatenate([session.run(None, {_INPUT: pixels[i : i + RUN_BATCH]})[0]
+                                  for i in range(0, len(pixels), RUN_BATCH)])
+        finally:
+            free.put(session)
+        return _normalise(torch.from_numpy(out))
+
+    return PixelEncoder(encode, lanes)
+
+
+def export(encoder: Encoder, folder: Path) -> dict[str, Path]:
+    """visual.onnx (fp32) and visual.int8.onnx (dynamic int8 weights) for `encoder`."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"onnx": folder / "visual.onnx", "onnx-int8": folder / "visual.int8.onnx"}
+    if not files["onnx"].exists():
+        tmp = folder / f"visual.{os.getpid()}.tmp.onnx"
+        dummy = calibration_pixels(encoder, 2)
+        module = _ImageForward(encoder).eval()
+        fastpath = torch.backends.mha.get_fastpath_enabled()
+        try:  # the tracer cannot export fused attention kernels
+            torch.backends.mha.set_fastpath_enabled(False)
+            with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
+                torch.onnx.export(module, (torch.from_numpy(dummy),), str(tmp), input_names=[_INPUT], output_names=["output"],
+                                  dynamic_axes={_INPUT: {0: "batch"}, "output": {0: "batch"}}, dynamo=False,
+                                  opset_version=17)
+        finally:
+            torch.backends.mha.set_fastpath_enabled(fastpath)
+        os.replace(tmp, files["onnx"])
+    if not files["onnx-int8"].exists():
+        tmp = folder / f"visual.int8.{os.getpid()}.tmp.onnx"
+        # matrix products only: they are where a transformer spends its time, and ONNX Runtime's
+        # integer convolutions are slower than its float ones on CPU
+        logging.disable(logging.WARNING)  # its advice to pre-process the graph first, on the root logger
+        try:
+            # 7-bit weights (reduce_range): on CPUs without VNNI the u8×s8 products are summed in
+            # pairs into int16 and saturate with full 8-bit weights (measured: ViT-B-32 cosine to
+            # PyTorch 0.983 on an AMD EPYC without VNNI, 0.9996 with reduce_range, same speed)
+            quantize_dynamic(str(files["onnx"]), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
+                             reduce_range=True)
+        finally:
+            logging.disable(logging.NOTSET)
+        os.replace(tmp, files["onnx-int8"])
+    return files
+
+
+def _measure(encoders: dict[str, PixelEncoder], pixels: np.ndarray, repeats: int = 5) -> dict[str, tuple[float, np.ndarray]]:
+    """(images/s, vectors) of each encoder on the calibration batch, split across its lanes,
+    after a warm-up: the best of `repeats` timings, taken in turns, one runtime after another, so
+    that the machine's drift falls on all of them alike. (Timed in blocks, a runtime that was no
+    faster won by over the int8 margin in 1 of 4 choices on these shared cores.)"""
+    for encode in encoders.values():
+        encode.many([pixels[:2]] * encode.lanes)
+    best, out = dict.fromkeys(encoders, 0.0), {}
+    for _ in range(repeats):
+        for name, encode in encoders.items():
+            t = time.perf_counter()
+            out[name] = encode.many(np.array_split(pixels, encode.lanes))
+            best[name] = max(best[name], len(pixels) / (time.perf_counter() - t))
+    return {name: (best[name], out[name]) for name in encoders}
+
+
+def choose(encoder: Encoder, folder: Path) -> dict:
+    """Export, time and check every runtime once; the fastest that agrees with PyTorch wins."""
+    files = export(encoder, folder)
+    timed = _measure({"torch": encoder.pixel_prep.torch_encoder(encoder),
+                      **{name: _onnx_encoder(path) for name, path in files.items()}}, calibration_pixels(encoder))
+    reference = timed["torch"][1]
+    measured = {name: {"images_per_s": round(speed, 2), "min_cosine": round(float((out * reference).sum(1).min()), 5)}
+                for name, (speed, out) in timed.items()}
+    ok = {k: v for k, v in measured.items() if v["min_cosine"] >= MIN_COSINE}
+    # int8 must win clearly to be worth its small loss of precision (a tie is timing noise)
+    choice = {"model": encoder.identity, "threads": torch.get_num_threads(), "measured": measured,
+              "runtime": max(ok, key=lambda k: ok[k]["images_per_s"] / (INT8_MARGIN if k == "onnx-int8" else 1))}
+    (folder / "choice.json").write_text(json.dumps(choice, indent=1))
+    return choice
+
+
+def _auto(encoder: Encoder, folder: Path, images: int) -> str:
+    """The runtime `auto` means here: the cached choice, else torch for a small job, else a
+    fresh measurement (torch, recorded with its reason, when the model cannot be exported)."""
+    try:
+        saved = json.loads((folder / "choice.json").read_text())
+        if saved.get("threads") == torch.get_num_threads():
+            return saved["runtime"]
+    except (OSError, ValueError, KeyError):
+        pass
+    if images < AUTO_MIN_IMAGES:
+        return "torch"
+    try:
+        return choose(encoder, folder)["runtime"]
+    except Exception as e:  # an architecture the exporter cannot trace still indexes, on PyTorch
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "choice.json").write_text(json.dumps({"runtime": "torch", "threads": torch.get_num_threads(),
+                                                        "error": f"{type(e).__name__}: {e}"[:500]}))
+        return "torch"
+
+
+def pixel_encoder(encoder: Encoder, index_path: str | os.PathLike, runtime: str = "auto",
+                  images: int = AUTO_MIN_IMAGES) -> tuple[PixelEncoder, str]:
+    """The fastest faithful image forward (uint8 NHWC batches -> unit vectors) for indexing
+    `images` images with `encoder` (or the one `runtime` names), and that runtime's name."""
+    auto = runtime == "auto"
+    if runtime != "torch":
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            if not auto:
+                raise UserError(f"--runtime {runtime} needs `pip install onnxruntime onnx`") from None
+            runtime = "torch"
+    folder = Path(index_path) / "onnx" / hashlib.sha1(f"{encoder.identity}:{EXPORT_FORMAT}".encode()).hexdigest()[:16]
+    if runtime == "auto":
+        runtime = _auto(encoder, folder, images)
+    on_torch = encoder.pixel_prep.torch_encoder(encoder), "torch"
+    if runtime == "torch":
+        return on_torch
+    try:
+        return _onnx_encoder(export(encoder, folder)[runtime]), runtime
+    except Exception:
+        if not auto:
+            raise
+        return on_torch  # a damaged cached export: index on PyTorch rather than fail

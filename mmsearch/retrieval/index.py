@@ -1,0 +1,271 @@
+"""An index directory: the SQLite store plus a FAISS index rebuilt from it on demand.
+
+The FAISS file is a cache named after the store's generation (``vectors-<gen>.faiss``): a
+reader that finds no file for the current generation rebuilds it from the stored vectors, so a
+crash between a database commit and a FAISS write can never leave the two out of step.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import threading
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import faiss
+import numpy as np
+import platformdirs
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from ..errors import ModelLoadError, UserError
+from ..media.kinds import ITEM_KINDS
+from .encoders import DEFAULT_MODEL, load_encoder
+from .policy import MIN_VECTORS, RERANK, IndexPlan, build, choose_index, extend, search_params
+from .store import (
+    DB_NAME,
+    File,
+    Item,
+    Tag,
+    bump_generation,
+    get_meta,
+    load_vectors,
+    open_engine,
+    set_meta,
+    vectors_by_id,
+    vectors_to_file,
+)
+
+if TYPE_CHECKING:
+    from .encoders.base import Encoder
+
+
+IN_MEMORY_LIMIT = 2_000_000  # more vectors than this are built from a float16 file, not RAM
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A FAISS index with the plan it was built by, handed out together so that a reader never
+    pairs one generation's index with another's plan."""
+
+    file: str
+    index: faiss.Index
+    plan: IndexPlan
+
+
+def _read_plan(fn: str) -> IndexPlan | None:
+    try:
+        with open(fn + ".json") as f:
+            return IndexPlan(**json.load(f))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def default_index_dir() -> str:
+    return os.environ.get("MMSEARCH_INDEX") or os.path.join(platformdirs.user_data_dir("mmsearch"), "index")
+
+
+class Index:
+    def __init__(self, path: str | os.PathLike | None = None, create: bool = False):
+        self.path = str(Path(path or default_index_dir()).expanduser())
+        if not os.path.exists(os.path.join(self.path, DB_NAME)):
+            if not create:
+                raise UserError(f"no index at {self.path}; run `mmsearch index PATH...` first (or pass --index DIR)")
+            os.makedirs(self.path, exist_ok=True)
+        self.engine = open_engine(self.path)
+        self._loaded: Loaded | None = None
+        self._lock = threading.Lock()
+
+    def session(self) -> Session:
+        return Session(self.engine, expire_on_commit=False)
+
+    # -- model -------------------------------------------------------------------------------
+    def meta(self, key: str) -> str | None:
+        with self.session() as s:
+            return get_meta(s, key)
+
+    @property
+    def model_spec(self) -> str | None:
+        return self.meta("model_spec")
+
+    def encoder(self) -> Encoder:
+        """The index's model (`lite` for an index that has none yet), loaded once per process.
+        An index whose model's weights changed since it was built is refused."""
+        enc = load_encoder(self.model_spec or DEFAULT_MODEL)
+        self._check(enc, None)
+        return enc
+
+    def use_model(self, spec: str | None = None, reindex: bool = False) -> Encoder:
+        """Make `spec` (default: the index's own model) the model to embed with, and remember it.
+        Another model than the index's is refused unless `reindex`; `reindex` forgets every stored
+        file, so that the caller embeds everything afresh (skipped files are retried too)."""
+        enc = load_encoder(spec or self.model_spec or DEFAULT_MODEL)
+        if not reindex:
+            self._check(enc, spec)
+        with self.session() as s, s.begin():
+            if reindex:
+                s.query(File).delete()
+                bump_generation(s)
+            set_meta(s, "model_spec", enc.spec)
+            set_meta(s, "model_identity", enc.identity)
+            set_meta(s, "dim", str(enc.dim))
+        return enc
+
+    def _check(self, enc: Encoder, asked: str | None) -> None:
+        stored_id = self.meta("model_identity")
+        if stored_id and stored_id != enc.identity:
+            what = f"--model {asked}" if asked else f"its model {self.model_spec}, whose weights changed"
+            raise ModelLoadError(
+                f"index {self.path} was built with {self.model_spec} ({stored_id}); cannot use {what}. "
+                "Pass --reindex to re-embed everything with the new model, or pick another --index"
+            )
+
+    # -- vectors ------------------------------------------------------------------------------
+    def generation(self) -> str:
+        return self.meta("generation") or "0"
+
+    def faiss_index(self, rebuild: bool = False) -> Loaded:
+        """The FAISS index of the current generation with its plan, loaded or built from the
+        stored vectors.
+
+        An exact (flat) index is rebuilt by whoever first needs a new generation: it is cheap.
+        An approximate one is rebuilt by the indexer at the end of its run (`rebuild=True`);
+        until then readers keep using the newest file there is — results stay correct, since
+        candidates are re-ranked from the store and deleted items dropped."""
+        with self._lock:
+            fn = os.path.join(self.path, f"vectors-{self.generation()}.faiss")
+            loaded = self._loaded
+            if loaded and not rebuild and (loaded.file == fn or (not os.path.exists(fn) and loaded.plan.kind != "flat")):
+                return loaded  # current, or still the newest built: the indexer has not finished yet
+            if not os.path.exists(fn) and not rebuild:
+                newest = self._newest_file()
+                stale = _read_plan(newest) if newest else None
+                if newest and stale and stale.kind != "flat":
+                    fn = newest
+            plan = _read_plan(fn) if os.path.exists(fn) and not rebuild else None
+            if plan is not None:
+                flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if plan.kind.startswith("ivf") else 0
+                self._loaded = Loaded(fn, faiss.read_index(fn, flags), plan)
+            else:
+                self._loaded = Loaded(fn, *self._build(fn))
+            return self._loaded
+
+    def _newest_file(self) -> str | None:
+        """The most recently written FAISS file of any generation."""
+        files = sorted(glob.glob(os.path.join(self.path, "vectors-*.faiss")), key=os.path.getmtime)
+        return files[-1] if files else None
+
+    def _build(self, fn: str) -> tuple[faiss.Index, IndexPlan]:
+        with self.session() as s:
+            ids = np.array(s.scalars(select(Item.id).order_by(Item.id)).all(), np.int64)
+            dim = int(self.meta("dim") or 1)
+            plan = choose_index(len(ids), dim, kind=self.meta("index_type") or "auto")
+            if len(ids) < MIN_VECTORS[plan.kind]:  # too few to train or tune it: exact it is
+                plan = choose_index(len(ids), dim, kind="flat")
+            built = self._extended(plan, ids, s)
+            if built is not None:
+                index, plan = built
+            elif len(ids) > IN_MEMORY_LIMIT:
+                scratch = os.path.join(self.path, f"build-{os.getpid()}.f16")
+                try:
+                    index = build(plan, *vectors_to_file(s, scratch, len(ids), dim))
+                finally:
+                    os.remove(scratch)
+            else:
+                ids, vecs = load_vectors(s)
+                index = build(plan, ids, vecs if len(vecs) else np.zeros((0, dim), np.float32))
+        try:  # a read-only index directory still answers from memory
+            tmp = f"{fn}.{os.getpid()}.tmp"
+            faiss.write_index(index, tmp)
+            with open(tmp + ".json", "w") as f:
+                json.dump(plan.as_dict(), f)
+            os.replace(tmp + ".json", fn + ".json")
+            os.replace(tmp, fn)
+            for old in glob.glob(os.path.join(self.path, "vectors-*.faiss")):
+                if old != fn:
+                    for stale in (old, old + ".json"):
+                        if os.path.exists(stale):
+                            os.remove(stale)
+        except OSError:
+            pass
+        return index, plan
+
+    def search_vector(self, query: np.ndarray, k: int, allowed: np.ndarray | None = None,
+                      loaded: Loaded | None = None) -> list[tuple[int, float]]:
+        """Top-k (item id, score) in `loaded` (default: the current FAISS index); `allowed` restricts
+        the search to those ids inside FAISS. Approximate indexes return RERANK[kind] × k
+        candidates, re-scored exactly from the store."""
+        loaded = loaded or self.faiss_index()
+        index, plan = loaded.index, loaded.plan
+        if index.ntotal == 0 or k <= 0 or (allowed is not None and len(allowed) == 0):
+            return []
+        sel = None if allowed is None else faiss.IDSelectorBatch(allowed.astype(np.int64))
+        pool = index.ntotal if allowed is None else len(allowed)
+        n = min(k * RERANK[plan.kind], pool)
+        if plan.param == "nprobe":  # probe lists enough to hold n of the pool twice over (filters, large k)
+            nlist = faiss.extract_index_ivf(index).nlist
+            plan = replace(plan, value=min(nlist, max(plan.value, math.ceil(2 * nlist * n / pool))))
+        q = np.asarray(query, np.float32).reshape(1, -1)
+        scores, ids = index.search(q, n, params=search_params(plan, sel))
+        found = [(int(i), float(sc)) for i, sc in zip(ids[0], scores[0]) if i >= 0]
+        if plan.kind == "flat":
+            return found
+        if len(found) < min(k, pool):  # the graph or lists came up short (a narrow filter, k near the size)
+            if allowed is None:
+                with self.session() as s:
+                    allowed = np.array(s.scalars(select(Item.id)).all(), np.int64)
+            return self._rescore(q[0], allowed.tolist())[:k]
+        return self._rescore(q[0], [i for i, _ in found])[:k]
+
+    def _rescore(self, q: np.ndarray, ids: list[int]) -> list[tuple[int, float]]:
+        """(id, exact score) best first, from the stored vectors; ids no longer stored are dropped."""
+        with self.session() as s:
+            vecs = vectors_by_id(s, ids)
+        return sorted(((i, float(v @ q)) for i, v in vecs.items()), key=lambda t: -t[1])
+
+    def _extended(self, plan: IndexPlan, ids: np.ndarray, s: Session) -> tuple[faiss.Index, IndexPlan] | None:
+        """The newest approximate index on disk, brought up to `ids` in place (policy.extend),
+        when it is of the kind the policy wants now; else None and the caller rebuilds."""
+        newest = self._newest_file()
+        old = _read_plan(newest) if newest else None
+        if newest is None or old is None or old.kind != plan.kind or plan.kind == "flat":
+            return None
+        index = faiss.read_index(newest)
+
+        def load(new: np.ndarray) -> np.ndarray:
+            vecs = vectors_by_id(s, new.tolist())
+            return np.stack([vecs[int(i)] for i in new])
+
+        return (index, old) if extend(old, index, ids, load) else None
+
+    # -- description --------------------------------------------------------------------------
+    def info(self) -> dict:
+        with self.session() as s:
+            counts = dict(s.execute(select(Item.kind, func.count()).group_by(Item.kind)).all())
+            files = dict(s.execute(select(File.kind, func.count()).where(File.status == "ok").group_by(File.kind)).all())
+            tags = dict(s.execute(select(Tag.label, func.count()).group_by(Tag.label).order_by(func.count().desc())).all())
+            skipped = [
+                {"path": p, "reason": e}
+                for p, e in s.execute(select(File.path, File.error).where(File.status == "skipped").order_by(File.path))
+            ]
+        loaded = self.faiss_index()
+        index = loaded.index
+        sizes = {os.path.basename(f): os.path.getsize(f) for f in glob.glob(os.path.join(self.path, "*")) if os.path.isfile(f)}
+        return {
+            "index": self.path,
+            "model": self.model_spec,
+            "model_identity": self.meta("model_identity"),
+            "dim": int(self.meta("dim") or 0),
+            "items": {k: counts.get(k, 0) for k in ITEM_KINDS},
+            "files": {k: files.get(k, 0) for k in ITEM_KINDS},
+            "vectors": int(index.ntotal),
+            "index_type": type(faiss.downcast_index(index.index)).__name__ if hasattr(index, "index") else type(index).__name__,
+            "index_plan": loaded.plan.as_dict(),
+            "tags": tags,
+            "skipped": skipped,
+            "size_bytes": sum(sizes.values()),
+            "files_on_disk": sizes,
+        }

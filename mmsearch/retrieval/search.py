@@ -1,0 +1,250 @@
+"""The query layer: queries (text, image, video frame, or a fused mix) become vectors, filters
+become an id set that FAISS searches within, and hits get their metadata."""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from datetime import date, datetime
+
+import numpy as np
+from PIL import Image
+from sqlalchemy import Select, select
+
+from ..errors import UserError
+from ..media.errors import DecodeError
+from ..media.image import load_image
+from ..media.kinds import kind_of
+from ..media.video import frame_at
+from .index import Index
+from .request import DEFAULT_PER_VIDEO, SearchRequest
+from .store import File, Item, Tag
+
+RRF_K = 60  # reciprocal-rank fusion constant (Cormack et al.)
+
+
+@dataclass
+class Hit:
+    path: str
+    score: float
+    kind: str
+    item_id: int
+    timestamp: float | None = None
+    start: float | None = None
+    end: float | None = None
+    text: str | None = None
+    offset: int | None = None
+    link_path: str | None = None
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+@dataclass
+class Filters:
+    """Restrictions applied before ranking, so `k` hits come back whenever `k` match."""
+
+    kinds: set[str] | None = None
+    path_glob: str | None = None
+    after_ns: int | None = None  # file modification time
+    before_ns: int | None = None
+    tags: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, request: SearchRequest) -> Filters:
+        return cls({request.kind} if request.kind else None, request.path or None, day_ns(request.after),
+                   day_ns(request.before), list(request.tags))
+
+    def active(self) -> bool:
+        return bool(self.kinds or self.path_glob or self.tags) or self.after_ns is not None or self.before_ns is not None
+
+    def query(self) -> Select:
+        """The ids of the items that pass every filter."""
+        q = select(Item.id).join(File)
+        if self.kinds:
+            q = q.where(Item.kind.in_(self.kinds))
+        if self.path_glob:
+            q = q.where(File.path.op("GLOB")(path_pattern(self.path_glob)))
+        if self.after_ns is not None:
+            q = q.where(File.mtime_ns >= self.after_ns)
+        if self.before_ns is not None:
+            q = q.where(File.mtime_ns < self.before_ns)
+        for tag in self.tags:
+            q = q.where(File.id.in_(select(Tag.file_id).where(Tag.label == tag)))
+        return q
+
+    def allowed_ids(self, index: Index) -> np.ndarray | None:
+        if not self.active():
+            return None
+        with index.session() as s:
+            return np.fromiter(s.scalars(self.query()), dtype=np.int64)
+
+
+def path_pattern(glob: str) -> str:
+    """A `--path` glob as matched against whole stored paths: one that is not absolute matches at
+    the end of a path (``*.png``, ``2024/*``)."""
+    return glob if glob.startswith(("/", "*")) else "*" + glob
+
+
+def day_ns(day: date | None) -> int | None:
+    """Local midnight starting `day` in int64 nanoseconds since the epoch (as files.mtime_ns),
+    clamped to what int64 holds (years 1677–2262)."""
+    if day is None:
+        return None
+    try:
+        ns = int(datetime(day.year, day.month, day.day).timestamp()) * 10**9
+    except (OverflowError, OSError, ValueError):
+        ns = -(2**63) if day.year < 1970 else 2**63 - 1
+    return max(-(2**63), min(ns, 2**63 - 1))
+
+
+@dataclass
+class Part:
+    """One part of a (possibly fused) query: a text or a media file, with a signed weight."""
+
+    text: str | None = None
+    image: str | None = None
+    at: float | None = None
+    weight: float = 1.0
+    pixels: Image.Image | None = None  # an already decoded image (an upload)
+
+
+def parse_compact(query: str) -> list[Part]:
+    """``2:beach + ref.jpg - people`` → parts; a part naming an existing file is an image part.
+    Only a query with `` + `` or `` - `` between parts is compact: plain text stays one part."""
+    if not re.search(r"\s[+-]\s", query):
+        return [Part(text=query)]
+    parts, sign = [], 1.0
+    for token in re.split(r"\s([+-])\s", query):
+        if token in ("+", "-"):
+            sign = 1.0 if token == "+" else -1.0
+            continue
+        m = re.match(r"^\s*(\d+(?:\.\d+)?):(.*)$", token)
+        weight, body = (float(m.group(1)), m.group(2).strip()) if m else (1.0, token.strip())
+        if body:
+            is_file = os.path.isfile(os.path.expanduser(body))
+            parts.append(Part(text=None if is_file else body, image=os.path.expanduser(body) if is_file else None,
+                              weight=sign * weight))
+    return parts
+
+
+def part_vector(index: Index, part: Part) -> np.ndarray:
+    """One unit vector for a text, an image file, or a video's frame at `part.at` seconds."""
+    encoder = index.encoder()
+    if part.text is not None:
+        if not part.text.strip():
+            raise UserError("the text query is empty")
+        return encoder.encode_texts([part.text])[0]
+    if part.pixels is not None:
+        return encoder.encode_images([part.pixels])[0]
+    path = part.image or ""
+    if not os.path.isfile(path):
+        raise UserError(f"query image {path} does not exist")
+    try:
+        img = frame_at(path, part.at or 0.0) if kind_of(path) == "video" else load_image(path)
+    except DecodeError as e:
+        raise UserError(f"cannot read query image {path}: {e}") from None
+    return encoder.encode_images([img])[0]
+
+
+def early_fusion(vectors: list[np.ndarray], weights: list[float]) -> np.ndarray:
+    """Weighted sum of unit query vectors (negatives subtract), renormalised."""
+    v = np.sum([w * x for w, x in zip(weights, vectors)], axis=0)
+    norm = np.linalg.norm(v)
+    if norm < 1e-6:
+        raise UserError("the query parts cancel each other out")
+    return (v / norm).astype(np.float32)
+
+
+def query_parts(request: SearchRequest, pixels: Image.Image | None = None) -> list[Part]:
+    """The weighted parts of a request: its text (compact syntax split), an uploaded image's
+    `pixels`, its example images, then its negative texts; `weights` scale the positives in order."""
+    parts = parse_compact(request.q) if request.q is not None else []
+    if pixels is not None:
+        parts.append(Part(pixels=pixels))
+    parts += [Part(image=os.path.expanduser(p), at=request.at) for p in request.image]
+    if not parts:
+        raise UserError("give a text query or an image")
+    positives = [p for p in parts if p.weight > 0]
+    if len(request.weights) > len(positives):
+        raise UserError(f"{len(request.weights)} weights for {len(positives)} positive parts")
+    for p, w in zip(positives, request.weights):
+        p.weight *= w
+    return parts + [Part(text=t, weight=-1.0) for t in request.negative]
+
+
+def run(index: Index, request: SearchRequest, pixels: Image.Image | None = None) -> list[Hit]:
+    """Answer a search request (with an uploaded image's decoded `pixels`, if any)."""
+    return fused_search(index, query_parts(request, pixels), request)
+
+
+def fused_search(index: Index, parts: list[Part], request: SearchRequest) -> list[Hit]:
+    """Search with several weighted parts, with the request's k, fusion, filters and limits.
+    early: one search with the fused vector. late: each part searched alone, lists merged by
+    reciprocal-rank fusion; negative parts subtract their own RRF credit."""
+    if not any(p.weight > 0 for p in parts):
+        raise UserError("a query needs at least one positive part")
+    vectors = [part_vector(index, p) for p in parts]
+    filters = Filters.of(request)
+    if request.fusion == "early" or len(parts) == 1:
+        return search(index, early_fusion(vectors, [p.weight for p in parts]), request.k,
+                      min_score=request.min_score, filters=filters, per_video=request.per_video)
+    depth = max(100, request.k * 10)
+    score: dict[int, float] = {}
+    for p, v in zip(parts, vectors):
+        for rank, h in enumerate(search(index, v, depth, filters=filters, per_video=request.per_video)):
+            score[h.item_id] = score.get(h.item_id, 0.0) + p.weight / (RRF_K + rank + 1)
+    best = sorted((i for i in score if score[i] > 0), key=lambda i: -score[i])
+    return _group(_rows(index, [(i, score[i]) for i in best]), request.k, None, request.per_video)
+
+
+def search(index: Index, vector: np.ndarray, k: int, *, min_score: float | None = None,
+           filters: Filters | None = None, per_video: int = DEFAULT_PER_VIDEO) -> list[Hit]:
+    """Best-first hits for a query vector.
+
+    Video moments are grouped: one hit per shot (its best keyframe), at most `per_video` per
+    video. Filters restrict FAISS to the matching ids; more candidates are fetched while
+    grouping leaves fewer than `k`."""
+    allowed = (filters or Filters()).allowed_ids(index)
+    loaded = index.faiss_index()
+    total = loaded.index.ntotal if allowed is None else len(allowed)
+    fetch = k * 4 + 16
+    while True:
+        n = min(fetch, total)
+        found = index.search_vector(vector, n, allowed, loaded)
+        hits = _group(_rows(index, found), k, min_score, per_video)
+        exhausted = n >= total or (min_score is not None and found and found[-1][1] < min_score)
+        if len(hits) >= k or exhausted:
+            return hits[:k]
+        fetch *= 4
+
+
+def _rows(index: Index, found: list[tuple[int, float]]) -> list[tuple[Item, str, float]]:
+    if not found:
+        return []
+    with index.session() as s:
+        rows = {item.id: (item, path) for item, path in s.execute(
+            select(Item, File.path).join(File).where(Item.id.in_([i for i, _ in found]))).all()}
+    # an id missing from the store was removed after the FAISS snapshot was taken
+    return [(*rows[i], score) for i, score in found if i in rows]
+
+
+def _group(rows, k, min_score, per_video) -> list[Hit]:
+    hits: list[Hit] = []
+    shots_seen: set[tuple[int, float | None]] = set()
+    per_file: dict[int, int] = {}
+    for item, path, score in rows:
+        if min_score is not None and score < min_score:
+            continue
+        if item.kind == "video":
+            shot = (item.file_id, item.start)
+            if shot in shots_seen or per_file.get(item.file_id, 0) >= per_video:
+                continue
+            shots_seen.add(shot)
+            per_file[item.file_id] = per_file.get(item.file_id, 0) + 1
+        hits.append(Hit(path, round(score, 6), item.kind, item.id, item.timestamp, item.start, item.end,
+                        item.text, item.offset, item.link_path))
+        if len(hits) >= k:
+            break
+    return hits
+

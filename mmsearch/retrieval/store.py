@@ -1,0 +1,199 @@
+"""SQLite metadata store (through SQLAlchemy): source files, embedded items and their vectors.
+
+The database is the source of truth: vectors live here too, so any FAISS index can be rebuilt
+without re-embedding, and every change is one SQLite transaction — a killed process leaves the
+last committed state. The schema version is SQLite's ``user_version``; `MIGRATIONS[i]` takes a
+database from version i to i+1.
+"""
+from __future__ import annotations
+
+import os
+import sqlite3
+from typing import Callable, Iterator, Sequence, TypeVar
+
+import numpy as np
+from sqlalchemy import (
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    create_engine,
+    event,
+    select,
+    text,
+)
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
+
+DB_NAME = "mmsearch.db"
+#: most parameters in one statement (`IN (...)` lists are cut to this): SQLite allows 32,766
+#: since 3.32 and 999 before
+SQL_CHUNK = 30_000 if sqlite3.sqlite_version_info >= (3, 32) else 900
+
+T = TypeVar("T")
+
+
+def chunks(seq: Sequence[T], size: int = SQL_CHUNK) -> Iterator[Sequence[T]]:
+    """`seq` in slices small enough to be the parameters of one statement."""
+    for i in range(0, len(seq), size):
+        yield seq[i : i + size]
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Meta(Base):
+    __tablename__ = "meta"
+    key: Mapped[str] = mapped_column(String, primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class File(Base):
+    """One source file on disk. ``path_key`` holds the exact path bytes (paths need not be UTF-8)."""
+
+    __tablename__ = "files"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    path_key: Mapped[bytes] = mapped_column(LargeBinary, unique=True)
+    path: Mapped[str] = mapped_column(Text, index=True)
+    size: Mapped[int] = mapped_column(Integer)
+    mtime_ns: Mapped[int] = mapped_column(Integer)
+    digest: Mapped[str | None] = mapped_column(String, index=True)
+    kind: Mapped[str] = mapped_column(String)
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String, default="ok")  # ok | skipped
+    error: Mapped[str | None] = mapped_column(Text)
+    items: Mapped[list[Item]] = relationship(back_populates="file", cascade="all, delete-orphan", passive_deletes=True)
+
+    @property
+    def fs_path(self) -> str:
+        return os.fsdecode(self.path_key)
+
+
+class Item(Base):
+    """One embedded unit of a file: an image, a video keyframe (timestamp and shot start/end) or
+    a text passage or table row (text and offset)."""
+
+    __tablename__ = "items"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    file_id: Mapped[int] = mapped_column(ForeignKey("files.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String)
+    timestamp: Mapped[float | None] = mapped_column(Float)
+    start: Mapped[float | None] = mapped_column(Float)
+    end: Mapped[float | None] = mapped_column(Float)
+    text: Mapped[str | None] = mapped_column(Text)
+    offset: Mapped[int | None] = mapped_column(Integer)
+    #: for a caption: the image it describes (a sidecar .txt, or a table's path column)
+    link_path: Mapped[str | None] = mapped_column(Text, index=True)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+    file: Mapped[File] = relationship(back_populates="items")
+
+
+class Tag(Base):
+    """A zero-shot label of an image or video, with its score (`mmsearch tag`)."""
+
+    __tablename__ = "tags"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    file_id: Mapped[int] = mapped_column(ForeignKey("files.id", ondelete="CASCADE"), index=True)
+    label: Mapped[str] = mapped_column(String, index=True)
+    score: Mapped[float] = mapped_column(Float)
+
+
+def _v1(conn: Connection) -> None:
+    Base.metadata.create_all(conn)  # creates the current schema; later steps skip what exists
+
+
+def _v2(conn: Connection) -> None:
+    """Captions linked to images, and zero-shot tags."""
+    columns = {row[1] for row in conn.execute(text("PRAGMA table_info(items)"))}
+    if "link_path" not in columns:
+        conn.execute(text("ALTER TABLE items ADD COLUMN link_path TEXT"))
+        conn.execute(text("CREATE INDEX IF NOT EXISTS ix_items_link_path ON items (link_path)"))
+    Base.metadata.tables["tags"].create(conn, checkfirst=True)
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def open_engine(index_dir: str) -> Engine:
+    engine = create_engine(f"sqlite:///{os.path.join(index_dir, DB_NAME)}")
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_conn, _):  # WAL: readers never block the indexer, and vice versa
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    with engine.begin() as conn:
+        version = conn.execute(text("PRAGMA user_version")).scalar_one()
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(f"index schema v{version} is newer than this mmsearch (v{SCHEMA_VERSION}); upgrade mmsearch")
+        for v in range(version, SCHEMA_VERSION):
+            MIGRATIONS[v](conn)
+            conn.execute(text(f"PRAGMA user_version={v + 1}"))
+    return engine
+
+
+def get_meta(session: Session, key: str) -> str | None:
+    row = session.get(Meta, key)
+    return row.value if row else None
+
+
+def set_meta(session: Session, key: str, value: str) -> None:
+    session.merge(Meta(key=key, value=value))
+
+
+def bump_generation(session: Session) -> None:
+    """Mark that the item set changed; cached FAISS files of older generations are stale."""
+    set_meta(session, "generation", str(int(get_meta(session, "generation") or 0) + 1))
+
+
+def pack(vector: np.ndarray) -> bytes:
+    return np.asarray(vector, dtype=np.float32).tobytes()
+
+
+def load_vectors(session: Session) -> tuple[np.ndarray, np.ndarray]:
+    """All (ids, vectors) in the store, for building a FAISS index."""
+    rows = session.execute(select(Item.id, Item.vector).order_by(Item.id)).all()
+    ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+    if not rows:
+        return ids, np.zeros((0, 0), np.float32)
+    vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1)
+    return ids, vecs
+
+
+def vectors_by_id(session: Session, ids: list[int]) -> dict[int, np.ndarray]:
+    """The stored vectors of `ids` (ids no longer stored are absent)."""
+    out: dict[int, np.ndarray] = {}
+    for part in chunks(ids):
+        for i, v in session.execute(select(Item.id, Item.vector).where(Item.id.in_(part))):
+            out[i] = np.frombuffer(v, np.float32)
+    return out
+
+
+def vectors_to_file(session: Session, path: str, n: int, dim: int, chunk: int = 50_000) -> tuple[np.ndarray, np.ndarray]:
+    """All (ids, vectors) with the vectors in a float16 memory map at `path`, written a chunk at
+    a time: building a large index must not hold the collection in RAM (10M × 512 floats are
+    20 GiB). Float16 is plenty to place vectors in lists and graphs; scores are re-ranked from
+    the stored float32."""
+    ids = np.empty(n, np.int64)
+    vecs = np.memmap(path, np.float16, "w+", shape=(n, dim))
+    i = 0
+    for rows in session.execute(select(Item.id, Item.vector).order_by(Item.id)).yield_per(chunk).partitions():
+        rows = rows[: n - i]
+        ids[i : i + len(rows)] = [r[0] for r in rows]
+        vecs[i : i + len(rows)] = np.frombuffer(b"".join(r[1] for r in rows), np.float32).reshape(len(rows), dim)
+        i += len(rows)
+    vecs.flush()
+    return ids[:i], vecs[:i]
+
+
+def files_by_key(session: Session) -> dict[bytes, File]:
+    return {f.path_key: f for f in session.scalars(select(File))}

@@ -1,0 +1,52 @@
+"""The base of mmsearch's typed option sets (`SearchRequest`, `IndexOptions`): pydantic models that
+refuse unknown fields, infinities and NaN, turn a bad value into a one-line `UserError`, and
+give the command line each option's default and help."""
+from __future__ import annotations
+
+from typing import Any, Self
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from .errors import UserError
+
+
+class Validated(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True, populate_by_name=True,
+                              protected_namespaces=())
+
+    @classmethod
+    def of(cls, *, as_flags: bool = False, **fields: Any) -> Self:
+        """Validated from Python values (numbers and dates may come as strings, as from a query
+        string); a bad value is a `UserError` naming the field (`as_flags`: as a command-line flag)."""
+        try:
+            return cls.model_validate(fields)
+        except ValidationError as e:
+            raise invalid(e, as_flags) from None
+
+    @classmethod
+    def from_json(cls, body: str | bytes) -> Self:
+        """Validated strictly from a JSON object: ``"k": "5"`` or ``"path": 123`` is an error, not a guess."""
+        try:
+            return cls.model_validate_json(body, strict=True)
+        except ValidationError as e:
+            raise invalid(e) from None
+
+    @classmethod
+    def default(cls, name: str) -> Any:
+        return cls.model_fields[name].get_default(call_default_factory=True)
+
+    @classmethod
+    def help(cls, name: str) -> str:
+        return cls.model_fields[name].description or ""
+
+
+def invalid(error: ValidationError, as_flags: bool = False) -> UserError:
+    """A pydantic `ValidationError` as one line naming each bad field, e.g. ``k: Input should be
+    greater than or equal to 1`` (``--k: ...`` `as_flags`)."""
+    parts = []
+    for e in error.errors(include_url=False):
+        where = ".".join(str(x) for x in e["loc"]) or "request"
+        if as_flags and e["loc"]:
+            where = "QUERY" if e["loc"][0] == "q" else "--" + str(e["loc"][0]).replace("_", "-")
+        parts.append(f"{where}: {e['msg']}")
+    return UserError("; ".join(parts))
