@@ -81,11 +81,25 @@ def test_model_switch_needs_reindex(cli, tiny_clip, photos, tmp_path):
 
 def test_search_argument_mistakes(cli, tiny_clip, photos):
     cli("index", str(photos / "coffee.png"), "--model", tiny_clip)
-    for args in (("search",), ("search", "--not", "x"), ("search", "  "),
-                 ("search", "--image", "/no/such.jpg"), ("search", "x", "--fusion", "sideways", "--image", str(photos / "coffee.png")),
-                 ("search", "x", "--type", "sound"), ("search", "x", "--after", "yesterday"), ("search", "x", "--weight", "1", "--weight", "2")):
-        r = cli(*args, ok=False)
-        assert r.exit_code == 2 and r.stderr.startswith("mmsearch: error:"), (args, r.stderr)
+    mistakes = {
+        ("search",): "give a text query or an image",
+        ("search", "--not", "x"): "give a text query or an image",
+        ("search", "  "): "the text query is empty",
+        ("search", "--image", "/no/such.jpg"): "query image /no/such.jpg does not exist",
+        ("search", "x", "--fusion", "sideways", "--image", str(photos / "coffee.png")): "--fusion: Input should be 'early' or 'late'",
+        ("search", "x", "--type", "sound"): "--type: Input should be 'image', 'video' or 'text'",
+        ("search", "x", "--after", "yesterday"): "--after: Value error, wants a date like 2024-06-30, not 'yesterday'",
+        ("search", "x", "--weight", "1", "--weight", "2"): "2 weights for 1 positive parts",
+        ("search", "x", "--k", "0"): "--k: Input should be greater than or equal to 1",
+        ("search", "x", "--weight", "nan"): "--weight: Input should be a finite number",
+        ("search", "x", "--before", "0001-01-01", "--json"): None,  # a date long before the epoch is fine
+    }
+    for args, message in mistakes.items():
+        r = cli(*args, ok=message is None)
+        if message is not None:
+            assert r.exit_code == 2 and r.stderr == f"mmsearch: error: {message}\n", (args, r.stderr)
+        else:
+            assert r.exit_code == 0 and json.loads(r.stdout) == [], (args, r.stdout)
 
 
 def test_killed_indexer_leaves_a_working_index_and_resumes(tiny_clip, photos, tmp_path):

@@ -132,7 +132,7 @@ def test_negative_part_pushes_away(lib_cli, library):
         return paths.index(str(library / "chelsea.png"))
 
     assert rank("--not", "a cat") > rank()
-    assert rank("--not", "a cat", "--weight", "3") <= rank("--not", "a cat")  # a heavier positive pulls back
+    assert rank("--not", "a cat", "--weight", "3") < rank("--not", "a cat")  # a heavier positive pulls back
 
 
 def test_filters_apply_before_ranking(lib_cli, library):
@@ -191,4 +191,9 @@ def test_schema_v1_index_is_migrated(tmp_path):
         assert c.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert "link_path" in {r[1] for r in c.execute("PRAGMA table_info(items)")}
         assert c.execute("select count(*) from items").fetchone()[0] == 1  # nothing lost
-        c.execute("select * from tags").fetchall()
+        assert {r[1] for r in c.execute("PRAGMA table_info(tags)")} == {"id", "file_id", "label", "score"}
+        c.execute("PRAGMA foreign_keys=ON")
+        c.execute("INSERT INTO tags (file_id, label, score) VALUES (1, 'cat', 0.5)")
+        assert c.execute("SELECT file_id, label, score FROM tags").fetchall() == [(1, "cat", 0.5)]
+        c.execute("DELETE FROM files")  # a file's tags go with it
+        assert c.execute("SELECT count(*) FROM tags").fetchone()[0] == 0
