@@ -10,3 +10,7 @@ class UserError(Exception):
 class ModelLoadError(UserError):
     """A model could not be loaded; the message says what to do about it."""
 
+
+class IndexBusy(UserError):
+    """Another process is writing to the index (the command line exits with its own code, 3)."""
+

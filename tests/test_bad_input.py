@@ -27,7 +27,7 @@ def messy(photos, tmp_path):
     Image.new("L", (4000, 3000), 128).save(d / "bomb.png")  # 12 Mpx vs a 5 Mpx limit below
     os.symlink(d / "missing-target.png", d / "broken.png")
     os.mkfifo(d / "pipe.jpg")
-    (d / "locked.png").write_bytes((d / "good one.png").read_bytes()[:-1] + b"\x00")
+    shutil.copy2(photos / "horse.png", d / "locked.png")  # readable once it is unlocked
     (d / ".hidden.png").write_bytes((d / "good one.png").read_bytes())
     return d
 
@@ -76,9 +76,13 @@ def test_every_bad_file_is_skipped_with_its_reason(cli, tiny_clip, photos, messy
     assert hit["path"].endswith("caf\ufffd-\ufffd.png") and hit["score"] > 0.9999
     assert cli.json("search", "--image", str(keep / "rocket.jpg"), "-k", "1")[0]["path"] == str(keep / "rocket.jpg")
 
-    # a second run retries nothing that has not changed
+    # a second run retries only what may read fine now (permissions change no mtime)
     again = cli.json("index", str(messy), "--max-pixels", "5000000")
-    assert again["embedded"] == 0 and again["skipped"] == []
+    assert again["embedded"] == 0 and again["skipped"] == [{"path": str(messy / "locked.png"), "reason": "permission denied"}]
+    monkeypatch.setattr(plan, "file_digest", real_digest)  # `chmod 644 locked.png`
+    unlocked = cli.json("index", str(messy), "--max-pixels", "5000000")
+    assert unlocked["embedded"] == 1 and unlocked["skipped"] == [] and unlocked["updated"] == 1
+    assert "locked.png" not in {os.path.basename(s["path"]) for s in cli.json("info")["skipped"]}
 
 
 def test_symlink_loops_are_followed_once(cli, tiny_clip, photos, tmp_path):

@@ -14,6 +14,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from videos import write_video
 
+from mmsearch.cli.server import create_app
+
 TOKEN = "s3cret-token"
 
 
@@ -30,8 +32,8 @@ def served(photos, tmp_path_factory):
     idx = SearchIndex(tmp_path_factory.mktemp("srv") / "ix", create=True)
     idx.add([str(lib)], progress=False)
     app = create_app(idx, token=TOKEN, max_upload=2 << 20, max_pixels=5_000_000)
-    client = TestClient(app, headers={"Authorization": f"Bearer {TOKEN}"})
-    return idx, lib, client, TestClient(app)
+    client = TestClient(app, base_url="http://localhost", headers={"Authorization": f"Bearer {TOKEN}"})
+    return idx, lib, client, TestClient(app, base_url="http://localhost")
 
 
 def test_health_and_auth(served):
@@ -44,7 +46,13 @@ def test_health_and_auth(served):
         assert r.status_code == 401, url
     assert client.get("/info").status_code == 200
     assert anon.get("/").status_code == 200 and "<form" in anon.get("/").text  # the static page holds no data
-    assert anon.get("/openapi.json").json()["info"]["title"] == "mmsearch"
+    assert anon.get("/openapi.json").status_code == 401  # with a token the API description is private too
+    assert client.get("/openapi.json").json()["info"]["title"] == "mmsearch" and anon.get("/docs").status_code == 404
+    # the scheme's case does not matter, and a UTF-8 token works (header bytes arrive as Latin-1)
+    assert client.get("/info", headers={"Authorization": f"bearer {TOKEN}"}).status_code == 200
+    utf8 = TestClient(create_app(served[0], token="pässwörd"), base_url="http://localhost")
+    assert utf8.get("/info", headers={"Authorization": b"Bearer " + "pässwörd".encode()}).status_code == 200
+    assert utf8.get("/info", headers={"Authorization": b"Bearer " + b"passwort"}).status_code == 401
 
 
 def test_search_contract_and_filters(served):
@@ -96,7 +104,11 @@ def test_no_path_traversal_anywhere(served, evil):
             body = r.json()
             paths = [h["path"] for h in body] if isinstance(body, list) else [body.get("path", "")]
             assert all(not p.startswith("/etc") for p in paths)
-    assert client.get("/search", params={"q": "a cat + /etc/passwd"}).status_code == 400  # server files refused
+    # server files are refused by syntax, whether or not they exist: no oracle of the server's disk
+    for q in ("a cat + @/etc/passwd", "a cat + @/no/such/file", "@/etc/hostname"):
+        r = client.get("/search", params={"q": q})
+        assert r.status_code == 400 and "file paths are not accepted" in r.json()["error"], q
+    assert client.get("/search", params={"q": "a cat + /etc/passwd"}).status_code == 200  # a text part
 
 
 def test_uploads(served, photos):
@@ -148,6 +160,91 @@ def test_server_sees_concurrent_indexing_without_restart(served, photos, tmp_pat
     assert len(client.get("/search", params={"q": "noise", "path": f"{more}/*", "k": 100}).json()) == 24
 
 
+def test_hostile_bodies_are_capped_and_typed(served):
+    _, _, client, _ = served
+    chunks = (b"x" * 65536 for _ in range(64))  # 4 MiB, chunked: no Content-Length to refuse early
+    r = client.post("/search", content=chunks, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "error" in r.json()
+    r = client.post("/search", content=b'{"q": "a cat"}', headers={"content-type": "text/plain"})  # a cross-site form
+    assert r.status_code == 415
+    r = client.post("/search", files={"query": ("q.json", b'{"q": "a cat"}', "application/json")})  # query sent as a file
+    assert r.status_code == 400
+    malformed = [{"q": "x", "path": 123}, {"q": "x", "before": True}, {"q": "x", "min_score": "0.5"}, {"q": "x", "k": 10**400},
+                 {"q": "x", "per_video": 1e300}, {"q": "x", "fusion": "bogus"}, {"q": "x", "path": "*" * 50_000},
+                 {"q": "x", "k": 1001}, {"q": "x + " * 20 + "y"}, {"q": "x", "tags": [1]}, {"q": "x", "image": ["/etc/passwd"]}]
+    for body in malformed:
+        r = client.post("/search", json=body)
+        assert r.status_code == 400 and isinstance(r.json()["error"], str), (body, r.status_code, r.text)
+    for raw in (b'{"q": "x", "weights": [Infinity]}', b'{"q": "x", "min_score": NaN}', b'{"q": "x", "k": 1e999}'):
+        r = client.post("/search", content=raw, headers={"content-type": "application/json"})
+        assert r.status_code == 400, raw
+    for params in ({"q": "x", "min_score": "nan"}, {"q": "x", "k": "1e999"}, {"q": "x", "after": "yesterday"},
+                   {"q": "x", "bogus": "1"}, {"q": "x", "k": ["1", "2"]}):
+        assert client.get("/search", params=params).status_code == 400, params
+    # read as meant: one negative text (not four letters), dates before 1970 and the epoch itself
+    assert client.post("/search", json={"q": "a cat", "not": "blue"}).json() == \
+        client.post("/search", json={"q": "a cat", "not": ["blue"]}).json()
+    assert len(client.get("/search", params={"q": "a cat", "after": "1900-01-01", "k": 3}).json()) == 3
+    assert client.get("/search", params={"q": "a cat", "before": "1970-01-02"}).json() == []
+    # never a 500: ids beyond SQLite's integers, unknown routes and methods answer in JSON
+    for url in ("/items/100000000000000000000", "/thumb/100000000000000000000", "/items/-1", "/nowhere"):
+        r = client.get(url)
+        assert r.status_code == 404 and "error" in r.json(), url
+    r = client.delete("/search")
+    assert r.status_code == 405 and "error" in r.json()
+
+
+def test_host_header_must_name_the_server(served):
+    idx, _, _, _ = served
+    app = create_app(idx)
+    for host, code in (("localhost", 200), ("127.0.0.1:8000", 200), ("[::1]:8000", 200), ("evil.example", 400),
+                       ("localhost.evil.example", 400), ("", 400)):
+        r = TestClient(app).get("/health", headers={"host": host})
+        assert r.status_code == code, host
+        if code == 400:
+            assert "Host" in r.json()["error"]
+    assert TestClient(create_app(idx, hosts=["*"])).get("/health", headers={"host": "any.example"}).status_code == 200
+    assert TestClient(create_app(idx, hosts=["search.lan"])).get("/health", headers={"host": "search.lan:80"}).status_code == 200
+
+
+def test_model_work_does_not_block_other_requests(served, monkeypatch):
+    """An upload's decoding and the model run in the thread pool: /health answers meanwhile
+    (on a real server: the test client gives each request an event loop of its own)."""
+    import httpx
+    import uvicorn
+
+    idx, _, _, _ = served
+    started, release, finished = threading.Event(), threading.Event(), threading.Event()
+    real = type(idx).search
+
+    def slow_search(self, *args, **kwargs):
+        started.set()
+        release.wait(10)
+        try:
+            return real(self, *args, **kwargs)
+        finally:
+            finished.set()
+
+    monkeypatch.setattr(type(idx), "search", slow_search)
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(idx), host="127.0.0.1", port=port, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    try:
+        while not server.started:
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{port}"
+        worker = threading.Thread(target=lambda: httpx.post(f"{url}/search", json={"q": "a cat"}, timeout=60))
+        worker.start()
+        assert started.wait(30)
+        r = httpx.get(f"{url}/health", timeout=60)  # waits for the search to time out and finish if it holds the loop
+        blocked = finished.is_set()
+        release.set()
+        worker.join()
+    finally:
+        server.should_exit = True
+    assert r.status_code == 200 and not blocked
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -165,8 +262,6 @@ def test_web_page_in_headless_chromium(served):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.select import Select
     from selenium.webdriver.support.ui import WebDriverWait
-
-    from mmsearch.cli.server import create_app
 
     idx, lib, _, _ = served
     port = _free_port()

@@ -70,10 +70,14 @@ def test_image_to_text_and_describe(lib_cli, library):
 def test_parse_compact_syntax(photos):
     from mmsearch.retrieval.search import parse_compact
 
-    p = parse_compact(f"2:beach + {photos / 'coffee.png'} - people")
+    p = parse_compact(f"2:beach + @{photos / 'coffee.png'} - people")
     assert [(x.text, x.image, x.weight) for x in p] == [("beach", None, 2.0), (None, str(photos / "coffee.png"), 1.0), ("people", None, -1.0)]
     assert [x.text for x in parse_compact("a t-shirt - not split")] == ["a t-shirt", "not split"]
     assert len(parse_compact("a dog on a beach")) == 1
+    # files are marked with @, never found by looking at the disk: an existing path stays text
+    assert [(x.text, x.image) for x in parse_compact(f"a cat + {photos / 'coffee.png'}")] == [
+        ("a cat", None), (str(photos / "coffee.png"), None)]
+    assert [(x.text, x.image) for x in parse_compact("@/no/such.jpg")] == [(None, "/no/such.jpg")]
 
 
 def test_late_fusion_is_reciprocal_rank_fusion(lib_cli, library):
@@ -115,14 +119,14 @@ def test_early_fusion_is_the_normalised_weighted_sum(lib_cli, library):
 def test_text_and_image_parts(lib_cli, library):
     both = {str(library / "chelsea.png"), str(library / "coffee.png")}
     late = lib_cli.json("search", "a cat", "--image", str(library / "coffee.png"), "--type", "image", "--fusion", "late", "-k", "3")
-    compact = lib_cli.json("search", f"a cat + {library / 'coffee.png'}", "--type", "image", "--fusion", "late", "-k", "3")
+    compact = lib_cli.json("search", f"a cat + @{library / 'coffee.png'}", "--type", "image", "--fusion", "late", "-k", "3")
     # rank fusion: each part's best match is near the top (an item second in both lists may lead)
     assert [h["path"] for h in late] == [h["path"] for h in compact] and both <= {h["path"] for h in late}
     # early fusion adds vectors: an image query is ~1.0 similar to itself but a text only ~0.3 to
     # its image, so the image part dominates unless the text part is weighted up
     early = lib_cli.json("search", "a cat", "--image", str(library / "coffee.png"), "--type", "image", "-k", "2")
     assert early[0]["path"] == str(library / "coffee.png")
-    weighted = lib_cli.json("search", f"4:a cat + {library / 'coffee.png'}", "--type", "image", "-k", "2")
+    weighted = lib_cli.json("search", f"4:a cat + @{library / 'coffee.png'}", "--type", "image", "-k", "2")
     assert {h["path"] for h in weighted} == both
 
 

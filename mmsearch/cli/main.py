@@ -1,6 +1,7 @@
 """`mmsearch` commands. Each one parses arguments, calls the Python API, and prints.
 
-User mistakes (`UserError`) become one line on stderr and exit code 2, never a traceback.
+User mistakes (`UserError`) become one line on stderr and exit code 2 (3: another process is
+indexing into the same index), never a traceback.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any, List
 
 import typer
 
-from ..errors import UserError
+from ..errors import IndexBusy, UserError
 from ..indexer.options import IndexOptions
 from ..media.image import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD
 from ..retrieval.encoders import DEFAULT_CONSE_WEIGHT
@@ -51,7 +52,7 @@ def user_errors(fn):
             return fn(*args, **kwargs)
         except UserError as e:
             typer.echo(f"mmsearch: error: {e}", err=True)
-            raise typer.Exit(2) from None
+            raise typer.Exit(3 if isinstance(e, IndexBusy) else 2) from None
         except KeyboardInterrupt:
             typer.echo("mmsearch: interrupted (everything committed so far is kept)", err=True)
             raise typer.Exit(130) from None
@@ -354,7 +355,8 @@ def serve(
     index: str | None = IndexOpt,
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; the default keeps the server on this machine."),
     port: int = typer.Option(8000, "--port", min=1, max=65535),
-    token: str | None = typer.Option(None, "--token", envvar="MMSEARCH_TOKEN", help="Require `Authorization: Bearer TOKEN` on every route but /health."),
+    token: str | None = typer.Option(None, "--token", envvar="MMSEARCH_TOKEN", help="Require `Authorization: Bearer TOKEN` on every route but /health and the page (/docs is then off)."),
+    allow_host: List[str] = typer.Option([], "--allow-host", help="Also answer requests that name the server so in their Host header (besides localhost and --host), e.g. its DNS name; '*' answers any. Repeatable."),
     max_upload: int = typer.Option(DEFAULT_MAX_UPLOAD, "--max-upload", min=1, help="Largest accepted request body (an upload), in bytes."),
     max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", min=1, help="Largest accepted uploaded image, in pixels."),
 ):
@@ -362,13 +364,18 @@ def serve(
     import uvicorn
 
     from ..api import SearchIndex
-    from .server import create_app
+    from .server import LOOPBACK, create_app
 
     idx = SearchIndex(index)
     if host not in ("127.0.0.1", "localhost", "::1") and not token:
         typer.echo(f"mmsearch: warning: serving {idx.path} on {host} without --token: anyone who can reach it can search", err=True)
-    typer.echo(f"serving {idx.path} on http://{host}:{port}/  (API docs at /docs)", err=True)
-    uvicorn.run(create_app(idx, token=token, max_upload=max_upload, max_pixels=max_pixels), host=host, port=port, log_level="warning")
+    wildcard = host in ("0.0.0.0", "::")
+    if wildcard and not allow_host:
+        typer.echo("mmsearch: warning: on every address, requests must name this machine by a name given with --allow-host", err=True)
+    hosts = [*LOOPBACK, *allow_host, *([] if wildcard else [f"[{host}]" if ":" in host else host])]
+    typer.echo(f"serving {idx.path} on http://{host}:{port}/", err=True)
+    app = create_app(idx, token=token, max_upload=max_upload, max_pixels=max_pixels, hosts=hosts)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
 def main() -> None:

@@ -1,19 +1,25 @@
 """`mmsearch serve`: the HTTP API and the web page, a thin FastAPI shell over `SearchIndex`.
 
-Security: binds to loopback unless told otherwise; with a token every route but `/health` and
-the static page needs ``Authorization: Bearer``; files are served only for indexed items, by id,
-never by a client-supplied path; uploads have a size limit and the indexer's pixel limit.
+Security (clients are assumed hostile): binds to loopback unless told otherwise and answers only
+requests whose Host names it (DNS rebinding); with a token every route but `/health` and the
+static page needs ``Authorization: Bearer`` (OpenAPI too; `/docs` is then off); files are served
+only for indexed items, by id, never by a client-supplied path, and a query naming a file is
+refused by its syntax; bodies are capped while they stream in; JSON is taken only as
+``application/json`` (a cross-site form cannot send it); model work runs in the thread pool, never
+on the event loop. Every error is JSON ``{"error": ...}``.
 """
 from __future__ import annotations
 
 import hmac
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import __version__
 from ..api import SearchIndex
@@ -23,26 +29,39 @@ from ..retrieval.request import MAX_HTTP_K, SearchRequest, list_fields
 from ..retrieval.search import parse_compact
 
 PAGE = Path(__file__).parent / "web" / "index.html"
+#: Host names every server answers to: its own loopback names
+LOOPBACK = ("localhost", "127.0.0.1", "[::1]")
 
 
 def create_app(index: SearchIndex, token: str | None = None, max_upload: int = DEFAULT_MAX_UPLOAD,
-               max_pixels: int = DEFAULT_MAX_PIXELS) -> FastAPI:
+               max_pixels: int = DEFAULT_MAX_PIXELS, hosts: Iterable[str] = LOOPBACK) -> FastAPI:
+    """The app for `index`. `hosts`: the names requests may give in their Host header (``*``: any)."""
     app = FastAPI(title="mmsearch", description="Cross-modal search over images, video moments and texts.",
-                  version=__version__)
+                  version=__version__, docs_url=None if token else "/docs", redoc_url=None,
+                  openapi_url=None if token else "/openapi.json")
+    allowed = {h.lower() for h in hosts}
+    if "*" not in allowed:
+        app.add_middleware(HostCheck, allowed=allowed)
 
     def authorised(request: Request) -> None:
         if token is None:
             return
-        given = request.headers.get("authorization", "")
-        if not (given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), token.encode())):
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        # header values arrive decoded as Latin-1: their bytes are compared with the token's UTF-8
+        if not (scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode("latin-1"), token.encode())):
             raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+    if token is not None:  # the API description is behind the token too
+        @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(authorised)])
+        def openapi() -> dict:
+            return app.openapi()
 
     @app.exception_handler(UserError)
     async def user_error(_: Request, e: UserError):
         return JSONResponse({"error": str(e)}, status_code=400)
 
-    @app.exception_handler(HTTPException)
-    async def http_error(_: Request, e: HTTPException):
+    @app.exception_handler(StarletteHTTPException)  # ours, and the router's 404 and 405
+    async def http_error(_: Request, e: StarletteHTTPException):
         return JSONResponse({"error": e.detail}, status_code=e.status_code, headers=getattr(e, "headers", None))
 
     @app.exception_handler(RequestValidationError)
@@ -144,3 +163,26 @@ async def _capped_body(request: Request, limit: int) -> bytes:
         if len(body) > limit:
             raise HTTPException(413, f"request larger than {limit} bytes")
     return bytes(body)
+
+
+class HostCheck:
+    """Answer only requests whose Host header names this server: a web page on another site that
+    rebinds its own domain to 127.0.0.1 (DNS rebinding) then gets 400, never an answer."""
+
+    def __init__(self, app: ASGIApp, allowed: set[str]):
+        self.app, self.allowed = app, allowed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and host_name(dict(scope["headers"]).get(b"host", b"").decode("latin-1")) not in self.allowed:
+            await JSONResponse({"error": "this server does not answer to that Host (see --allow-host)"},
+                               status_code=400)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def host_name(host: str) -> str:
+    """The name in a Host header, without its port: ``[::1]:8000`` → ``[::1]``."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[: host.find("]") + 1] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host

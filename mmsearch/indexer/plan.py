@@ -14,11 +14,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from tqdm import tqdm
 
-from ..media.errors import os_reason
+from ..media.errors import may_pass_later, os_reason
 from ..media.files import file_digest, under
 from ..media.kinds import is_table
 from ..retrieval.store import File, Item, chunks, files_by_key
-from .scan import Entry
+from .scan import FOLDER, Entry
 
 
 @dataclass
@@ -46,7 +46,7 @@ def make_plan(session: Session, entries: list[Entry], roots: list[str], workers:
                 plan.broken.append(e)
             else:
                 plan.unchanged += 1
-        elif row and row.size == e.size and row.mtime_ns == e.mtime_ns:
+        elif row and row.size == e.size and row.mtime_ns == e.mtime_ns and not may_pass_later(row.error):
             plan.unchanged += 1
             if e.kind == "text":
                 texts.append(e)
@@ -57,7 +57,9 @@ def make_plan(session: Session, entries: list[Entry], roots: list[str], workers:
     for e in _relinked(session, texts, entries):
         plan.unchanged -= 1
         todo.append(e)
-    plan.remove = [f.id for k, f in stored.items() if k not in seen and under(k, roots)]
+    # files under a folder that could not be listed are kept as they are, not swept
+    unlisted = [e.path for e in entries if e.kind == FOLDER]
+    plan.remove = [f.id for k, f in stored.items() if k not in seen and under(k, roots) and not under(k, unlisted)]
 
     def digest(e: Entry) -> tuple[Entry, str | None, str | None]:
         try:

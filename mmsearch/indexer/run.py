@@ -48,8 +48,13 @@ class Summary:
 
 
 def index_paths(index: Index, roots: Iterable[str], opts: IndexOptions | None = None) -> Summary:
-    """Bring the index up to date with `roots` (none: every root indexed before)."""
-    opts = opts or IndexOptions()
+    """Bring the index up to date with `roots` (none: every root indexed before), holding its
+    writer lock."""
+    with index.writer():
+        return _update(index, roots, opts or IndexOptions())
+
+
+def _update(index: Index, roots: Iterable[str], opts: IndexOptions) -> Summary:
     start = time.perf_counter()
     known = json.loads(index.meta("roots") or "[]")
     paths = [os.path.abspath(r) for r in roots]

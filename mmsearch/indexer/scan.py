@@ -7,12 +7,18 @@ import stat
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
+from ..media.errors import os_reason
 from ..media.kinds import kind_of
+
+#: the kind of an entry for a folder that could not be listed: its files are neither seen nor
+#: swept, and it is recorded as skipped with the reason
+FOLDER = "folder"
 
 
 @dataclass
 class Entry:
-    """A candidate file. ``error`` is set when it exists but cannot be used (broken link, not a file)."""
+    """A candidate file. ``error`` is set when it exists but cannot be used (broken link, not a
+    file), and for a folder (kind FOLDER) that could not be listed."""
 
     path: str
     kind: str
@@ -43,7 +49,8 @@ def _entry(path: str, kind: str) -> Entry:
 
 def scan(roots: Iterable[str], exclude: Iterable[str] = (), hidden: bool = False) -> Iterator[Entry]:
     """Yield every supported media file under `roots` (absolute paths, not resolved, so a
-    symlinked folder keeps the name the user sees). Directories are visited once by inode."""
+    symlinked folder keeps the name the user sees). Directories are visited once by inode; one
+    that cannot be listed comes as a FOLDER entry with the reason."""
     exclude = list(exclude)
     seen_dirs: set[tuple[int, int]] = set()
     for root in roots:
@@ -55,7 +62,9 @@ def scan(roots: Iterable[str], exclude: Iterable[str] = (), hidden: bool = False
             if kind:
                 yield _entry(root, kind)
             continue
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        unlisted: list[OSError] = []  # os.walk reports folders it cannot list here, and goes on
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=unlisted.append):
+            yield from _folders(unlisted)
             try:
                 st = os.stat(dirpath)
             except OSError:
@@ -74,3 +83,10 @@ def scan(roots: Iterable[str], exclude: Iterable[str] = (), hidden: bool = False
                 kind = kind_of(name)
                 if kind and (hidden or not name.startswith(".")) and not _excluded(path, name, exclude):
                     yield _entry(path, kind)
+        yield from _folders(unlisted)
+
+
+def _folders(errors: list[OSError]) -> Iterator[Entry]:
+    while errors:
+        err = errors.pop(0)
+        yield Entry(os.fsdecode(err.filename), FOLDER, error=os_reason(err))

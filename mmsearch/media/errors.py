@@ -1,6 +1,12 @@
 """The one failure type of media I/O, and the reasons shared by every decoder."""
 from __future__ import annotations
 
+import os
+import stat
+
+PERMISSION_DENIED = "permission denied"
+UNREADABLE = "unreadable"
+
 
 class DecodeError(Exception):
     """A file that cannot be used; the message is the reason recorded for it."""
@@ -9,8 +15,26 @@ class DecodeError(Exception):
 def os_reason(err: OSError) -> str:
     """The recorded reason for a file the operating system would not let us read."""
     if isinstance(err, PermissionError):
-        return "permission denied"
-    return f"unreadable: {err.strerror or err}"
+        return PERMISSION_DENIED
+    return f"{UNREADABLE}: {err.strerror or err}"
+
+
+def may_pass_later(reason: str | None) -> bool:
+    """Whether a file skipped for `reason` may read fine next time with the same size and mtime
+    (its permissions or its disk changed, which leaves mtime alone): such files are retried."""
+    return reason is not None and reason.startswith((PERMISSION_DENIED, UNREADABLE))
+
+
+def regular_size(path: str | bytes | os.PathLike) -> int:
+    """The size of a regular file; anything else (a FIFO swapped in for a video, a device), or a
+    file we may not read, is a `DecodeError` before any decoder can block on it."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise DecodeError(os_reason(e)) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise DecodeError("not a regular file")
+    return st.st_size
 
 
 def check_pixels(width: int, height: int, max_pixels: int) -> None:

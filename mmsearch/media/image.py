@@ -10,7 +10,7 @@ import warnings
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from .errors import DecodeError, check_pixels, os_reason
+from .errors import DecodeError, check_pixels, os_reason, regular_size
 
 #: default pixel limit (width × height) above which an image is treated as a decompression bomb.
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -27,11 +27,7 @@ def load_image(path: str | bytes | os.PathLike, max_pixels: int = DEFAULT_MAX_PI
     `draft` lets JPEG decode straight at a reduced scale (≥ that many pixels on the short side),
     which is most of the decode cost for large photos. ``img.info["source_size"]`` keeps the
     full-resolution (oriented) size."""
-    try:
-        empty = os.path.getsize(path) == 0
-    except OSError as e:
-        raise DecodeError(os_reason(e)) from None
-    if empty:
+    if regular_size(path) == 0:
         raise DecodeError("empty file")
     return _decode(path, max_pixels, draft)
 

@@ -10,7 +10,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from .errors import DecodeError
+from .errors import DecodeError, regular_size
 from .kinds import IMAGE_EXTS, VIDEO_EXTS, is_table
 from .tables import CAPTION_COLUMNS, IMAGE_COLUMNS, first_column, read_table
 
@@ -28,7 +28,7 @@ class TextOptions:
 
 def text_units(path: str, opts: TextOptions = TextOptions()) -> list[dict]:
     """Item fields (kind, text, offset, link_path) for one text or table file."""
-    if os.path.getsize(path) > MAX_TEXT_BYTES:
+    if regular_size(path) > MAX_TEXT_BYTES:
         raise DecodeError(f"text file larger than {MAX_TEXT_BYTES >> 20} MiB")
     if is_table(path):
         return _table(path, opts)
@@ -63,7 +63,7 @@ def passages(body: str) -> list[tuple[int, str]]:
             if buf and len(buf) + len(piece) > PASSAGE_CHARS:
                 out.append((start, buf.strip()))
                 buf = ""
-            if not buf:
+            if not buf.strip():  # the passage starts at this piece's first non-space character
                 start = m.start() + s.start() + (len(piece) - len(piece.lstrip()))
             buf += piece
     if buf.strip():

@@ -13,7 +13,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
-from .errors import DecodeError, check_pixels, os_reason
+from .errors import DecodeError, check_pixels, os_reason, regular_size
 from .image import DEFAULT_MAX_PIXELS
 
 ANALYSIS_FPS = 8.0  # frames per second compared for cuts; cuts are rarely closer than this
@@ -47,6 +47,7 @@ def _upright(img: Image.Image, rotation: float) -> Image.Image:
 def keyframes(path: str, max_gap: float = DEFAULT_MAX_GAP, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Keyframe]:
     import av
 
+    regular_size(path)
     try:
         container = av.open(path)
     except av.FFmpegError as e:
@@ -133,6 +134,7 @@ def frame_at(path: str, seconds: float) -> Image.Image:
     """The full-size frame shown at `seconds` (for `mmsearch frame` and thumbnails)."""
     import av
 
+    regular_size(path)
     try:
         with av.open(path) as container:
             if not container.streams.video:

@@ -6,14 +6,16 @@ crash between a database commit and a FAISS write can never leave the two out of
 """
 from __future__ import annotations
 
+import fcntl
 import glob
 import json
 import math
 import os
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 import faiss
 import numpy as np
@@ -21,7 +23,7 @@ import platformdirs
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from ..errors import ModelLoadError, UserError
+from ..errors import IndexBusy, ModelLoadError, UserError
 from ..media.kinds import ITEM_KINDS
 from .encoders import DEFAULT_MODEL, load_encoder
 from .policy import MIN_VECTORS, RERANK, IndexPlan, build, choose_index, extend, search_params
@@ -44,6 +46,7 @@ if TYPE_CHECKING:
 
 
 IN_MEMORY_LIMIT = 2_000_000  # more vectors than this are built from a float16 file, not RAM
+LOCK_NAME = "writer.lock"
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,22 @@ class Index:
 
     def session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def writer(self) -> Iterator[None]:
+        """Hold the index's writer lock: one indexing run at a time (two interleaved runs handed
+        out the same item ids and one died with an IntegrityError). The lock is the operating
+        system's, so a killed writer never leaves it behind."""
+        fd = os.open(os.path.join(self.path, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise IndexBusy(f"another process is indexing into {self.path}; run again when it has finished") from None
+        try:
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     # -- model -------------------------------------------------------------------------------
     def meta(self, key: str) -> str | None:

@@ -1,6 +1,7 @@
 """Model registry: turn a user's ``--model`` spec into an `Encoder`."""
 from __future__ import annotations
 
+import threading
 from functools import lru_cache
 from typing import TYPE_CHECKING, Literal, get_args
 
@@ -18,10 +19,19 @@ Runtime = Literal["auto", "torch", "onnx", "onnx-int8"]
 RUNTIMES: tuple[str, ...] = get_args(Runtime)
 
 
-@lru_cache(maxsize=4)
+#: one model load at a time: concurrent first loads (a server's first requests) raced inside the
+#: libraries' lazy imports ("cannot import name 'AutoModel'": three of four parallel searches failed)
+_LOADING = threading.Lock()
+
+
 def load_encoder(spec: str | None = None) -> Encoder:
     """Load (once per process) the model a spec names: ``lite`` or ``open_clip:ARCH:TAG|PATH``."""
-    spec = spec or DEFAULT_MODEL
+    with _LOADING:
+        return _load(spec or DEFAULT_MODEL)
+
+
+@lru_cache(maxsize=4)
+def _load(spec: str) -> Encoder:
     if spec == "lite" or spec.startswith("lite:"):
         from .lite import LiteEncoder
 

@@ -17,6 +17,10 @@ from PIL import Image
 
 from .pixels import PixelPrep
 
+#: characters of a text that reach a tokenizer: comfortably more than the 77 (CLIP) to 256 tokens
+#: text towers read, at a few characters a token
+MAX_TEXT_CHARS = 4096
+
 if TYPE_CHECKING:
     from torchvision.transforms import Compose
 
@@ -58,9 +62,11 @@ class Encoder(ABC):
 
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit vectors of texts. Each is cut to MAX_TEXT_CHARS before tokenizing: the towers read
+        at most a few hundred tokens, and tokenizing a 6 MB query whole took 9 s and 1.8 GB."""
         if not texts:
             return np.zeros((0, self.dim), np.float32)
-        return _normalise(self._forward_texts(list(texts)))
+        return _normalise(self._forward_texts([t[:MAX_TEXT_CHARS] for t in texts]))
 
 
 def _normalise(x: torch.Tensor) -> np.ndarray:

@@ -1,0 +1,110 @@
+"""The indexer under faults a careless user or a hostile folder brings: unreadable folders, two
+writers, FIFOs swapped in for media, names that would forge output lines, `--reindex`."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+
+import pytest
+
+
+@pytest.fixture
+def lib(photos, tmp_path):
+    d = tmp_path / "lib"
+    (d / "sub").mkdir(parents=True)
+    shutil.copy2(photos / "coffee.png", d / "coffee.png")
+    shutil.copy2(photos / "rocket.jpg", d / "sub" / "rocket.jpg")
+    shutil.copy2(photos / "horse.png", d / "sub" / "horse.png")
+    return d
+
+
+def _unlistable(monkeypatch, *folders):
+    """Make os.walk fail to list `folders` as it does without read permission (tests run as root,
+    where chmod 000 stops nothing)."""
+    real = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path) in {str(f) for f in folders}:
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+
+
+def test_an_unreadable_folder_keeps_its_items_and_says_why(cli, tiny_clip, lib, monkeypatch):
+    assert cli.json("index", str(lib), "--model", tiny_clip)["new"] == 3
+    _unlistable(monkeypatch, lib / "sub")
+    s = cli.json("index", str(lib))
+    assert s["removed"] == 0 and s["skipped"] == [{"path": str(lib / "sub"), "reason": "permission denied"}]
+    info = cli.json("info")
+    assert info["items"]["image"] == 3 and info["skipped"] == s["skipped"]
+    assert cli.json("search", "--image", str(lib / "sub" / "horse.png"), "-k", "1")[0]["path"] == str(lib / "sub" / "horse.png")
+    monkeypatch.undo()  # readable again: nothing to embed, and the folder is no longer skipped
+    s = cli.json("index", str(lib))
+    assert s["embedded"] == 0 and s["removed"] == 1 and cli.json("info")["skipped"] == []  # (the folder's record)
+    assert cli.json("info")["items"]["image"] == 3
+
+
+def test_an_unreadable_root_is_reported_not_silent(cli, tiny_clip, lib, monkeypatch):
+    cli("index", str(lib), "--model", tiny_clip)
+    _unlistable(monkeypatch, lib)
+    r = cli("index", str(lib))
+    assert r.exit_code == 0 and f"skipped {lib}: permission denied" in r.stdout
+    assert cli.json("info")["items"]["image"] == 3
+
+
+def test_reindex_re_embeds_everything(cli, tiny_clip, lib):
+    cli("index", str(lib), "--model", tiny_clip)
+    assert cli.json("index", str(lib))["embedded"] == 0
+    s = cli.json("index", str(lib), "--reindex")
+    assert s["embedded"] == 3 and s["new"] == 3 and cli.json("info")["items"]["image"] == 3
+
+
+def test_a_second_writer_exits_with_its_own_code(cli, tiny_clip, lib):
+    from mmsearch.retrieval.index import Index
+
+    cli("index", str(lib), "--model", tiny_clip)
+    holding, done = threading.Event(), threading.Event()
+
+    def hold():
+        with Index(cli.index).writer():
+            holding.set()
+            done.wait(60)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    assert holding.wait(30)
+    try:
+        r = cli("index", str(lib), ok=False)
+    finally:
+        done.set()
+        t.join()
+    assert r.exit_code == 3 and r.stderr == f"mmsearch: error: another process is indexing into {cli.index}; run again when it has finished\n"
+    assert cli("index", str(lib)).exit_code == 0  # the lock goes with its holder
+
+
+def test_fifos_never_block_a_decoder(tmp_path):
+    """A FIFO swapped in for an indexed file: opening it would wait for a writer forever."""
+    fifo = tmp_path / "clip.mp4"
+    os.mkfifo(fifo)
+    code = ("import sys\nfrom mmsearch.media.errors import DecodeError\nfrom mmsearch.media.image import load_image\n"
+            "from mmsearch.media.text import text_units\nfrom mmsearch.media.video import frame_at, keyframes\n"
+            "for f in (load_image, keyframes, text_units, lambda p: frame_at(p, 1.0)):\n"
+            "    try:\n        f(sys.argv[1])\n    except DecodeError as e:\n        print(e)\n")
+    r = subprocess.run([sys.executable, "-c", code, str(fifo)], capture_output=True, text=True, timeout=60)
+    assert r.stdout.splitlines() == ["not a regular file"] * 4, r.stderr
+
+
+def test_a_newline_in_a_name_cannot_forge_output_lines(cli, tiny_clip, photos, tmp_path):
+    d = tmp_path / "odd"
+    d.mkdir()
+    shutil.copy2(photos / "coffee.png", d / "a\n  2   0.999  forged.png")
+    shutil.copy2(photos / "rocket.jpg", d / "plain.jpg")
+    cli("index", str(d), "--model", tiny_clip)
+    lines = cli("search", "a cup of coffee", "-k", "2").stdout.splitlines()
+    assert len(lines) == 2 and any("a\\n  2   0.999  forged.png" in line for line in lines), lines
+    hits = cli.json("search", "a cup of coffee", "-k", "2")  # JSON keeps the real name
+    assert str(d / "a\n  2   0.999  forged.png") in {h["path"] for h in hits}
