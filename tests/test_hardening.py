@@ -2,6 +2,7 @@
 writers, FIFOs swapped in for media, names that would forge output lines, `--reindex`."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -108,3 +109,20 @@ def test_a_newline_in_a_name_cannot_forge_output_lines(cli, tiny_clip, photos, t
     assert len(lines) == 2 and any("a\\n  2   0.999  forged.png" in line for line in lines), lines
     hits = cli.json("search", "a cup of coffee", "-k", "2")  # JSON keeps the real name
     assert str(d / "a\n  2   0.999  forged.png") in {h["path"] for h in hits}
+
+
+def test_a_read_only_index_answers_and_refuses_writes(cli, tiny_clip, lib):
+    """A read-only mount of an index (as root, chmod would not stop writes: a mount namespace does)."""
+    if subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
+        pytest.skip("needs unshare -m (mount namespaces)")
+    cli("index", str(lib), "--model", tiny_clip)
+    ix = str(cli.index)
+    mm = f"{sys.executable} -m mmsearch"
+    script = (f"mount --bind {ix} {ix} && mount -o remount,bind,ro {ix} && "
+              f"{mm} search --index {ix} --image {lib / 'coffee.png'} -k 1 --json && {mm} info --index {ix} --json "
+              f"&& {mm} index --index {ix} {lib}")
+    r = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=300)
+    out = r.stdout.splitlines()
+    assert len(out) == 2, (r.stdout, r.stderr)
+    assert json.loads(out[0])[0]["path"] == str(lib / "coffee.png") and json.loads(out[1])["items"]["image"] == 3
+    assert r.returncode == 2 and r.stderr == f"mmsearch: error: cannot write to index {ix}: Read-only file system\n"

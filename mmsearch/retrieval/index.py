@@ -90,7 +90,10 @@ class Index:
         """Hold the index's writer lock: one indexing run at a time (two interleaved runs handed
         out the same item ids and one died with an IntegrityError). The lock is the operating
         system's, so a killed writer never leaves it behind."""
-        fd = os.open(os.path.join(self.path, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(os.path.join(self.path, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise UserError(f"cannot write to index {self.path}: {e.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

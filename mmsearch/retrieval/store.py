@@ -27,6 +27,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
+from ..errors import UserError
+
 DB_NAME = "mmsearch.db"
 #: most parameters in one statement (`IN (...)` lists are cut to this): SQLite allows 32,766
 #: since 3.32 and 999 before
@@ -120,21 +122,34 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 
 def open_engine(index_dir: str) -> Engine:
-    engine = create_engine(f"sqlite:///{os.path.join(index_dir, DB_NAME)}")
+    """The index's database, migrated to this release's schema. An index in a folder we may not
+    write (a read-only mount, someone else's copy) opens read-only. SQLite cannot create WAL's
+    files there: with them present it reads through them; without them the database file holds
+    every commit, and it is opened immutable (else it could not be opened at all)."""
+    path = os.path.join(index_dir, DB_NAME)
+    read_only = os.path.exists(path) and not os.access(index_dir, os.W_OK)
+    if read_only:
+        wal = all(os.path.exists(path + suffix) for suffix in ("-wal", "-shm"))
+        engine = create_engine(f"sqlite:///file:{path}?mode=ro{'' if wal else '&immutable=1'}&uri=true")
+    else:
+        engine = create_engine(f"sqlite:///{path}")
 
-    @event.listens_for(engine, "connect")
-    def _pragmas(dbapi_conn, _):  # WAL: readers never block the indexer, and vice versa
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=NORMAL")
-        cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute("PRAGMA busy_timeout=30000")
-        cur.close()
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn, _):  # WAL: readers never block the indexer, and vice versa
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
 
     with engine.begin() as conn:
         version = conn.execute(text("PRAGMA user_version")).scalar_one()
         if version > SCHEMA_VERSION:
-            raise RuntimeError(f"index schema v{version} is newer than this mmsearch (v{SCHEMA_VERSION}); upgrade mmsearch")
+            raise UserError(f"index schema v{version} is newer than this mmsearch (v{SCHEMA_VERSION}); upgrade mmsearch")
+        if version < SCHEMA_VERSION and read_only:
+            raise UserError(f"index {index_dir} is read-only and needs an upgrade to schema v{SCHEMA_VERSION}: "
+                            "open it once where it is writable")
         for v in range(version, SCHEMA_VERSION):
             MIGRATIONS[v](conn)
             conn.execute(text(f"PRAGMA user_version={v + 1}"))
