@@ -89,7 +89,7 @@ class SearchIndex:
         """Many text queries with one request's k, filters and limits, embedded in batches with
         the model loaded once."""
         request = request or SearchRequest.of(**fields)
-        encoder, filters = self.index.encoder(), Filters.of(request)
+        encoder, filters = self.index.embedder(), Filters.of(request)
         out = []
         for i in range(0, len(queries), batch_size):
             for vec in encoder.encode_texts(list(queries[i : i + batch_size])):

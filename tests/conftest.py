@@ -23,6 +23,15 @@ TINY_CONFIG = {
 }
 
 
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory) -> Path:
+    """A cache of model exports for this test session alone: tests start as a first-time user
+    does, and never touch the user's own cache."""
+    path = tmp_path_factory.mktemp("cache")
+    os.environ["MMSEARCH_CACHE"] = str(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def photos() -> Path:
     return fetch.fetch("photos")

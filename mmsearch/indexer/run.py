@@ -35,6 +35,7 @@ class Summary:
     seconds: float = 0.0
     runtime: str | None = None  # what ran the image tower, when anything was embedded
     processes: bool = False  # whether decode workers were processes
+    query_export: bool = False  # whether the model's query export (no PyTorch for searches) is in place
 
     def as_dict(self) -> dict:
         return {**self.__dict__, "files_per_second": round(self.embedded / self.seconds, 2) if self.seconds else 0.0}
@@ -99,7 +100,7 @@ def _update(index: Index, roots: Iterable[str], opts: IndexOptions) -> Summary:
 
             encoder = encoder or index.encoder()
             images = sum(e.kind != "text" for e, _ in plan.embed)
-            encode_pixels, summary.runtime = pixel_encoder(encoder, index.path, opts.runtime, images)
+            encode_pixels, summary.runtime = pixel_encoder(encoder, runtime=opts.runtime, images=images)
             summary.processes = opts.processes
             for batch in embedded(plan.embed, encoder, opts, batch_size=opts.batch_size, workers=opts.workers,
                                   progress=opts.progress, encode_pixels=encode_pixels, processes=opts.processes):
@@ -112,6 +113,8 @@ def _update(index: Index, roots: Iterable[str], opts: IndexOptions) -> Summary:
                 summary.embedded += len(ok)
                 bump_generation(s)
                 _commit(s)
+            # the model is loaded now: leave its query export behind, so that searches need no PyTorch
+            summary.query_export = _export_for_queries(encoder)
     if retype and index_type:
         with index.session() as s:
             set_meta(s, "index_type", index_type)
@@ -120,6 +123,15 @@ def _update(index: Index, roots: Iterable[str], opts: IndexOptions) -> Summary:
     index.faiss_index(rebuild=retype or index.generation() != generation)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _export_for_queries(encoder) -> bool:
+    from ..retrieval.encoders.runtime import export_for_queries
+
+    try:
+        return export_for_queries(encoder)
+    except Exception:  # an exporter failure costs the next query its speed, never the run
+        return False
 
 
 def _count(summary: Summary, e: Entry, new_paths: set[bytes]) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from dataclasses import dataclass
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
@@ -71,3 +72,49 @@ def to_rgb(img: Image.Image) -> Image.Image:
         bg.paste(rgba, mask=rgba.getchannel("A"))
         return bg
     return img.convert("RGB")
+
+
+@dataclass(frozen=True)
+class ResizeCrop:
+    """Resize the short side to `resize`, then centre-crop `crop` × `crop` — as one resampling of
+    just the cropped region (Pillow's ``box``), not a full resize whose border is then thrown
+    away. The same picture as torchvision's Resize + CenterCrop to within a level or two (more at
+    the very edge of tiny images; `lite` embeddings agree to cosine 0.9996 at worst, 0.99998 on
+    average), in about half the time (Tux Paint stamps: 1.1–1.5 vs 2.5–2.8 ms), which on a few
+    cores is time taken from the model. For `lite`, whose preprocessing is ours to define;
+    open_clip models keep their makers' transform exactly."""
+    resize: int
+    crop: int
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        w, h = image.size
+        # torchvision's arithmetic: the long side is truncated, the crop offset rounded
+        nw, nh = (self.resize, int(self.resize * h / w)) if w <= h else (int(self.resize * w / h), self.resize)
+        left, top = round((nw - self.crop) / 2), round((nh - self.crop) / 2)
+        sx, sy = w / nw, h / nh
+        box = (left * sx, top * sy, (left + self.crop) * sx, (top + self.crop) * sy)
+        return image.resize((self.crop, self.crop), Image.Resampling.BICUBIC, box=box)
+
+
+@dataclass(frozen=True)
+class ResizeCenterCrop:
+    """torchvision's Resize (short side) then CenterCrop on a PIL image, without torchvision: the
+    same arithmetic and the same PIL resampling, so the same pixels (open_clip's usual transform;
+    queries use it to run without PyTorch)."""
+    resize: int
+    crop: int
+    resample: int = Image.Resampling.BICUBIC
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        w, h = image.size
+        nw, nh = (self.resize, int(self.resize * h / w)) if w <= h else (int(self.resize * w / h), self.resize)
+        image = image.resize((nw, nh), self.resample)
+        left, top = int(round((nw - self.crop) / 2.0)), int(round((nh - self.crop) / 2.0))
+        return image.crop((left, top, left + self.crop, top + self.crop))
+
+
+def geometry(spec: dict):
+    """The picture geometry a query export names (`kind`: resize-crop or resize-center-crop)."""
+    if spec["kind"] == "resize-crop":
+        return ResizeCrop(spec["resize"], spec["crop"])
+    return ResizeCenterCrop(spec["resize"], spec["crop"], spec.get("resample", Image.Resampling.BICUBIC))

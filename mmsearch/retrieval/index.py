@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 from ..errors import IndexBusy, ModelLoadError, UserError
 from ..media.kinds import ITEM_KINDS
 from .encoders import DEFAULT_MODEL, load_encoder
+from .encoders.query import QueryEncoder
 from .policy import MIN_VECTORS, RERANK, IndexPlan, build, choose_index, extend, search_params
 from .store import (
     DB_NAME,
@@ -80,6 +81,7 @@ class Index:
             os.makedirs(self.path, exist_ok=True)
         self.engine = open_engine(self.path)
         self._loaded: Loaded | None = None
+        self._queries: dict[str, QueryEncoder] = {}  # the model's query export, once loaded
         self._lock = threading.Lock()
 
     def session(self) -> Session:
@@ -118,6 +120,26 @@ class Index:
         An index whose model's weights changed since it was built is refused."""
         enc = load_encoder(self.model_spec or DEFAULT_MODEL)
         self._check(enc, None)
+        return enc
+
+    def embedder(self, images: bool = False) -> Encoder | QueryEncoder:
+        """What embeds queries (texts; images too with `images`): the model's export on ONNX
+        Runtime when the user cache holds one, which needs no PyTorch (a one-shot text query:
+        ~6 s → under 1 s); else the model itself, which then leaves that export for next time."""
+        identity = self.meta("model_identity")
+        if identity:
+            query = self._queries.get(identity) or QueryEncoder.load(identity, images=images)
+            if query is not None and (query.image is not None or not images):
+                self._queries = {identity: query}
+                return query
+        enc = self.encoder()
+        if identity:
+            from .encoders.runtime import export_for_queries
+
+            try:
+                export_for_queries(enc)
+            except Exception:  # the next query tries again; this one is answered either way
+                pass
         return enc
 
     def use_model(self, spec: str | None = None, reindex: bool = False) -> Encoder:

@@ -138,21 +138,20 @@ def parse_compact(query: str) -> list[Part]:
 
 def part_vector(index: Index, part: Part) -> np.ndarray:
     """One unit vector for a text, an image file, or a video's frame at `part.at` seconds."""
-    encoder = index.encoder()
     if part.text is not None:
         if not part.text.strip():
             raise UserError("the text query is empty")
-        return encoder.encode_texts([part.text])[0]
-    if part.pixels is not None:
-        return encoder.encode_images([part.pixels])[0]
-    path = part.image or ""
-    if not os.path.isfile(path):
-        raise UserError(f"query image {path} does not exist")
-    try:
-        img = frame_at(path, part.at or 0.0) if kind_of(path) == "video" else load_image(path)
-    except DecodeError as e:
-        raise UserError(f"cannot read query image {path}: {e}") from None
-    return encoder.encode_images([img])[0]
+        return index.embedder().encode_texts([part.text])[0]
+    img = part.pixels
+    if img is None:
+        path = part.image or ""
+        if not os.path.isfile(path):
+            raise UserError(f"query image {path} does not exist")
+        try:
+            img = frame_at(path, part.at or 0.0) if kind_of(path) == "video" else load_image(path)
+        except DecodeError as e:
+            raise UserError(f"cannot read query image {path}: {e}") from None
+    return index.embedder(images=True).encode_images([img])[0]
 
 
 def early_fusion(vectors: list[np.ndarray], weights: list[float]) -> np.ndarray:

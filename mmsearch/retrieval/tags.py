@@ -37,7 +37,7 @@ def tag_files(index: Index, labels: list[str], prompt: str = "a photo of a {}", 
     A file keeps each label scoring at least `threshold`, and always its best one."""
     if "{}" not in prompt:
         raise UserError("--prompt needs a {} where the label goes, e.g. \"a photo of a {}\"")
-    label_vecs = index.encoder().encode_texts([prompt.format(label) for label in labels])
+    label_vecs = index.embedder().encode_texts([prompt.format(label) for label in labels])
     out = []
     with index.session() as s:
         files = s.scalars(select(File).where(File.status == "ok", File.kind.in_(["image", "video"])).order_by(File.path))

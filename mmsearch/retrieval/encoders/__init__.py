@@ -14,6 +14,9 @@ DEFAULT_MODEL = "lite"
 #: `lite`: weight of the ImageNet-class (ConSE) block mixed in beside the learned one, at use and
 #: as `train --conse-weight`'s default (defined here, not in lite.py, so reading it loads no torch)
 DEFAULT_CONSE_WEIGHT = 0.7
+#: characters of a text that reach a tokenizer: comfortably more than the 77 (CLIP) to 256 tokens
+#: text towers read, at a few characters a token
+MAX_TEXT_CHARS = 4096
 #: what runs the image tower while indexing (see runtime.py); queries always use PyTorch
 Runtime = Literal["auto", "torch", "onnx", "onnx-int8"]
 RUNTIMES: tuple[str, ...] = get_args(Runtime)

@@ -8,21 +8,33 @@ the same way.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
+from ...media.image import ResizeCrop
+from . import MAX_TEXT_CHARS
 from .pixels import PixelPrep
-
-#: characters of a text that reach a tokenizer: comfortably more than the 77 (CLIP) to 256 tokens
-#: text towers read, at a few characters a token
-MAX_TEXT_CHARS = 4096
 
 if TYPE_CHECKING:
     from torchvision.transforms import Compose
+
+
+@dataclass
+class TextExport:
+    """What it takes to run a model's text side without PyTorch: the module to export (token ids
+    and mask in, raw embedding out) and a `tokenizers` file that tokenizes as the model does."""
+
+    module: torch.nn.Module
+    inputs: tuple[str, ...]  # input_ids[, attention_mask]
+    tokenizer: Any  # a tokenizers JSON file (a Path), or a `tokenizers.Tokenizer`
+    max_length: int
+    pad_id: int = 0
+    pad_to: int | None = None  # pad every text to this many tokens (a tower that reads a fixed context)
 
 
 class Encoder(ABC):
@@ -41,6 +53,29 @@ class Encoder(ABC):
     def pixel_prep(self) -> PixelPrep:
         """This model's preprocessing, split for batches (made once per loaded model)."""
         return PixelPrep.of(self)
+
+    def text_export(self) -> TextExport | None:
+        """The text side as an ONNX-exportable module with its tokenizer; None: queries need PyTorch."""
+        return None
+
+    def query_geometry(self) -> dict | None:
+        """The image preprocessing as plain parameters (`media.image.geometry` makes it again
+        without torchvision): one `ResizeCrop`, or torchvision's Resize of the short side then
+        CenterCrop; None when image queries need the model's own transform."""
+        from torchvision import transforms as T
+        from torchvision.transforms.functional import InterpolationMode, pil_modes_mapping
+
+        steps = getattr(self.pixel_prep.geometry, "transforms", [])
+        if len(steps) == 1 and isinstance(steps[0], ResizeCrop):
+            return {"kind": "resize-crop", "resize": steps[0].resize, "crop": steps[0].crop}
+        if (len(steps) == 2 and isinstance(steps[0], T.Resize) and isinstance(steps[1], T.CenterCrop)
+                and isinstance(steps[0].interpolation, InterpolationMode) and steps[0].max_size is None):
+            size, crop = steps[0].size, steps[1].size
+            size = size[0] if isinstance(size, (list, tuple)) and len(size) == 1 else size
+            if isinstance(size, int) and len(crop) == 2 and crop[0] == crop[1]:
+                return {"kind": "resize-center-crop", "resize": size, "crop": int(crop[0]),
+                        "resample": int(pil_modes_mapping[steps[0].interpolation])}
+        return None
 
     @abstractmethod
     def _forward_pixels(self, pixels: torch.Tensor) -> torch.Tensor:

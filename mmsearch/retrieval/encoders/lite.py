@@ -28,9 +28,9 @@ from torchvision import transforms as T
 
 from ...errors import ModelLoadError
 from ...media.files import file_digest
+from ...media.image import ResizeCrop
 from . import DEFAULT_CONSE_WEIGHT
-from .base import Encoder
-from .pixels import ResizeCrop
+from .base import Encoder, TextExport
 
 HEAD_FILE = Path(__file__).parent / "weights" / "lite-head.safetensors"
 BACKBONE = "tf_efficientnet_lite2"
@@ -90,11 +90,17 @@ class TextTower:
         self.model = AutoModel.from_pretrained(path, local_files_only=True).eval()
         self.max_length = max_length
 
+        self.tokenizer_file = Path(path) / "tokenizer.json"
+
     @torch.inference_mode()
     def __call__(self, texts: list[str]) -> torch.Tensor:
         tok = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
-        out = self.model(**tok).last_hidden_state
-        mask = tok["attention_mask"].unsqueeze(-1).float()
+        return self.embed(tok["input_ids"], tok["attention_mask"])
+
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Mean of the token states over the mask, normalised (also what the ONNX export traces)."""
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).float()
         return F.normalize((out * mask).sum(1) / mask.sum(1).clamp(min=1e-6), dim=-1)
 
 
@@ -161,6 +167,22 @@ class LiteEncoder(Encoder):
 
     def _forward_texts(self, texts: list[str]) -> torch.Tensor:
         return project_text(self.head, self.text_tower(texts))
+
+    def text_export(self) -> TextExport:
+        tower = self.text_tower
+        return TextExport(_LiteText(self), ("input_ids", "attention_mask"), tower.tokenizer_file, tower.max_length,
+                          pad_id=tower.tokenizer.pad_token_id or 0)
+
+
+class _LiteText(torch.nn.Module):
+    """lite's text side on token ids: MiniLM, mean pooling, the head (its tensors become constants)."""
+
+    def __init__(self, encoder: LiteEncoder):
+        super().__init__()
+        self.encoder, self.bert = encoder, encoder.text_tower.model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return project_text(self.encoder.head, self.encoder.text_tower.embed(input_ids, attention_mask))
 
 
 def project_image(head: dict[str, torch.Tensor], pooled: torch.Tensor, conse: torch.Tensor) -> torch.Tensor:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
 from ...errors import ModelLoadError
 from ...media.files import file_digest
-from .base import Encoder
+from .base import Encoder, TextExport
 
 
 def _resolve_arch(arch: str) -> tuple[str, str]:
@@ -93,7 +95,7 @@ class OpenClipEncoder(Encoder):
         source = weights if _is_local(weights) else _hub_weights(name, weights)
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=source, device="cpu")
-            self.tokenizer = open_clip.get_tokenizer(name)
+            self.tokenizer: Any = open_clip.get_tokenizer(name)
         except Exception as e:  # open_clip, torch and the hub raise many types; all mean "cannot load"
             detail = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             if _is_local(weights) and isinstance(e, (RuntimeError, AssertionError, KeyError, ValueError)):
@@ -111,3 +113,56 @@ class OpenClipEncoder(Encoder):
 
     def _forward_texts(self, texts: list[str]) -> torch.Tensor:
         return self.model.encode_text(self.tokenizer(texts))
+
+    def text_export(self) -> TextExport | None:
+        """CLIP's own BPE tokenizer rebuilt for the `tokenizers` library (what `query.py` runs), kept
+        only when it gives open_clip's token ids on every check text; other tokenizers: None."""
+        from open_clip.tokenizer import SimpleTokenizer
+
+        tk = self.tokenizer
+        if not isinstance(tk, SimpleTokenizer) or tk.reduction_fn is not None:
+            return None
+        rebuilt = clip_tokenizer(tk)
+        from .runtime import CHECK_TEXTS
+
+        ids = np.array([e.ids for e in rebuilt.encode_batch(CHECK_TEXTS)])
+        if not np.array_equal(ids, tk(CHECK_TEXTS).numpy()):
+            return None
+        return TextExport(_ClipText(self.model), ("input_ids",), rebuilt, tk.context_length, pad_id=0,
+                          pad_to=tk.context_length)
+
+
+class _ClipText(torch.nn.Module):
+    """An open_clip model's text side on token ids (the model's own `encode_text`)."""
+
+    def __init__(self, model: Any):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_text(input_ids)
+
+
+LIGATURES = {"ﬀ": "ff", "ﬁ": "fi", "ﬂ": "fl", "ﬃ": "ffi", "ﬄ": "ffl", "ﬅ": "ſt", "ﬆ": "st"}
+
+
+def clip_tokenizer(tk: Any) -> Any:
+    """open_clip's `SimpleTokenizer` as a `tokenizers.Tokenizer`: its whitespace cleaning and lower
+    case, its word pattern, byte-level BPE with ``</w>`` word ends, start and end tokens, and
+    truncation and zero padding to the context length."""
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, processors
+
+    merges = sorted(tk.bpe_ranks, key=tk.bpe_ranks.__getitem__)
+    tok = Tokenizer(models.BPE(vocab=tk.encoder, merges=merges, end_of_word_suffix="</w>"))
+    ligatures = [normalizers.Replace(a, b) for a, b in LIGATURES.items()]  # as ftfy's fix_text does
+    tok.normalizer = normalizers.Sequence([normalizers.NFC(), *ligatures, normalizers.Replace(Regex(r"\s+"), " "),
+                                           normalizers.Strip(), normalizers.Lowercase()])
+    words = Regex(r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""")
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(words, behavior="removed", invert=True),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    sot, eot = tk.sot_token_id, tk.eot_token_id
+    tok.post_processor = processors.TemplateProcessing(single=f"{tk.decoder[sot]} $A {tk.decoder[eot]}",
+                                                       special_tokens=[(tk.decoder[sot], sot), (tk.decoder[eot], eot)])
+    tok.enable_truncation(tk.context_length)
+    tok.enable_padding(pad_id=0, length=tk.context_length)
+    return tok

@@ -60,28 +60,6 @@ class PixelPrep:
 
 
 @dataclass(frozen=True)
-class ResizeCrop:
-    """Resize the short side to `resize`, then centre-crop `crop` × `crop` — as one resampling of
-    just the cropped region (Pillow's ``box``), not a full resize whose border is then thrown
-    away. The same picture as torchvision's Resize + CenterCrop to within a level or two (more at
-    the very edge of tiny images; `lite` embeddings agree to cosine 0.9996 at worst, 0.99998 on
-    average), in about half the time (Tux Paint stamps: 1.1–1.5 vs 2.5–2.8 ms), which on a few
-    cores is time taken from the model. For `lite`, whose preprocessing is ours to define;
-    open_clip models keep their makers' transform exactly."""
-    resize: int
-    crop: int
-
-    def __call__(self, image: Image.Image) -> Image.Image:
-        w, h = image.size
-        # torchvision's arithmetic: the long side is truncated, the crop offset rounded
-        nw, nh = (self.resize, int(self.resize * h / w)) if w <= h else (int(self.resize * w / h), self.resize)
-        left, top = round((nw - self.crop) / 2), round((nh - self.crop) / 2)
-        sx, sy = w / nw, h / nh
-        box = (left * sx, top * sy, (left + self.crop) * sx, (top + self.crop) * sy)
-        return image.resize((self.crop, self.crop), Image.Resampling.BICUBIC, box=box)
-
-
-@dataclass(frozen=True)
 class PixelEncoder:
     """An image forward on uint8 NHWC batches (what `PixelPrep` makes) -> unit vectors.
 

@@ -12,14 +12,15 @@ the agreement check is what keeps both sides in one space.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import queue
+import shutil
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ import torch
 from ...errors import UserError
 from .base import Encoder, _normalise
 from .pixels import PixelEncoder
+from .query import EXPORT_FORMAT, META, QueryEncoder, model_dir
 
 MIN_COSINE = 0.99
 CALIBRATION_IMAGES = 8
@@ -40,9 +42,6 @@ LANES = 2
 #: images grew to ~1 GB for `lite` and took ~1 s of page faults to warm; at 8 the arena is a
 #: quarter and the throughput the same (measured on 2 cores)
 RUN_BATCH = 8
-#: changes whenever the exported graphs' inputs, outputs or quantisation change, so older cached
-#: exports are not reused
-EXPORT_FORMAT = "uint8-nhwc;int8-7bit"
 #: the exported graph's input name (given by `export`, fed by the sessions)
 _INPUT = "input"
 
@@ -111,27 +110,17 @@ def _onnx_encoder(path: Path) -> PixelEncoder:
     return PixelEncoder(encode, lanes)
 
 
-def export(encoder: Encoder, folder: Path) -> dict[str, Path]:
-    """visual.onnx (fp32) and visual.int8.onnx (dynamic int8 weights) for `encoder`."""
+def export(encoder: Encoder, folder: Path, int8: bool = True) -> dict[str, Path]:
+    """visual.onnx (fp32) and, with `int8`, visual.int8.onnx (dynamic int8 weights) for `encoder`."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     folder.mkdir(parents=True, exist_ok=True)
     files = {"onnx": folder / "visual.onnx", "onnx-int8": folder / "visual.int8.onnx"}
     if not files["onnx"].exists():
-        tmp = folder / f"visual.{os.getpid()}.tmp.onnx"
-        dummy = calibration_pixels(encoder, 2)
-        module = _ImageForward(encoder).eval()
-        fastpath = torch.backends.mha.get_fastpath_enabled()
-        try:  # the tracer cannot export fused attention kernels
-            torch.backends.mha.set_fastpath_enabled(False)
-            with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
-                torch.onnx.export(module, (torch.from_numpy(dummy),), str(tmp), input_names=[_INPUT], output_names=["output"],
-                                  dynamic_axes={_INPUT: {0: "batch"}, "output": {0: "batch"}}, dynamo=False,
-                                  opset_version=17)
-        finally:
-            torch.backends.mha.set_fastpath_enabled(fastpath)
-        os.replace(tmp, files["onnx"])
+        _trace(_ImageForward(encoder), (torch.from_numpy(calibration_pixels(encoder, 2)),), files["onnx"],
+               {_INPUT: {0: "batch"}})
+    if not int8:
+        return {"onnx": files["onnx"]}
     if not files["onnx-int8"].exists():
         tmp = folder / f"visual.int8.{os.getpid()}.tmp.onnx"
         # matrix products only: they are where a transformer spends its time, and ONNX Runtime's
@@ -147,6 +136,22 @@ def export(encoder: Encoder, folder: Path) -> dict[str, Path]:
             logging.disable(logging.NOTSET)
         os.replace(tmp, files["onnx-int8"])
     return files
+
+
+def _trace(module: torch.nn.Module, example: tuple[torch.Tensor, ...], path: Path, axes: dict) -> None:
+    """Export `module` to ONNX at `path` (written aside, then renamed into place); `axes` names
+    each input's dynamic dimensions, the output's first dimension is the batch."""
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    try:  # the tracer cannot export fused attention kernels
+        torch.backends.mha.set_fastpath_enabled(False)
+        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
+            torch.onnx.export(module.eval(), example, str(tmp), input_names=list(axes), output_names=["output"],
+                              dynamic_axes={**axes, "output": {0: "batch"}}, dynamo=False, opset_version=17)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+    os.replace(tmp, path)
 
 
 def _measure(encoders: dict[str, PixelEncoder], pixels: np.ndarray, repeats: int = 5) -> dict[str, tuple[float, np.ndarray]]:
@@ -201,10 +206,11 @@ def _auto(encoder: Encoder, folder: Path, images: int) -> str:
         return "torch"
 
 
-def pixel_encoder(encoder: Encoder, index_path: str | os.PathLike, runtime: str = "auto",
+def pixel_encoder(encoder: Encoder, folder: Path | None = None, runtime: str = "auto",
                   images: int = AUTO_MIN_IMAGES) -> tuple[PixelEncoder, str]:
     """The fastest faithful image forward (uint8 NHWC batches -> unit vectors) for indexing
-    `images` images with `encoder` (or the one `runtime` names), and that runtime's name."""
+    `images` images with `encoder` (or the one `runtime` names), and that runtime's name. Exports
+    and the measured choice live in `folder` (default: the model's folder in the user cache)."""
     auto = runtime == "auto"
     if runtime != "torch":
         try:
@@ -213,7 +219,7 @@ def pixel_encoder(encoder: Encoder, index_path: str | os.PathLike, runtime: str 
             if not auto:
                 raise UserError(f"--runtime {runtime} needs `pip install onnxruntime onnx`") from None
             runtime = "torch"
-    folder = Path(index_path) / "onnx" / hashlib.sha1(f"{encoder.identity}:{EXPORT_FORMAT}".encode()).hexdigest()[:16]
+    folder = folder or model_dir(encoder.identity)
     if runtime == "auto":
         runtime = _auto(encoder, folder, images)
     on_torch = encoder.pixel_prep.torch_encoder(encoder), "torch"
@@ -225,3 +231,60 @@ def pixel_encoder(encoder: Encoder, index_path: str | os.PathLike, runtime: str 
         if not auto:
             raise
         return on_torch  # a damaged cached export: index on PyTorch rather than fail
+
+
+#: texts the text export is checked on against PyTorch before it is sealed
+CHECK_TEXTS = ["a dog on a beach", "a cup of coffee", "x", "Ein Fahrrad lehnt an einer Wand, 2019.",
+               "a very long caption " * 60, "émoji 🙂 and symbols #42 & co."]
+QUERY_MIN_COSINE = 0.999
+
+
+def export_for_queries(encoder: Encoder, folder: Path | None = None) -> bool:
+    """Write and seal the model's query export (text tower, and image tower where its geometry
+    allows) in `folder` (default: its folder in the user cache), unless a sealed one is there.
+    False when the model has no text export or its export does not agree with PyTorch."""
+    folder = folder or model_dir(encoder.identity)
+    if QueryEncoder.load(encoder.identity, folder) is not None:
+        return True
+    if _sealed(folder, encoder).get("rejected") is not None:  # measured once: queries stay on PyTorch
+        return False
+    spec = encoder.text_export()
+    if spec is None:
+        return False
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / META).unlink(missing_ok=True)  # unsealed while it is written
+    text: dict[str, Any] = {"file": "text.onnx", "tokenizer": "tokenizer.json", "inputs": list(spec.inputs),
+            "max_length": spec.max_length, "pad_id": spec.pad_id, "pad_to": spec.pad_to}
+    if isinstance(spec.tokenizer, Path):
+        shutil.copyfile(spec.tokenizer, folder / text["tokenizer"])
+    else:
+        spec.tokenizer.save(str(folder / text["tokenizer"]))
+    example = tuple(torch.ones((2, spec.pad_to or 8), dtype=torch.int64) for _ in spec.inputs)
+    _trace(spec.module, example, folder / text["file"], {name: {0: "batch", 1: "tokens"} for name in spec.inputs})
+    image = encoder.query_geometry()
+    if image is not None:
+        image["file"] = export(encoder, folder, int8=False)["onnx"].name
+    query = QueryEncoder(folder, encoder.identity, encoder.dim, text, image)
+    agree = float((query.encode_texts(CHECK_TEXTS) * encoder.encode_texts(CHECK_TEXTS)).sum(1).min())
+    if image is not None:
+        from PIL import Image
+
+        pictures = [Image.fromarray(p) for p in calibration_pixels(encoder, 4)]
+        agree = min(agree, float((query.encode_images(pictures) * encoder.encode_images(pictures)).sum(1).min()))
+    seal = {"identity": encoder.identity, "format": EXPORT_FORMAT, "min_cosine": round(agree, 6)}
+    if agree < QUERY_MIN_COSINE:  # sealed as rejected, so that it is not measured again
+        seal["rejected"] = f"vectors disagree with PyTorch's (cosine {agree:.4f} < {QUERY_MIN_COSINE})"
+    else:
+        seal |= {"dim": encoder.dim, "text": text, "image": image}
+    (folder / f"{META}.tmp").write_text(json.dumps(seal, indent=1))
+    os.replace(folder / f"{META}.tmp", folder / META)
+    return "rejected" not in seal
+
+
+def _sealed(folder: Path, encoder: Encoder) -> dict:
+    """The folder's seal when it is this model's in this format, else {}."""
+    try:
+        seal = json.loads((folder / META).read_text())
+    except (OSError, ValueError):
+        return {}
+    return seal if seal.get("identity") == encoder.identity and seal.get("format") == EXPORT_FORMAT else {}
