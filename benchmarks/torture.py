@@ -87,6 +87,7 @@ import fetch  # noqa: E402  (data/fetch.py)
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+import mmsearch as package  # noqa: E402
 from mmsearch.media.kinds import kind_of  # noqa: E402
 
 DB = "mmsearch.db"
@@ -103,7 +104,6 @@ def machine() -> None:
     flags = set(next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), []))
     shown = ", ".join(f"{f} {'yes' if f in flags else 'no'}" for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8"))
     commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    import mmsearch as package
     mem = next((ln.split()[1] for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal")), "0")
     print(f"CPU: {model}, {os.cpu_count()} cores, {int(mem) / 2**20:.0f} GiB; {shown}")
     print(f"mmsearch {package.__version__} ({commit or 'not a git checkout'}) from {Path(package.__file__).parent}, "
@@ -436,6 +436,49 @@ def calibrate(root: Path, ix: Path, args: argparse.Namespace) -> tuple[float, fl
     return first or total, total
 
 
+@dataclass
+class Tally:
+    """What the kill rounds found."""
+
+    landed: Counter = field(default_factory=Counter)  # where each run ended
+    inconsistent: int = 0
+    lost: int = 0  # files committed before a kill and not after it
+    decreases: int = 0  # rounds after which fewer files were committed
+    bad_exits: list[str] = field(default_factory=list)
+
+
+def kill_round(r: int, root: Path, ix: Path, kill_at: float | None, bound: float, tally: Tally,
+               args: argparse.Namespace, limit: float) -> bool:
+    """One run, killed at `kill_at` (None: to the end), checked; prints a line and returns whether
+    the folder is now fully indexed (the next round needs a churn)."""
+    on_disk = disk_files(root)
+    before = State.read(ix)
+    run = run_index(root, ix, args, kill_at, limit=limit)
+    after, before_digests = State.read(ix), before.digests()
+    problems = invariants(ix)
+    was, now = before.committed(on_disk), after.committed(on_disk)
+    lost = was - now
+    tally.lost += len(lost)
+    tally.decreases += len(now) < len(was)
+    tally.inconsistent += bool(problems)
+    embedded = sum(1 for row in after.rows.values() if row[2] == "ok" and row[3] not in before_digests)
+    left = after.pending(on_disk)
+    if run.killed:
+        where = "after its last batch" if left == 0 else "mid-embedding" if embedded else "before its first batch"
+    elif run.hung:
+        where = "hung"
+    else:
+        where = "finished"
+        if run.rc != 0:
+            tally.bad_exits.append(f"round {r}: exit {run.rc}: {run.stderr.strip()[-300:]}")
+    tally.landed[where] += 1
+    when = f"killed at {kill_at:5.1f}s of {bound:5.1f}s" if run.killed else f"ran {run.seconds:5.1f}s, exit {run.rc}{'':4}"
+    print(f"round {r:3d}  {when}  {where:<22}  committed {len(was):3d} -> {len(now):3d}, pending "
+          f"{before.pending(on_disk):3d} -> {left:3d}, embedded {embedded:3d}" + (f"  LOST {len(lost)}" if lost else "")
+          + ("  PROBLEMS: " + "; ".join(problems) if problems else ""), flush=True)
+    return left == 0
+
+
 def kill(args: argparse.Namespace) -> None:
     rng = random.Random(args.seed)
     t_start = time.monotonic()
@@ -444,73 +487,49 @@ def kill(args: argparse.Namespace) -> None:
         root, trash, ix = tmp_p / "media", tmp_p / "set-aside", tmp_p / "index"
         kill_set(root, rng)
         trash.mkdir()
-        n_files = len(disk_files(root))
         s, d = calibrate(root, tmp_p / "calibration", args)
         shutil.rmtree(tmp_p / "calibration")
-        print(f"{n_files} files; clean run: first batch committed at S = {s:.1f}s, done at D = {d:.1f}s "
-              f"(--runtime {args.runtime}, model {args.model or 'lite'})")
-        tally: Counter = Counter()
-        lost_total = decreases = inconsistent = 0
-        bad_rcs: list[str] = []
-        cycle, need_churn = 0, False
+        print(f"{len(disk_files(root))} files; clean run: first batch committed at S = {s:.1f}s, done at D = "
+              f"{d:.1f}s (--runtime {args.runtime}, model {args.model or 'lite'})")
+        tally, cycle, done = Tally(), 0, False
         for r in range(1, args.rounds + 1):
-            if need_churn:
+            if done:
                 cycle += 1
                 print("          " + churn(root, trash, rng, cycle, args.share))
-                need_churn = False
             on_disk = disk_files(root)
-            before = State.read(ix)
-            share = max(0.05, min(1.0, before.pending(on_disk) / len(on_disk)))
+            share = max(0.05, min(1.0, State.read(ix).pending(on_disk) / len(on_disk)))
             bound = s + 1.2 * (d - s) * share
             finish = r % args.finish_every == 0 or r == args.rounds
             kill_at = None if finish else rng.uniform(0, bound)
-            run = run_index(root, ix, args, kill_at, limit=max(300.0, 10 * d))
-            after, before_digests = State.read(ix), before.digests()
-            problems = invariants(ix)
-            lost = [k for k in before.committed(on_disk) if k not in after.committed(on_disk)]
-            lost_total += len(lost)
-            decreases += len(after.committed(on_disk)) < len(before.committed(on_disk))
-            inconsistent += bool(problems)
-            embedded = sum(1 for k, row in after.rows.items() if row[2] == "ok" and row[3] not in before_digests)
-            left = after.pending(on_disk)
-            if run.killed:
-                where = "after its last batch" if left == 0 else "mid-embedding" if embedded else "before its first batch"
-                tally[where] += 1
-            else:
-                where = "hung (killed at the limit)" if run.hung else f"finished, exit {run.rc}"
-                tally["finished" if not run.hung else "hung"] += 1
-                if run.rc != 0:
-                    bad_rcs.append(f"round {r}: exit {run.rc}: {run.stderr.strip()[-300:]}")
-            need_churn = left == 0
-            when = f"killed at {kill_at:5.1f}s of {bound:5.1f}s" if run.killed else f"ran {run.seconds:5.1f}s{'':12}"
-            print(f"round {r:3d}  {when}  {where:<22}  committed {len(before.committed(on_disk)):3d} -> "
-                  f"{len(after.committed(on_disk)):3d}, pending {before.pending(on_disk):3d} -> {left:3d}, "
-                  f"embedded {embedded:3d}" + (f"  LOST {len(lost)}" if lost else "")
-                  + ("  PROBLEMS: " + "; ".join(problems) if problems else ""), flush=True)
+            done = kill_round(r, root, ix, kill_at, bound, tally, args, limit=max(300.0, 10 * d))
         leftovers = sorted(p.name for p in ix.iterdir() if p.name.endswith((".tmp", ".f16", ".tmp.json")))
-        clean_ix = tmp_p / "clean"
-        clean = run_index(root, clean_ix, args)
-        diff = compare(contents(ix), contents(clean_ix))
-        kills = sum(v for k, v in tally.items() if k not in ("finished", "hung"))
-        print()
-        print(f"rounds: {args.rounds} ({kills} killed, {tally['finished']} ran to the end, {tally['hung']} hung), "
-              f"{cycle} churn cycles, wall time {time.monotonic() - t_start:.0f}s")
-        print(f"kills that landed: mid-embedding {tally['mid-embedding']}, before the run's first batch "
-              f"{tally['before its first batch']}, after its last batch {tally['after its last batch']}")
-        print(f"inconsistent states: {inconsistent}   lost commits: {lost_total} files "
-              f"({decreases} rounds with fewer committed files)   unclean exits of finished runs: {len(bad_rcs)}")
-        for line in bad_rcs[:5]:
-            print("   ", line)
-        print(f"files left in the index folder by killed runs: {len(leftovers)} {leftovers[:5]}")
-        print(f"final state vs a clean run (exit {clean.rc}, {clean.seconds:.1f}s) over the final folder, "
-              f"{diff['paths']} indexed paths: only tortured {len(diff['only_tortured'])}, only clean "
-              f"{len(diff['only_clean'])}, kind/item-count differences {len(diff['kind_or_count'])}, "
-              f"link/text differences {len(diff['links_or_texts'])}")
-        print(f"  vectors: max |difference| {diff['max_abs']:.2e}, {diff['beyond_1e-5']} beyond 1e-5, "
-              f"min cosine {diff['min_cos']:.6f}")
-        for what in ("only_tortured", "only_clean", "kind_or_count", "links_or_texts"):
-            for p in diff[what][:5]:
-                print(f"    {what}: {p}")
+        clean = run_index(root, tmp_p / "clean", args)
+        diff = compare(contents(ix), contents(tmp_p / "clean"))
+        report_kill(args.rounds, cycle, time.monotonic() - t_start, tally, leftovers, clean, diff)
+
+
+def report_kill(rounds: int, cycles: int, wall: float, tally: Tally, leftovers: list[str], clean: Run, diff: dict) -> None:
+    landed = tally.landed
+    kills = rounds - landed["finished"] - landed["hung"]
+    print()
+    print(f"rounds: {rounds} ({kills} killed, {landed['finished']} ran to the end, {landed['hung']} hung), "
+          f"{cycles} churn cycles, wall time {wall:.0f}s")
+    print(f"kills that landed: mid-embedding {landed['mid-embedding']}, before the run's first batch "
+          f"{landed['before its first batch']}, after its last batch {landed['after its last batch']}")
+    print(f"inconsistent states: {tally.inconsistent}   lost commits: {tally.lost} files ({tally.decreases} rounds "
+          f"with fewer committed files)   unclean exits of finished runs: {len(tally.bad_exits)}")
+    for line in tally.bad_exits[:5]:
+        print("   ", line)
+    print(f"files left in the index folder by killed runs: {len(leftovers)} {leftovers[:5]}")
+    print(f"final state vs a clean run (exit {clean.rc}, {clean.seconds:.1f}s) over the final folder, "
+          f"{diff['paths']} indexed paths: only tortured {len(diff['only_tortured'])}, only clean "
+          f"{len(diff['only_clean'])}, kind/item-count differences {len(diff['kind_or_count'])}, "
+          f"link/text differences {len(diff['links_or_texts'])}")
+    print(f"  vectors: max |difference| {diff['max_abs']:.2e}, {diff['beyond_1e-5']} beyond 1e-5, "
+          f"min cosine {diff['min_cos']:.6f}")
+    for what in ("only_tortured", "only_clean", "kind_or_count", "links_or_texts"):
+        for p in diff[what][:5]:
+            print(f"    {what}: {p}")
 
 
 # ===============================================================================================
@@ -1039,6 +1058,8 @@ def main() -> None:
     ap.add_argument("--warm-up", type=float, default=60, help="soak: seconds of full load before the start RSS")
     ap.add_argument("--images", type=int, default=200, help="soak: images in the served index")
     args = ap.parse_args()
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # the checks load the model here too
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     machine()
     {"kill": kill, "mutate": mutate, "soak": soak}[args.part](args)
 

@@ -9,13 +9,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "mmsearch"
-#: each layer and what it may import of mmsearch (leaf modules `errors` and `validated` are open to all)
+#: each layer and what it may import of mmsearch (leaf modules `errors`, `validated` and `paths` are open to all)
 MAY_IMPORT = {
     "media": {"media"},
-    "retrieval": {"media", "retrieval", "errors", "validated"},
-    "indexer": {"media", "retrieval", "indexer", "errors", "validated"},
-    "api": {"media", "retrieval", "indexer", "errors", "validated"},
-    "cli": {"media", "retrieval", "indexer", "api", "cli", "errors", "validated", "__init__"},
+    "retrieval": {"media", "retrieval", "errors", "validated", "paths"},
+    "indexer": {"media", "retrieval", "indexer", "errors", "validated", "paths"},
+    "api": {"media", "retrieval", "indexer", "errors", "validated", "paths"},
+    "cli": {"media", "retrieval", "indexer", "api", "cli", "errors", "validated", "paths", "__init__"},
 }
 
 

@@ -140,6 +140,10 @@ def search(
     fusion adds the weighted query vectors, which finds items that match all parts at once; late
     fusion searches each part alone and merges the rankings, which keeps items that match one
     part very well."""
+    from ..paths import default_index_dir
+    from ..retrieval.encoders.query import preload
+
+    preload(index or default_index_dir(), texts=query is not None or queries is not None, images=bool(image))
     from ..api import SearchIndex
 
     # keys as the flags are spelled (aliases), so that a bad value's message names the flag

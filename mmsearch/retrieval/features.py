@@ -9,18 +9,18 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import platformdirs
 import torch
 from tqdm import tqdm
 
 from ..media.errors import DecodeError
 from ..media.files import file_digest
 from ..media.image import load_image
+from ..paths import cache_root
 from .encoders.pixels import PixelPrep
 
 
 def cache_dir() -> str:
-    return os.environ.get("MMSEARCH_CACHE") or os.path.join(platformdirs.user_cache_dir("mmsearch"), "features")
+    return str(cache_root() / "features")
 
 
 class FeatureCache:

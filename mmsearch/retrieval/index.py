@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING, Iterator
 
 import faiss
 import numpy as np
-import platformdirs
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from ..errors import IndexBusy, ModelLoadError, UserError
 from ..media.kinds import ITEM_KINDS
+from ..paths import default_index_dir
 from .encoders import DEFAULT_MODEL, load_encoder
-from .encoders.query import QueryEncoder
+from .encoders.query import QueryEncoder, preloaded
 from .policy import MIN_VECTORS, RERANK, IndexPlan, build, choose_index, extend, search_params
 from .store import (
     DB_NAME,
@@ -66,10 +66,6 @@ def _read_plan(fn: str) -> IndexPlan | None:
             return IndexPlan(**json.load(f))
     except (OSError, ValueError, TypeError):
         return None
-
-
-def default_index_dir() -> str:
-    return os.environ.get("MMSEARCH_INDEX") or os.path.join(platformdirs.user_data_dir("mmsearch"), "index")
 
 
 class Index:
@@ -128,8 +124,8 @@ class Index:
         ~6 s → under 1 s); else the model itself, which then leaves that export for next time."""
         identity = self.meta("model_identity")
         if identity:
-            query = self._queries.get(identity) or QueryEncoder.load(identity, images=images)
-            if query is not None and (query.image is not None or not images):
+            query = self._queries.get(identity) or preloaded(identity) or QueryEncoder.read(identity)
+            if query is not None and (query.image is not None or not images) and query.open(not images, images):
                 self._queries = {identity: query}
                 return query
         enc = self.encoder()

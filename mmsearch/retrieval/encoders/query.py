@@ -13,27 +13,24 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
+import sqlite3
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import platformdirs
 from PIL import Image
 
 from ...media.image import geometry
+from ...paths import cache_root
 from . import MAX_TEXT_CHARS
 
 #: changes whenever the exported graphs' inputs, outputs or quantisation change, so older exports
 #: are not reused (they live in another folder)
 EXPORT_FORMAT = "uint8-nhwc;int8-7bit;query-v1"
 META = "meta.json"
-
-
-def cache_root() -> Path:
-    """Where mmsearch keeps what it can rebuild: model exports (models/), training features."""
-    return Path(os.environ.get("MMSEARCH_CACHE") or platformdirs.user_cache_dir("mmsearch"))
 
 
 def model_dir(identity: str) -> Path:
@@ -67,10 +64,9 @@ class QueryEncoder:
     _sessions: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def load(cls, identity: str, folder: Path | None = None, images: bool = False) -> QueryEncoder | None:
-        """The sealed export of `identity` with its text session open (and its image session,
-        with `images`), or None: no export, another model's, or one whose files do not load,
-        which is unsealed so that the next export writes it anew."""
+    def read(cls, identity: str, folder: Path | None = None) -> QueryEncoder | None:
+        """The sealed export of `identity`, its sessions not open yet; None: no export, or
+        another model's, or another format's."""
         folder = folder or model_dir(identity)
         try:
             meta = json.loads((folder / META).read_text())
@@ -78,16 +74,31 @@ class QueryEncoder:
             return None
         if meta.get("identity") != identity or meta.get("format") != EXPORT_FORMAT or "text" not in meta:
             return None
-        query = cls(folder, identity, int(meta["dim"]), meta["text"], meta.get("image"))
+        return cls(folder, identity, int(meta["dim"]), meta["text"], meta.get("image"))
+
+    @classmethod
+    def load(cls, identity: str, folder: Path | None = None, texts: bool = True,
+             images: bool = False) -> QueryEncoder | None:
+        """`read`, with the sessions for texts and/or images open."""
+        query = cls.read(identity, folder)
+        return query if query is not None and query.open(texts, images) else None
+
+    def open(self, texts: bool = True, images: bool = False) -> bool:
+        """Open the sessions that texts and/or images need (those open already stay). False when a
+        file does not load (damaged, truncated): the folder is unsealed then, so that the next
+        export writes it anew."""
+        folder = self.folder
         try:
-            query._get("tokenizer", query._tokenizer)
-            query._get("text", lambda: _session(folder / query.text["file"]))
-            if images and query.image is not None:
-                query._get("image", lambda: _session(folder / query.image["file"]))
-        except Exception:  # a damaged or truncated file (ONNX Runtime and tokenizers raise their own types)
+            if texts:
+                self._get("tokenizer", self._tokenizer)
+                self._get("text", lambda: _session(folder / self.text["file"]))
+            if images and self.image is not None:
+                image = self.image
+                self._get("image", lambda: _session(folder / image["file"]))
+        except Exception:  # ONNX Runtime and tokenizers raise their own types
             (folder / META).unlink(missing_ok=True)
-            return None
-        return query
+            return False
+        return True
 
     def _get(self, name: str, make) -> Any:
         if name not in self._sessions:
@@ -126,3 +137,27 @@ class QueryEncoder:
         session = self._get("image", lambda: _session(self.folder / image["file"]))
         pixels = np.stack([np.asarray(shape(im.convert("RGB")), np.uint8) for im in images])
         return unit(session.run(None, {"input": pixels})[0])
+
+
+_PRELOADING: dict[str, Future] = {}
+
+
+def preload(index_dir: str, texts: bool = True, images: bool = False) -> None:
+    """Start opening the query export of the model of the index at `index_dir` in a thread, so
+    that its session loads (~0.5 s for ViT-B-32's text tower; ONNX Runtime releases the GIL)
+    while the caller imports the rest (~0.4 s). Reads the index's model with sqlite3 alone: this
+    runs before SQLAlchemy is imported. Does nothing when anything is missing."""
+    try:
+        db = Path(index_dir).expanduser() / "mmsearch.db"  # retrieval.store.DB_NAME, its `meta` table
+        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'model_identity'").fetchone()
+    except sqlite3.Error:
+        return
+    if row and row[0] not in _PRELOADING:
+        _PRELOADING[row[0]] = ThreadPoolExecutor(1).submit(QueryEncoder.load, row[0], None, texts, images)
+
+
+def preloaded(identity: str) -> QueryEncoder | None:
+    """What `preload` opened for `identity` (waiting for it to finish), if it ran."""
+    future = _PRELOADING.pop(identity, None)
+    return future.result() if future is not None else None
