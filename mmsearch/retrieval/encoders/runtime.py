@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ...errors import UserError
+from ...media.image import geometry
 from .base import Encoder, _normalise
 from .pixels import PixelEncoder
 from .query import EXPORT_FORMAT, META, QueryEncoder, model_dir
@@ -266,16 +267,9 @@ def export_for_queries(encoder: Encoder, folder: Path | None = None) -> bool:
         spec.tokenizer.save(str(folder / text["tokenizer"]))
     example = tuple(torch.ones((2, spec.pad_to or 8), dtype=torch.int64) for _ in spec.inputs)
     _trace(spec.module, example, folder / text["file"], {name: {0: "batch", 1: "tokens"} for name in spec.inputs})
-    image = encoder.query_geometry()
-    if image is not None:
-        image["file"] = export(encoder, folder, int8=False)["onnx"].name
+    image = _image_export(encoder, folder)
     query = QueryEncoder(folder, encoder.identity, encoder.dim, text, image)
     agree = float((query.encode_texts(CHECK_TEXTS) * encoder.encode_texts(CHECK_TEXTS)).sum(1).min())
-    if image is not None:
-        from PIL import Image
-
-        pictures = [Image.fromarray(p) for p in calibration_pixels(encoder, 2)]
-        agree = min(agree, float((query.encode_images(pictures) * encoder.encode_images(pictures)).sum(1).min()))
     seal = {"identity": encoder.identity, "format": EXPORT_FORMAT, "min_cosine": round(agree, 6)}
     if agree < QUERY_MIN_COSINE:  # sealed as rejected, so that it is not measured again
         seal["rejected"] = f"vectors disagree with PyTorch's (cosine {agree:.4f} < {QUERY_MIN_COSINE})"
@@ -284,6 +278,28 @@ def export_for_queries(encoder: Encoder, folder: Path | None = None) -> bool:
     (folder / f"{META}.tmp").write_text(json.dumps(seal, indent=1))
     os.replace(folder / f"{META}.tmp", folder / META)
     return "rejected" not in seal
+
+
+def _image_export(encoder: Encoder, folder: Path) -> dict | None:
+    """The image side of the query export: its geometry and the fp32 image tower, when PIL makes
+    the model's very pixels (checked on odd-sized pictures) and the tower agrees with PyTorch (as
+    the runtime choice measured it, or measured here)."""
+    from PIL import Image
+
+    image = encoder.query_geometry()
+    if image is None:
+        return None
+    pictures = [Image.fromarray(p).resize((331 - 40 * i, 217 + 50 * i)) for i, p in enumerate(calibration_pixels(encoder, 2))]
+    shape = geometry(image)
+    if not all(np.array_equal(np.asarray(shape(p.convert("RGB"))), encoder.pixel_prep(p)) for p in pictures):
+        return None
+    image["file"] = export(encoder, folder, int8=False)["onnx"].name
+    try:
+        measured = json.loads((folder / "choice.json").read_text())["measured"]["onnx"]["min_cosine"]
+    except (OSError, ValueError, KeyError, TypeError):
+        tower = QueryEncoder(folder, encoder.identity, encoder.dim, {}, image)
+        measured = float((tower.encode_images(pictures) * encoder.encode_images(pictures)).sum(1).min())
+    return image if measured >= QUERY_MIN_COSINE else None
 
 
 def _sealed(folder: Path, encoder: Encoder) -> dict:
