@@ -1033,7 +1033,7 @@ def report_soak(st: Soak, rss: list[tuple[float, int]], wall: float, log: str, w
     t_start, start = next(((t, r) for t, r in rss if t >= warm), rss[-1])
     end = rss[-1][1]
     print(f"server RSS (MiB): {rss[0][1] / 1024:.0f} after the one-client warm-up, {start / 1024:.0f} after "
-          f"{t_start:.0f}s of full load (start), {end / 1024:.0f} at end: {(end - start) / start * 100:+.1f} % "
+          f"{t_start:.0f}s of full load (start), {end / 1024:.0f} at end: {(end - start) / max(start, 1) * 100:+.1f} % "
           f"from start; max {max(r for _, r in rss) / 1024:.0f}")
     print("  samples (s:MiB): " + " ".join(f"{t:.0f}:{r / 1024:.0f}" for t, r in rss[:: max(1, len(rss) // 15)]))
     print(f"server log: {log.count('Traceback')} tracebacks, {len(log.splitlines())} lines")

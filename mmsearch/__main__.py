@@ -1,4 +1,4 @@
 """`python -m mmsearch ...` runs the command line."""
-from .cli.main import main
+from .cli.main import console
 
-main()
+console()
