@@ -131,3 +131,29 @@ def test_changed_and_removed_videos(cli, tiny_clip, photos, tmp_path):
     os.remove(d / "a.mp4")
     assert cli.json("index", str(d))["removed"] == 1
     assert cli.json("search", "x", "--type", "video") == []
+
+
+def test_a_video_with_undecodable_metadata_is_indexed(cli, tiny_clip, photos, tmp_path):
+    """A title in Latin-1 where the container says UTF-8 (old muxers, mutated files) made PyAV's
+    open fail with UnicodeDecodeError; the frames are fine, so the video must index."""
+    import av
+
+    path = tmp_path / "latin1.mkv"
+    with av.open(str(path), "w") as out:
+        out.metadata["title"] = "Caf_QQ_ video"
+        stream = out.add_stream("mpeg4", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        picture = Image.open(photos / "coffee.png").convert("RGB").resize((64, 48))
+        for _ in range(16):
+            for packet in stream.encode(av.VideoFrame.from_image(picture)):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    data = path.read_bytes()
+    assert data.count(b"_QQ_") == 1
+    path.write_bytes(data.replace(b"_QQ_", b"\xe9\xe9\xe9\xe9"))
+    s = cli.json("index", str(path), "--model", tiny_clip)
+    assert s["new"] == 1 and s["skipped"] == [], s
+    from mmsearch.media.video import frame_at
+
+    assert frame_at(str(path), 1.0).size == (64, 48)

@@ -394,8 +394,11 @@ def console() -> None:
     and modules (`lite` text query 1.06 → 0.87 s). Everything is committed by then, and the
     output is flushed first."""
     code = _run()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BrokenPipeError:  # the reader stopped reading (`| head -1`): its choice, not a failure
+            pass
     os._exit(code)
 
 

@@ -22,7 +22,7 @@ def os_reason(err: OSError) -> str:
 def may_pass_later(reason: str | None) -> bool:
     """Whether a file skipped for `reason` may read fine next time with the same size and mtime
     (its permissions or its disk changed, which leaves mtime alone): such files are retried."""
-    return reason is not None and reason.startswith((PERMISSION_DENIED, UNREADABLE))
+    return reason is not None and (reason == PERMISSION_DENIED or reason.startswith(f"{UNREADABLE}: "))
 
 
 def regular_size(path: str | bytes | os.PathLike) -> int:

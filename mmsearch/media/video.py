@@ -49,7 +49,7 @@ def keyframes(path: str, max_gap: float = DEFAULT_MAX_GAP, max_pixels: int = DEF
 
     regular_size(path)
     try:
-        container = av.open(path)
+        container = av.open(path, metadata_errors="replace")
     except av.FFmpegError as e:
         raise DecodeError(f"not a readable video: {e.strerror or type(e).__name__}") from None
     except PermissionError as e:
@@ -136,7 +136,7 @@ def frame_at(path: str, seconds: float) -> Image.Image:
 
     regular_size(path)
     try:
-        with av.open(path) as container:
+        with av.open(path, metadata_errors="replace") as container:
             if not container.streams.video:
                 raise DecodeError("no video stream")
             stream = container.streams.video[0]

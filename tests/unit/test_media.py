@@ -7,7 +7,7 @@ import os
 import pytest
 
 from mmsearch.media import files, text
-from mmsearch.media.errors import DecodeError, check_pixels, os_reason
+from mmsearch.media.errors import DecodeError, check_pixels, may_pass_later, os_reason
 from mmsearch.media.files import display_path, file_digest, under
 from mmsearch.media.kinds import (
     IMAGE_EXTS,
@@ -373,6 +373,14 @@ def test_os_reason():
     assert os_reason(OSError(5, "Input/output error")) == "unreadable: Input/output error"
     assert os_reason(IsADirectoryError(21, "Is a directory")) == "unreadable: Is a directory"
     assert os_reason(OSError("odd")) == "unreadable: odd"
+
+
+def test_only_reasons_of_the_operating_system_are_retried():
+    """A file we could not read may read next time; a broken file with the same bytes will not
+    (a bad caption table, "unreadable table: ...", was re-parsed and bumped the index every run)."""
+    assert may_pass_later(os_reason(PermissionError(13, "x"))) and may_pass_later(os_reason(OSError(5, "EIO")))
+    for reason in ("unreadable table: ParserError: x", "not a recognised image format", "permission", None, ""):
+        assert not may_pass_later(reason), reason
 
 
 def test_check_pixels():
