@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import threading
 from typing import Any, Iterable, Sequence
 
 from sqlalchemy import delete, select
@@ -148,11 +149,16 @@ class SearchIndex:
         return self.index.info()
 
 
+#: uploads decoding at once: one at the pixel limit can take over a GB while it decodes
+_DECODING = threading.BoundedSemaphore(2)
+
+
 def _decode_upload(data: bytes, max_pixels: int):
-    try:
-        return load_image_bytes(bytes(data), max_pixels)
-    except DecodeError as e:
-        raise UserError(f"uploaded image: {e}") from None
+    with _DECODING:
+        try:
+            return load_image_bytes(bytes(data), max_pixels)
+        except DecodeError as e:
+            raise UserError(f"uploaded image: {e}") from None
 
 
 __all__ = ["Hit", "IndexOptions", "SearchIndex", "SearchRequest", "UserError"]

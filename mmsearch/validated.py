@@ -40,13 +40,19 @@ class Validated(BaseModel):
         return cls.model_fields[name].description or ""
 
 
+#: errors named in one message: a request with a million bad values got a 137 MB answer
+MAX_ERRORS = 3
+
+
 def invalid(error: ValidationError, as_flags: bool = False) -> UserError:
     """A pydantic `ValidationError` as one line naming each bad field, e.g. ``k: Input should be
     greater than or equal to 1`` (``--k: ...`` `as_flags`)."""
+    errors = error.errors(include_url=False)
     parts = []
-    for e in error.errors(include_url=False):
+    for e in errors[:MAX_ERRORS]:
         where = ".".join(str(x) for x in e["loc"]) or "request"
         if as_flags and e["loc"]:
             where = "QUERY" if e["loc"][0] == "q" else "--" + str(e["loc"][0]).replace("_", "-")
-        parts.append(f"{where}: {e['msg']}")
-    return UserError("; ".join(parts))
+        parts.append(f"{where[:60]}: {e['msg'][:200]}")  # a name is the client's: never echoed whole
+    more = f" (and {len(errors) - MAX_ERRORS} more)" if len(errors) > MAX_ERRORS else ""
+    return UserError("; ".join(parts) + more)

@@ -126,3 +126,8 @@ def test_a_read_only_index_answers_and_refuses_writes(cli, tiny_clip, lib):
     assert len(out) == 2, (r.stdout, r.stderr)
     assert json.loads(out[0])[0]["path"] == str(lib / "coffee.png") and json.loads(out[1])["items"]["image"] == 3
     assert r.returncode == 2 and r.stderr == f"mmsearch: error: cannot write to index {ix}: Read-only file system\n"
+
+
+def test_an_empty_token_is_refused_not_served_open(cli):
+    r = cli("serve", "--token", " ", ok=False)
+    assert r.exit_code == 2 and r.stderr.startswith("mmsearch: error: --token (or MMSEARCH_TOKEN) is empty")

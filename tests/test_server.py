@@ -186,6 +186,15 @@ def test_hostile_bodies_are_capped_and_typed(served):
         client.post("/search", json={"q": "a cat", "not": ["blue"]}).json()
     assert len(client.get("/search", params={"q": "a cat", "after": "1900-01-01", "k": 3}).json()) == 3
     assert client.get("/search", params={"q": "a cat", "before": "1970-01-02"}).json() == []
+    # bounded work whatever the size: many tags, many parts, huge weights, a flood of bad values
+    for body in ({"q": "cat", "tags": ["a"] * 1000}, {"q": "a + " * 100_000 + "b"}, {"q": "9" * 400 + ":cat + dog"},
+                 {"q": "cat + dog", "weights": [1e308, 1e308]}, {"q": "cat", "not": ["x"] * 100}):
+        r = client.post("/search", json=body)
+        assert r.status_code == 400, (str(body)[:80], r.status_code, r.text[:200])
+    r = client.get("/search", params=[("q", "cat")] + [("tag", "a")] * 1000)
+    assert r.status_code == 400 and "at most 32" in r.json()["error"]
+    r = client.post("/search", json={"q": "cat", "f" * 100_000: 1, **{f"x{i}": 1 for i in range(10_000)}})
+    assert r.status_code == 400 and len(r.content) < 1000 and r.json()["error"].endswith("(and 9998 more)")
     # never a 500: ids beyond SQLite's integers, unknown routes and methods answer in JSON
     for url in ("/items/100000000000000000000", "/thumb/100000000000000000000", "/items/-1", "/nowhere"):
         r = client.get(url)
@@ -198,7 +207,8 @@ def test_host_header_must_name_the_server(served):
     idx, _, _, _ = served
     app = create_app(idx)
     for host, code in (("localhost", 200), ("127.0.0.1:8000", 200), ("[::1]:8000", 200), ("evil.example", 400),
-                       ("localhost.evil.example", 400), ("", 400)):
+                       ("localhost.evil.example", 400), ("", 400), ("[::1]evil", 400), ("[::1]:80@evil", 400),
+                       ("localhost:abc", 400)):
         r = TestClient(app).get("/health", headers={"host": host})
         assert r.status_code == code, host
         if code == 400:

@@ -370,6 +370,8 @@ def serve(
     from ..api import SearchIndex
     from .server import LOOPBACK, create_app
 
+    if token is not None and not token.strip():
+        raise UserError("--token (or MMSEARCH_TOKEN) is empty: give a token, or leave it unset to serve without one")
     idx = SearchIndex(index)
     if host not in ("127.0.0.1", "localhost", "::1") and not token:
         typer.echo(f"mmsearch: warning: serving {idx.path} on {host} without --token: anyone who can reach it can search", err=True)

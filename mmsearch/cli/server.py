@@ -11,6 +11,7 @@ on the event loop. Every error is JSON ``{"error": ...}``.
 from __future__ import annotations
 
 import hmac
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -19,6 +20,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import __version__
@@ -102,9 +104,9 @@ def create_app(index: SearchIndex, token: str | None = None, max_upload: int = D
             body: str | bytes = field
         else:
             body = request._body or b"{}"
-        req = _over_http(SearchRequest.from_json(body))
-        hits = await run_in_threadpool(index.search, req, upload=image, max_pixels=max_pixels)
-        return [h.as_dict() for h in hits]
+        # validation too: a body of a million bad values costs seconds, and the loop serves everyone
+        return await run_in_threadpool(lambda: [h.as_dict() for h in index.search(
+            _over_http(SearchRequest.from_json(body)), upload=image, max_pixels=max_pixels)])
 
     @app.get("/items/{item_id}", dependencies=[Depends(authorised)])
     def item(item_id: int) -> dict:
@@ -158,10 +160,13 @@ async def _capped_body(request: Request, limit: int) -> bytes:
     if int(request.headers.get("content-length") or 0) > limit:
         raise HTTPException(413, f"request larger than {limit} bytes")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise HTTPException(413, f"request larger than {limit} bytes")
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise HTTPException(413, f"request larger than {limit} bytes")
+    except ClientDisconnect:  # gone mid-body: nobody to answer, nothing to log
+        raise HTTPException(400, "the client left before its request was whole") from None
     return bytes(body)
 
 
@@ -181,8 +186,7 @@ class HostCheck:
 
 
 def host_name(host: str) -> str:
-    """The name in a Host header, without its port: ``[::1]:8000`` → ``[::1]``."""
-    host = host.strip().lower()
-    if host.startswith("["):
-        return host[: host.find("]") + 1] if "]" in host else host
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    """The name in a Host header, without its port: ``[::1]:8000`` → ``[::1]``; "" for anything
+    that is not a name or a bracketed address with an optional numeric port."""
+    m = re.fullmatch(r"(\[[0-9a-f:.]+\]|[^:\[\]@/\s]+)(?::\d{1,5})?", host.strip().lower())
+    return m.group(1) if m else ""

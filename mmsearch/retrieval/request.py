@@ -8,7 +8,7 @@ guess) and query strings as strings; infinities and NaN are refused everywhere.
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, field_validator
 
@@ -17,6 +17,13 @@ from ..validated import Validated
 #: most hits one HTTP request may ask for (bounded work per request; the API and CLI have no limit)
 MAX_HTTP_K = 1000
 DEFAULT_PER_VIDEO = 3
+#: most parts in one query (texts, images, negatives): each costs a model forward (300 parts in a
+#: 1.2 KB URL took 6.7 s)
+MAX_PARTS = 16
+#: most tags a search filters by: each is a subquery (SQLite refused ~1,000 at once, with a 500)
+MAX_TAGS = 32
+#: largest weight of a query part: weights are relative, and 1e308 overflowed the fused vector
+MAX_WEIGHT = 1e4
 #: longest `path` glob: SQLite's GLOB is linear in the pattern, and no real path glob is this long
 MAX_GLOB = 1024
 
@@ -29,12 +36,12 @@ class SearchRequest(Validated):
 
     q: str | None = Field(None, description='Text to search for, e.g. "a dog on a beach"; or a fused query '
                           'such as "2:beach + ref.jpg - people".')
-    image: list[str] = Field([], description="Search by example image (or a video: its frame at --at); "
+    image: list[str] = Field([], max_length=MAX_PARTS, description="Search by example image (or a video: its frame at --at); "
                              "repeatable. Files on this machine: not accepted over HTTP.")
     at: float | None = Field(None, ge=0, description="With --image VIDEO: the frame at this many seconds.")
-    negative: list[str] = Field([], validation_alias=AliasChoices("negative", "not"),
+    negative: list[str] = Field([], max_length=MAX_PARTS, validation_alias=AliasChoices("negative", "not"),
                                 description="Text to steer away from; repeatable.")
-    weights: list[float] = Field([], validation_alias=AliasChoices("weights", "weight"),
+    weights: list[Annotated[float, Field(ge=-MAX_WEIGHT, le=MAX_WEIGHT)]] = Field([], max_length=MAX_PARTS, validation_alias=AliasChoices("weights", "weight"),
                                  description="Weights of the positive parts, in order (query text first, then each image).")
     fusion: Fusion = Field("early", description="How parts combine: early (one fused vector) or late "
                            "(rank fusion of separate searches).")
@@ -46,7 +53,7 @@ class SearchRequest(Validated):
                              "e.g. '*/2024/*' or '*.png'.")
     after: date | None = Field(None, description="Only files modified on or after this date (YYYY-MM-DD).")
     before: date | None = Field(None, description="Only files modified before this date (YYYY-MM-DD).")
-    tags: list[str] = Field([], validation_alias=AliasChoices("tags", "tag"),
+    tags: list[str] = Field([], max_length=MAX_TAGS, validation_alias=AliasChoices("tags", "tag"),
                             description="Only files carrying this zero-shot tag (see `mmsearch tag`); repeatable.")
     per_video: int = Field(DEFAULT_PER_VIDEO, ge=1, description="At most this many moments per video (always separate shots).")
 

@@ -17,13 +17,12 @@ from ..media.image import load_image
 from ..media.kinds import kind_of
 from ..media.video import frame_at
 from .index import Index
-from .request import DEFAULT_PER_VIDEO, SearchRequest
+from .request import DEFAULT_PER_VIDEO, MAX_PARTS, MAX_WEIGHT, SearchRequest
 from .store import File, Item, Tag
 
 RRF_K = 60  # reciprocal-rank fusion constant (Cormack et al.)
 FILE_MARK = "@"  # a compact query part naming a file: ``@photo.jpg``
-#: most parts in one query: each costs a model forward (300 parts in a 1.2 KB URL took 6.7 s)
-MAX_PARTS = 16
+
 
 
 @dataclass
@@ -120,13 +119,20 @@ def parse_compact(query: str) -> list[Part]:
     with ``@``): plain text stays one part."""
     if not re.search(r"\s[+-]\s", query) and not query.lstrip().startswith(FILE_MARK):
         return [Part(text=query)]
+    # split no further than one part too many: a 20 MB query of "a + a + ..." must not become
+    # millions of parts (it held a server's event loop for 21 s) before it is refused
+    tokens = re.split(r"\s([+-])\s", query, maxsplit=MAX_PARTS)
+    if len(tokens) > 2 * MAX_PARTS:
+        raise UserError(f"a query has at most {MAX_PARTS} parts")
     parts, sign = [], 1.0
-    for token in re.split(r"\s([+-])\s", query):
+    for token in tokens:
         if token in ("+", "-"):
             sign = 1.0 if token == "+" else -1.0
             continue
         m = re.match(r"^\s*(\d+(?:\.\d+)?):(.*)$", token)
         weight, body = (float(m.group(1)), m.group(2).strip()) if m else (1.0, token.strip())
+        if not weight <= MAX_WEIGHT:
+            raise UserError(f"a part's weight is at most {MAX_WEIGHT:g}, not {m.group(1)[:20] if m else weight}")
         if body.startswith(FILE_MARK):
             if not body[1:].strip():
                 raise UserError(f"{FILE_MARK} needs a file name after it, as in {FILE_MARK}photo.jpg")

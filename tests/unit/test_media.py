@@ -390,3 +390,20 @@ def test_check_pixels():
     assert str(e.value) == "too many pixels: 100x101 exceeds the limit of 10,000 (--max-pixels)"
     with pytest.raises(DecodeError, match="20000x20000 exceeds the limit of 100,000,000"):
         check_pixels(20_000, 20_000, 100_000_000)
+
+
+def test_a_large_upload_is_reduced_before_it_is_copied():
+    import io
+
+    from PIL import Image
+
+    from mmsearch.media.image import UPLOAD_SIDE, load_image_bytes
+
+    buf = io.BytesIO()
+    Image.new("RGBA", (4 * UPLOAD_SIDE + 100, 2 * UPLOAD_SIDE + 300), (0, 0, 255, 0)).save(buf, "PNG")
+    img = load_image_bytes(buf.getvalue())
+    assert img.mode == "RGB" and UPLOAD_SIDE <= min(img.size) < 2 * UPLOAD_SIDE
+    assert img.info["source_size"] == (4 * UPLOAD_SIDE + 100, 2 * UPLOAD_SIDE + 300)
+    small = io.BytesIO()
+    Image.new("RGB", (640, 480)).save(small, "PNG")
+    assert load_image_bytes(small.getvalue()).size == (640, 480)  # nothing to reduce
