@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 
+import numpy as np
 import pytest
 
 
@@ -131,3 +132,46 @@ def test_a_read_only_index_answers_and_refuses_writes(cli, tiny_clip, lib):
 def test_an_empty_token_is_refused_not_served_open(cli):
     r = cli("serve", "--token", " ", ok=False)
     assert r.exit_code == 2 and r.stderr.startswith("mmsearch: error: --token (or MMSEARCH_TOKEN) is empty")
+
+
+def test_long_texts_are_cut_before_the_tokenizer(tiny_clip, tmp_path):
+    """A 6 MB query took 9 s and 1.8 GB in the tokenizer before it was truncated to the tower's
+    tokens: both the PyTorch and the ONNX path cut texts to MAX_TEXT_CHARS first."""
+    from mmsearch.retrieval.encoders import MAX_TEXT_CHARS, load_encoder
+    from mmsearch.retrieval.encoders.query import QueryEncoder
+    from mmsearch.retrieval.encoders.runtime import export_for_queries
+
+    enc = load_encoder(tiny_clip)
+    seen: list[int] = []
+    real = enc._forward_texts
+    enc._forward_texts = lambda texts: (seen.extend(map(len, texts)), real(texts))[1]
+    try:
+        enc.encode_texts(["x" * 6_000_000, "short"])
+    finally:
+        del enc._forward_texts
+    assert seen == [MAX_TEXT_CHARS, 5]
+    assert export_for_queries(enc, tmp_path)
+    query = QueryEncoder.load(enc.identity, tmp_path)
+    tok = query._sessions["tokenizer"]
+    lengths: list[int] = []
+
+    class Spy:
+        def encode_batch(self, texts):
+            lengths.extend(map(len, texts))
+            return tok.encode_batch(texts)
+
+    query._sessions["tokenizer"] = Spy()
+    huge = query.encode_texts(["x" * 6_000_000])
+    assert lengths == [MAX_TEXT_CHARS] and np.allclose(huge, query.encode_texts(["x" * MAX_TEXT_CHARS]))
+
+
+def test_concurrent_first_loads_of_a_model_all_succeed(tmp_path):
+    """Four parallel first requests of a fresh server: three failed inside transformers' lazy
+    imports ("cannot import name 'AutoModel'") before model loading took a lock."""
+    code = ("from concurrent.futures import ThreadPoolExecutor\n"
+            "from mmsearch.retrieval.encoders import load_encoder\n"
+            "with ThreadPoolExecutor(4) as pool:\n"
+            "    models = list(pool.map(lambda _: load_encoder('lite'), range(4)))\n"
+            "assert all(m is models[0] for m in models)\nprint('ok', models[0].dim)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and r.stdout.split() == ["ok", "768"], r.stderr[-2000:]
