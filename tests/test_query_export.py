@@ -105,3 +105,13 @@ def test_resize_center_crop_gives_torchvisions_pixels(photos):
     for p in sorted(photos.iterdir()):
         img = Image.open(p).convert("RGB")
         assert np.array_equal(np.asarray(ours(img)), np.asarray(theirs(img))), p.name
+
+
+def test_a_model_without_a_text_export_is_decided_once(tiny_clip, tmp_path, monkeypatch):
+    """A tokenizer with no `tokenizers` equivalent: sealed as rejected, so that every later query
+    does not build and check it again (~1 s each)."""
+    enc = load_encoder(tiny_clip)
+    calls = []
+    monkeypatch.setattr(type(enc), "text_export", lambda self: calls.append(1))
+    assert not export_for_queries(enc, tmp_path) and not export_for_queries(enc, tmp_path)
+    assert calls == [1] and "no text export" in json.loads((tmp_path / META).read_text())["rejected"]

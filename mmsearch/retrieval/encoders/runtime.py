@@ -250,14 +250,16 @@ def export_for_queries(encoder: Encoder, folder: Path | None = None) -> bool:
     allows) in `folder` (default: its folder in the user cache), unless a sealed one is there.
     False when the model has no text export or its export does not agree with PyTorch."""
     folder = folder or model_dir(encoder.identity)
-    if QueryEncoder.load(encoder.identity, folder) is not None:
+    if QueryEncoder.read(encoder.identity, folder) is not None:  # (whether its files load, a query finds out)
         return True
-    if _sealed(folder, encoder).get("rejected") is not None:  # measured once: queries stay on PyTorch
+    if _sealed(folder, encoder).get("rejected") is not None:  # decided once: queries stay on PyTorch
         return False
     spec = encoder.text_export()
-    if spec is None:
-        return False
     folder.mkdir(parents=True, exist_ok=True)
+    if spec is None:  # sealed as rejected too: building and checking a tokenizer costs ~1 s a query
+        _seal(folder, {"identity": encoder.identity, "format": EXPORT_FORMAT,
+                       "rejected": "no text export (its tokenizer has no `tokenizers` equivalent)"})
+        return False
     (folder / META).unlink(missing_ok=True)  # unsealed while it is written
     text: dict[str, Any] = {"file": "text.onnx", "tokenizer": "tokenizer.json", "inputs": list(spec.inputs),
             "max_length": spec.max_length, "pad_id": spec.pad_id, "pad_to": spec.pad_to}
@@ -275,9 +277,13 @@ def export_for_queries(encoder: Encoder, folder: Path | None = None) -> bool:
         seal["rejected"] = f"vectors disagree with PyTorch's (cosine {agree:.4f} < {QUERY_MIN_COSINE})"
     else:
         seal |= {"dim": encoder.dim, "text": text, "image": image}
+    _seal(folder, seal)
+    return "rejected" not in seal
+
+
+def _seal(folder: Path, seal: dict) -> None:
     (folder / f"{META}.tmp").write_text(json.dumps(seal, indent=1))
     os.replace(folder / f"{META}.tmp", folder / META)
-    return "rejected" not in seal
 
 
 def _image_export(encoder: Encoder, folder: Path) -> dict | None:
