@@ -110,3 +110,16 @@ def test_transparent_images_are_flattened_on_white(tmp_path):
 
     Image.new("RGBA", (8, 8), (255, 0, 0, 0)).save(tmp_path / "clear.png")
     assert load_image(tmp_path / "clear.png").getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_avif_photos_index_and_find_themselves(cli, tiny_clip, photos, tmp_path):
+    """AVIF (Pillow decodes it itself): a real photo converted to AVIF indexes, finds itself, and
+    embeds close to its PNG original."""
+    d = tmp_path / "avif"
+    d.mkdir()
+    for name in ("coffee.png", "chelsea.png", "rocket.jpg"):
+        Image.open(photos / name).convert("RGB").save(d / (name.rsplit(".", 1)[0] + ".avif"), quality=90)
+    s = cli.json("index", str(d), "--model", tiny_clip, "--runtime", "torch")
+    assert s["new"] == 3 and not s["skipped"], s
+    hit = cli.json("search", "--image", str(photos / "coffee.png"), "-k", "1")[0]
+    assert hit["path"] == str(d / "coffee.avif") and hit["score"] > 0.98

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import os
 
-IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+#: (.avif: Pillow decodes AVIF itself since version 11.2)
+IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif"})
 VIDEO_EXTS = frozenset({".mp4", ".mkv", ".webm", ".mov", ".avi", ".ogv", ".m4v"})
 #: caption tables: one text item per row (`media.tables`)
 TABLE_EXTS = frozenset({".csv", ".tsv", ".jsonl", ".parquet"})

@@ -51,6 +51,8 @@ class PixelPrep:
     def normalise(self, batch: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8 NHWC batch -> the float NCHW tensor the model's forward takes (also traced into
         the ONNX export, so both runtimes share this one definition)."""
+        if isinstance(batch, np.ndarray) and not batch.flags.writeable:
+            batch = batch.copy()  # torch cannot share read-only memory (it warned on every run)
         x = torch.as_tensor(batch).permute(0, 3, 1, 2).contiguous().float().div(255)
         return x.sub(torch.tensor(self.mean).view(1, 3, 1, 1)).div(torch.tensor(self.std).view(1, 3, 1, 1))
 
