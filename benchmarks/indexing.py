@@ -36,7 +36,7 @@ from mmsearch.indexer.run import index_paths  # noqa: E402
 from mmsearch.media.image import load_image  # noqa: E402
 from mmsearch.retrieval.encoders import load_encoder  # noqa: E402
 from mmsearch.retrieval.encoders.pixels import PixelEncoder  # noqa: E402
-from mmsearch.retrieval.encoders.runtime import pixel_encoder  # noqa: E402
+from mmsearch.retrieval.encoders.runtime import export_for_queries, pixel_encoder  # noqa: E402
 from mmsearch.retrieval.index import Index  # noqa: E402
 
 
@@ -69,11 +69,10 @@ def main() -> None:
         t = time.perf_counter()
         enc = load_encoder(args.model)
         load_s = time.perf_counter() - t
-        idx = Index(Path(tmp) / "index", create=True)  # where the runtime is chosen, once
-        idx.use_model(args.model)
-        t = time.perf_counter()
-        encode, runtime = pixel_encoder(enc, idx.path, args.runtime, images=len(files))
+        t = time.perf_counter()  # the runtime is chosen once, in the model's cache folder
+        encode, runtime = pixel_encoder(enc, runtime=args.runtime, images=len(files))
         choose_s = time.perf_counter() - t
+        export_for_queries(enc)  # one-time too: index runs find it sealed
         prep = enc.pixel_prep
         t = time.perf_counter()
         images = [load_image(p, draft=2 * enc.image_size) for p in files]
@@ -96,8 +95,6 @@ def main() -> None:
             """index_paths on `root` in a fresh index that has the runtime choice cached."""
             index = Index(Path(tmp) / name, create=True)
             index.use_model(args.model)
-            if (Path(idx.path) / "onnx").exists():  # (absent when the runtime is torch)
-                shutil.copytree(Path(idx.path) / "onnx", Path(index.path) / "onnx")
             opts = IndexOptions.of(model=args.model, batch_size=args.batch_size, runtime=args.runtime,
                                    processes=args.processes, **({"workers": args.workers} if args.workers else {}))
             return index_paths(index, [str(root)], opts)
