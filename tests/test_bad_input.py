@@ -112,14 +112,21 @@ def test_transparent_images_are_flattened_on_white(tmp_path):
     assert load_image(tmp_path / "clear.png").getpixel((0, 0)) == (255, 255, 255)
 
 
-def test_avif_photos_index_and_find_themselves(cli, tiny_clip, photos, tmp_path):
-    """AVIF (Pillow decodes it itself): a real photo converted to AVIF indexes, finds itself, and
-    embeds close to its PNG original."""
-    d = tmp_path / "avif"
+@pytest.mark.parametrize("ext", ["avif", "heic"])
+def test_phone_formats_index_and_find_their_originals(cli, tiny_clip, photos, tmp_path, ext):
+    """AVIF (Pillow itself) and HEIC (pillow-heif): real photos converted index, thumbnail, and embed
+    close to their originals."""
+    import mmsearch.media.image  # noqa: F401  (registers the HEIF opener with Pillow)
+    from mmsearch import SearchIndex
+
+    d = tmp_path / ext
     d.mkdir()
     for name in ("coffee.png", "chelsea.png", "rocket.jpg"):
-        Image.open(photos / name).convert("RGB").save(d / (name.rsplit(".", 1)[0] + ".avif"), quality=90)
+        Image.open(photos / name).convert("RGB").save(d / f"{name.rsplit('.', 1)[0]}.{ext}", quality=90)
     s = cli.json("index", str(d), "--model", tiny_clip, "--runtime", "torch")
     assert s["new"] == 3 and not s["skipped"], s
-    hit = cli.json("search", "--image", str(photos / "coffee.png"), "-k", "1")[0]
-    assert hit["path"] == str(d / "coffee.avif") and hit["score"] > 0.98
+    for name in ("coffee.png", "chelsea.png", "rocket.jpg"):
+        hit = cli.json("search", "--image", str(photos / name), "-k", "1")[0]
+        assert hit["path"] == str(d / f"{name.rsplit('.', 1)[0]}.{ext}") and hit["score"] > 0.98, (name, hit)
+    thumb = SearchIndex(cli.index).thumbnail(hit["item_id"], 64)
+    assert thumb is not None and max(Image.open(io.BytesIO(thumb)).size) == 64

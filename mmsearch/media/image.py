@@ -9,6 +9,7 @@ import os
 import warnings
 from dataclasses import dataclass
 
+import pillow_heif
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .errors import DecodeError, check_pixels, os_reason, regular_size
@@ -21,6 +22,7 @@ DEFAULT_MAX_UPLOAD = 20 << 20
 UPLOAD_SIDE = 1024
 
 Image.MAX_IMAGE_PIXELS = None  # we enforce our own, configurable limit before decoding
+pillow_heif.register_heif_opener()  # HEIC/HEIF (phone photos) open like any other image
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 

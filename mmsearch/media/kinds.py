@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import os
 
-#: (.avif: Pillow decodes AVIF itself since version 11.2)
-IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif"})
+#: (.avif: Pillow decodes AVIF itself since version 11.2; .heic/.heif, every iPhone photo, through
+#: pillow-heif, registered with Pillow in media/image.py: the primary image of a multi-image file)
+IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif", ".heic", ".heif"})
 VIDEO_EXTS = frozenset({".mp4", ".mkv", ".webm", ".mov", ".avi", ".ogv", ".m4v"})
 #: caption tables: one text item per row (`media.tables`)
 TABLE_EXTS = frozenset({".csv", ".tsv", ".jsonl", ".parquet"})
