@@ -27,7 +27,7 @@ from .. import __version__
 from ..api import SearchIndex
 from ..errors import UserError
 from ..media.image import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD
-from ..retrieval.request import MAX_HTTP_K, SearchRequest, list_fields
+from ..retrieval.request import MAX_HTTP_K, REPEATABLE, SearchRequest
 from ..retrieval.search import parse_compact
 
 PAGE = Path(__file__).parent / "web" / "index.html"
@@ -132,10 +132,9 @@ def create_app(index: SearchIndex, token: str | None = None, max_upload: int = D
 
 def query_request(params) -> SearchRequest:
     """A search request from query parameters (repeatable fields collect every value)."""
-    repeatable = list_fields()
     fields: dict[str, Any] = {}
     for key, value in params.multi_items():
-        if key in repeatable:
+        if key in REPEATABLE:
             fields.setdefault(key, []).append(value)
         elif key in fields:
             raise UserError(f"{key}: given more than once")

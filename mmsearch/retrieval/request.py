@@ -77,7 +77,7 @@ class SearchRequest(Validated):
         return value.date() if isinstance(value, datetime) else value
 
 
-def list_fields() -> set[str]:
+def _repeatable() -> frozenset[str]:
     """Every name a repeatable field is accepted under (its own and its aliases)."""
     names: set[str] = set()
     for name, f in SearchRequest.model_fields.items():
@@ -85,4 +85,8 @@ def list_fields() -> set[str]:
             names.add(name)
             if isinstance(f.validation_alias, AliasChoices):
                 names |= {a for a in f.validation_alias.choices if isinstance(a, str)}
-    return names
+    return frozenset(names)
+
+
+#: the query-string names that may repeat (`tag=a&tag=b`), derived once from the fields
+REPEATABLE = _repeatable()

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from mmsearch.errors import UserError
 from mmsearch.indexer.options import IndexOptions
-from mmsearch.retrieval.request import DEFAULT_PER_VIDEO, MAX_GLOB, SearchRequest, list_fields
+from mmsearch.retrieval.request import DEFAULT_PER_VIDEO, MAX_GLOB, REPEATABLE, SearchRequest
 
 
 def _error(fn, *args, **kw) -> str:
@@ -43,8 +43,8 @@ def test_single_string_becomes_a_list_of_one():
     assert (r.image, r.negative, r.tags) == (["a.jpg"], ["blue"], ["beach"])
 
 
-def test_list_fields_include_aliases():
-    assert list_fields() == {"image", "negative", "not", "weights", "weight", "tags", "tag"}
+def test_repeatable_fields_include_aliases():
+    assert REPEATABLE == {"image", "negative", "not", "weights", "weight", "tags", "tag"}
 
 
 @pytest.mark.parametrize("value, day", [

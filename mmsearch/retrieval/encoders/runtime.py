@@ -262,7 +262,7 @@ def export_for_queries(encoder: Encoder, folder: Path | None = None) -> bool:
         return False
     (folder / META).unlink(missing_ok=True)  # unsealed while it is written
     text: dict[str, Any] = {"file": "text.onnx", "tokenizer": "tokenizer.json", "inputs": list(spec.inputs),
-            "max_length": spec.max_length, "pad_id": spec.pad_id, "pad_to": spec.pad_to}
+                            "max_length": spec.max_length, "pad_id": spec.pad_id, "pad_to": spec.pad_to}
     if isinstance(spec.tokenizer, Path):
         shutil.copyfile(spec.tokenizer, folder / text["tokenizer"])
     else:
