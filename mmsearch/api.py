@@ -31,7 +31,7 @@ from .media.image import DEFAULT_MAX_PIXELS, load_image, load_image_bytes
 from .media.video import frame_at
 from .retrieval.index import Index
 from .retrieval.request import SearchRequest
-from .retrieval.search import Filters, Hit, Part, part_vector, run, search
+from .retrieval.search import Filters, Hit, Part, fusion_depth, hybrid, lexical_search, part_vector, run, search
 from .retrieval.store import File, Item, Tag, bump_generation, chunks, get_meta, set_meta
 
 #: item ids are SQLite integers; a larger number names no item (and must not overflow a query)
@@ -80,7 +80,8 @@ class SearchIndex:
         """Search by text (plain, or compact fused syntax ``2:beach + ref.jpg - people``), by
         example images (``image=[paths]``), by the bytes of an uploaded image, or all at once.
         `query` is the text or a whole `SearchRequest`; keywords are `SearchRequest` fields (k,
-        kind, path, after, before, tags, negative, weights, fusion, min_score, per_video, at)."""
+        kind, path, after, before, taken_after, taken_before, near, tags, mode, negative, weights,
+        fusion, min_score, per_video, at)."""
         request = query if isinstance(query, SearchRequest) else SearchRequest.of(q=query, **fields)
         pixels = None if upload is None else _decode_upload(upload, max_pixels)
         return run(self.index, request, pixels)
@@ -90,12 +91,17 @@ class SearchIndex:
         """Many text queries with one request's k, filters and limits, embedded in batches with
         the model loaded once."""
         request = request or SearchRequest.of(**fields)
+        if request.mode == "lexical":
+            return [lexical_search(self.index, q, request) for q in queries]
         encoder, filters = self.index.embedder(), Filters.of(request)
+        depth = request.k if request.mode == "semantic" else fusion_depth(request)
         out = []
         for i in range(0, len(queries), batch_size):
-            for vec in encoder.encode_texts(list(queries[i : i + batch_size])):
-                out.append(search(self.index, vec, request.k, min_score=request.min_score, filters=filters,
-                                  per_video=request.per_video))
+            chunk = list(queries[i : i + batch_size])
+            for q, vec in zip(chunk, encoder.encode_texts(chunk)):
+                dense = search(self.index, vec, depth, min_score=request.min_score, filters=filters,
+                               per_video=request.per_video)
+                out.append(dense if request.mode == "semantic" else hybrid(self.index, dense, q, request))
         return out
 
     def describe(self, image: str, k: int = 5, at: float | None = None) -> list[Hit]:

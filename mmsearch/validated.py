@@ -53,6 +53,6 @@ def invalid(error: ValidationError, as_flags: bool = False) -> UserError:
         where = ".".join(str(x) for x in e["loc"]) or "request"
         if as_flags and e["loc"]:
             where = "QUERY" if e["loc"][0] == "q" else "--" + str(e["loc"][0]).replace("_", "-")
-        parts.append(f"{where[:60]}: {e['msg'][:200]}")  # a name is the client's: never echoed whole
+        parts.append(f"{where[:60]}: {e['msg'].removeprefix('Value error, ')[:200]}")  # a name is the client's: never echoed whole
     more = f" (and {len(errors) - MAX_ERRORS} more)" if len(errors) > MAX_ERRORS else ""
     return UserError("; ".join(parts) + more)

@@ -88,7 +88,7 @@ def test_search_argument_mistakes(cli, tiny_clip, photos):
         ("search", "--image", "/no/such.jpg"): "query image /no/such.jpg does not exist",
         ("search", "x", "--fusion", "sideways", "--image", str(photos / "coffee.png")): "--fusion: Input should be 'early' or 'late'",
         ("search", "x", "--type", "sound"): "--type: Input should be 'image', 'video' or 'text'",
-        ("search", "x", "--after", "yesterday"): "--after: Value error, wants a date like 2024-06-30, not 'yesterday'",
+        ("search", "x", "--after", "yesterday"): "--after: wants a date like 2024-06-30, not 'yesterday'",
         ("search", "x", "--weight", "1", "--weight", "2"): "2 weights for 1 positive parts",
         ("search", "x", "--k", "0"): "--k: Input should be greater than or equal to 1",
         ("search", "x", "--weight", "nan"): "--weight: Input should be a finite number",

@@ -12,10 +12,11 @@ CODEC = "libx264" if "libx264" in av.codecs_available else "mpeg4"
 
 
 def write_video(path: Path, shots: list[tuple[Image.Image, float]], fps: int = 10, size=(160, 120),
-                crossfade: float = 0.0, pts_jitter: bool = False) -> list[tuple[float, float]]:
+                crossfade: float = 0.0, pts_jitter: bool = False, metadata: dict | None = None) -> list[tuple[float, float]]:
     """Each shot is one still picture held for its duration, with slight motion so it is real
     video; returns the true (start, end) of every shot. `crossfade` seconds blend into each next
-    shot; `pts_jitter` makes the frame rate variable."""
+    shot; `pts_jitter` makes the frame rate variable; `metadata` are container tags (e.g.
+    creation_time, as cameras write it)."""
     frames, bounds, t = [], [], 0.0
     arrays = [np.asarray(img.convert("RGB").resize(size)) for img, _ in shots]
     for n, ((_, dur), arr) in enumerate(zip(shots, arrays)):
@@ -30,6 +31,7 @@ def write_video(path: Path, shots: list[tuple[Image.Image, float]], fps: int = 1
             frames.append(a)
         t += dur
     with av.open(str(path), "w") as c:
+        c.metadata.update(metadata or {})
         s = c.add_stream(CODEC, rate=fps)
         s.width, s.height, s.pix_fmt = size[0], size[1], "yuv420p"
         s.codec_context.time_base = s.time_base = __import__("fractions").Fraction(1, fps * 10)

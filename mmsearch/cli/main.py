@@ -28,6 +28,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+#: how `info` names where capture times came from
+CAPTURE_SOURCES = {"exif": "EXIF", "metadata": "video metadata", "file": "file time (none in the file)"}
 IndexOpt = typer.Option(None, "--index", envvar="MMSEARCH_INDEX", help="Index directory (default: per-user data dir).")
 JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON.")
 
@@ -83,6 +85,8 @@ def index(
     path_column: str | None = _option(IndexOptions, "path_column", "--path-column"),
     index_type: str | None = _option(IndexOptions, "index_type", "--index-type"),
     runtime: str = _option(IndexOptions, "runtime", "--runtime"),
+    ocr: bool | None = _option(IndexOptions, "ocr", "--ocr/--no-ocr"),
+    watch: bool = typer.Option(False, "--watch", help="After indexing, keep watching the folders (PATHs, or every folder indexed before; --exclude and --hidden apply) and update the index as files appear, change, move or go: one update per burst of changes (0.5 s after the last event, at most 3 s into a long copy), with the model kept loaded. Searches work meanwhile. Ctrl-C or SIGTERM stops (exit code 0)."),
     json_out: bool = JsonOpt,
 ):
     """Index (or incrementally update) media folders: new, changed, renamed and deleted files."""
@@ -90,15 +94,43 @@ def index(
 
     fields = dict(model=model, reindex=reindex, batch_size=batch_size, workers=workers, processes=processes,
                   exclude=exclude, hidden=hidden, max_pixels=max_pixels, max_gap=max_gap, text_column=text_column,
-                  path_column=path_column, index_type=index_type, runtime=runtime, progress=sys.stderr.isatty())
+                  path_column=path_column, index_type=index_type, runtime=runtime, ocr=ocr, progress=sys.stderr.isatty())
     opts = IndexOptions.of(as_flags=True, **{k: v for k, v in fields.items() if v is not None})
-    summary = SearchIndex(index, create=True).add(paths or [], opts)
-    if json_out:
-        typer.echo(json.dumps(summary.as_dict()))
-        return
-    typer.echo(summary.line())
-    for s in summary.skipped:
-        typer.echo(f"  skipped {_printable(s['path'])}: {s['reason']}")
+
+    def report(summary) -> None:
+        if json_out:
+            typer.echo(json.dumps(summary.as_dict()))
+            return
+        typer.echo(summary.line())
+        for s in summary.skipped:
+            typer.echo(f"  skipped {_printable(s['path'])}: {s['reason']}")
+
+    idx = SearchIndex(index, create=True)
+    report(idx.add(paths or [], opts))
+    if watch:
+        _watch(idx.index, paths or [], opts, report)
+
+
+def _watch(index, paths: list[str], opts: IndexOptions, report) -> None:
+    """Update the index on every burst of changes until Ctrl-C or SIGTERM, which end it with exit
+    code 0: an update they interrupt keeps what it committed, as any interrupted run does."""
+    import signal
+
+    from ..indexer.watch import Watch
+
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops as Ctrl-C does
+    try:
+        with Watch(index, paths, opts) as watching:
+            typer.echo(f"watching {', '.join(map(_printable, watching.roots))} for changes (Ctrl-C to stop)", err=True)
+            for update in watching:
+                if isinstance(update, UserError):
+                    typer.echo(f"mmsearch: error: {update}", err=True)
+                else:
+                    report(update)
+    except KeyboardInterrupt:
+        typer.echo("stopped watching", err=True)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @app.command()
@@ -127,6 +159,10 @@ def search(
     after: str | None = _option(SearchRequest, "after", "--after"),
     before: str | None = _option(SearchRequest, "before", "--before"),
     tag: List[str] = _option(SearchRequest, "tags", "--tag"),
+    taken_after: str | None = _option(SearchRequest, "taken_after", "--taken-after"),
+    taken_before: str | None = _option(SearchRequest, "taken_before", "--taken-before"),
+    near: str | None = _option(SearchRequest, "near", "--near", metavar="LAT,LON,KM"),
+    mode: str = _option(SearchRequest, "mode", "--mode"),
     per_video: int = _option(SearchRequest, "per_video", "--per-video"),
     k: int = _option(SearchRequest, "k", "--k", "-k"),
     min_score: float | None = _option(SearchRequest, "min_score", "--min-score"),
@@ -143,12 +179,14 @@ def search(
     from ..paths import default_index_dir
     from ..retrieval.encoders.query import preload
 
-    preload(index or default_index_dir(), texts=query is not None or queries is not None, images=bool(image))
+    texts = (query is not None or queries is not None) and mode != "lexical"  # lexical search needs no model
+    preload(index or default_index_dir(), texts=texts, images=bool(image))
     from ..api import SearchIndex
 
     # keys as the flags are spelled (aliases), so that a bad value's message names the flag
     request = SearchRequest.of(as_flags=True, q=query, image=image, at=at, weight=weight, fusion=fusion, type=kind, path=path,
                                after=after, before=before, tag=tag, per_video=per_video, k=k, min_score=min_score,
+                               taken_after=taken_after, taken_before=taken_before, near=near, mode=mode,
                                **{"not": negative})
     idx = SearchIndex(index)
     if queries is not None:
@@ -185,10 +223,11 @@ def _where(h) -> str:
     path = _printable(h.path)
     if h.kind == "text":
         return f"{h.text[:100]!r}  ({path}:{h.offset})"
+    about = (f"  taken {h.taken[:10]}" if h.taken else "") + (f"  {_printable(h.ocr[:60])!r}" if h.ocr else "")
     if h.kind != "video":
-        return path
+        return path + about
     shot = f" (shot {_clock(h.start)}–{_clock(h.end)})" if h.start is not None and h.end is not None else ""
-    return f"{path} @ {_clock(h.timestamp)}{shot}"
+    return f"{path} @ {_clock(h.timestamp)}{shot}{about}"
 
 
 def _batch_search(idx, queries: str, request: SearchRequest) -> None:
@@ -348,6 +387,12 @@ def info(index: str | None = IndexOpt, json_out: bool = JsonOpt):
     typer.echo(f"size       {data['size_bytes'] / 1e6:.1f} MB")
     if data["tags"]:
         typer.echo("tags       " + ", ".join(f"{label} {n}" for label, n in data["tags"].items()))
+    if data["taken_from"]:
+        sources = ", ".join(f"{n} from {CAPTURE_SOURCES.get(k, k)}" for k, n in sorted(data["taken_from"].items()))
+        typer.echo(f"taken      {sources}; {data['located']} with a GPS position")
+    ocr = data["ocr"]
+    typer.echo(f"ocr        {'on' if ocr['on'] else 'off'}: text read in {ocr['images_read']} image(s), "
+               f"{ocr['with_text']} with text")
     typer.echo(f"skipped    {len(data['skipped'])} file(s)")
     for s in data["skipped"]:
         typer.echo(f"  {_printable(s['path'])}: {s['reason']}")

@@ -16,8 +16,10 @@ from sqlalchemy.orm import Session
 
 from ..errors import UserError
 from ..media.files import display_path, under
+from ..retrieval import lexical
 from ..retrieval.index import Index
 from ..retrieval.store import File, Item, bump_generation, chunks, get_meta, pack, set_meta
+from . import annotate
 from .options import IndexOptions
 from .plan import make_plan
 from .scan import Entry, scan
@@ -36,6 +38,8 @@ class Summary:
     runtime: str | None = None  # what ran the image tower, when anything was embedded
     processes: bool = False  # whether decode workers were processes
     query_export: bool = False  # whether the model's query export (no PyTorch for searches) is in place
+    ocr_images: int = 0  # images whose text was read (OCR) in this run
+    ocr_seconds: float = 0.0
 
     def as_dict(self) -> dict:
         return {**self.__dict__, "files_per_second": round(self.embedded / self.seconds, 2) if self.seconds else 0.0}
@@ -45,6 +49,7 @@ class Summary:
             f"{self.new} new, {self.updated} updated, {self.unchanged} unchanged, {self.removed} removed, "
             f"{self.reused} reused by content, {len(self.skipped)} skipped; embedded {self.embedded} "
             f"in {self.seconds:.1f}s" + (f" (image tower on {self.runtime})" if self.runtime and self.embedded else "")
+            + (f"; read text in {self.ocr_images} image(s) in {self.ocr_seconds:.1f}s" if self.ocr_images else "")
         )
 
 
@@ -115,6 +120,9 @@ def _update(index: Index, roots: Iterable[str], opts: IndexOptions) -> Summary:
                 _commit(s)
             # the model is loaded now: leave its query export behind, so that searches need no PyTorch
             summary.query_export = _export_for_queries(encoder)
+        annotate.captures(s, opts)
+        if _ocr_on(s, opts):
+            summary.ocr_images, summary.ocr_seconds = annotate.ocr(s, opts)
     if retype and index_type:
         with index.session() as s:
             set_meta(s, "index_type", index_type)
@@ -123,6 +131,14 @@ def _update(index: Index, roots: Iterable[str], opts: IndexOptions) -> Summary:
     index.faiss_index(rebuild=retype or index.generation() != generation)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _ocr_on(s: Session, opts: IndexOptions) -> bool:
+    """Whether this run reads text in images: as asked (and remembered), else as the index was."""
+    if opts.ocr is not None:
+        set_meta(s, "ocr", "on" if opts.ocr else "off")
+        s.commit()
+    return get_meta(s, "ocr") == "on"
 
 
 def _export_for_queries(encoder) -> bool:
@@ -143,7 +159,7 @@ def _count(summary: Summary, e: Entry, new_paths: set[bytes]) -> None:
 
 def _copy(item: Item) -> dict:
     return dict(kind=item.kind, timestamp=item.timestamp, start=item.start, end=item.end, text=item.text,
-                offset=item.offset, link_path=item.link_path, vector=item.vector)
+                offset=item.offset, link_path=item.link_path, ocr=item.ocr, vector=item.vector)
 
 
 def _file_rows(s: Session, entries: list[Entry]) -> list[File]:
@@ -160,6 +176,7 @@ def _file_rows(s: Session, entries: list[Entry]) -> list[File]:
             row = File(path_key=e.key, path=display_path(e.path), kind=e.kind)
             s.add(row)
         row.size, row.mtime_ns = e.size, e.mtime_ns
+        row.taken_from = None  # its capture metadata is read again (annotate.py)
         rows.append(row)
     return rows
 
@@ -178,6 +195,10 @@ def _write(s: Session, files: list[tuple[Entry, str, list[dict], tuple[int, int]
     first = _fresh_ids(s, len(items))
     if items:  # (a file may have none, e.g. a text file without passages)
         s.execute(insert(Item), [{"id": first + i, **it} for i, it in enumerate(items)])
+        # searchable words: the file's name on its first item, each item's text or OCR text
+        names = {row.id: lexical.name_text(row.path) for row in rows}
+        lexical.add_rows(s, [(first + i, names.pop(it["file_id"], ""), it.get("text") or lexical.ocr_text(it.get("ocr")))
+                             for i, it in enumerate(items)])
 
 
 def _fresh_ids(s: Session, n: int) -> int:

@@ -3,9 +3,14 @@ from __future__ import annotations
 
 import os
 
+#: camera raw photos, decoded by LibRaw (rawpy's build includes Sigma's X3F) in media/image.py.
+#: Not ".raw": other programs' dumps carry it too (the cameras that wrote it also wrote .rw2/.rwl)
+RAW_EXTS = frozenset({".dng", ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".orf", ".rw2", ".rwl",
+                      ".raf", ".pef", ".ptx", ".srw", ".3fr", ".fff", ".erf", ".kdc", ".dcr", ".mrw", ".mef", ".mos",
+                      ".x3f", ".iiq"})
 #: (.avif: Pillow decodes AVIF itself since version 11.2; .heic/.heif, every iPhone photo, through
 #: pillow-heif, registered with Pillow in media/image.py: the primary image of a multi-image file)
-IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif", ".heic", ".heif"})
+IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif", ".heic", ".heif"}) | RAW_EXTS
 VIDEO_EXTS = frozenset({".mp4", ".mkv", ".webm", ".mov", ".avi", ".ogv", ".m4v"})
 #: caption tables: one text item per row (`media.tables`)
 TABLE_EXTS = frozenset({".csv", ".tsv", ".jsonl", ".parquet"})

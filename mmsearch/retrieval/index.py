@@ -287,6 +287,11 @@ class Index:
             counts = dict(s.execute(select(Item.kind, func.count()).group_by(Item.kind)).all())
             files = dict(s.execute(select(File.kind, func.count()).where(File.status == "ok").group_by(File.kind)).all())
             tags = dict(s.execute(select(Tag.label, func.count()).group_by(Tag.label).order_by(func.count().desc())).all())
+            taken = dict(s.execute(select(File.taken_from, func.count()).where(File.status == "ok", File.kind != "text")
+                                   .group_by(File.taken_from)).all())
+            located = s.scalar(select(func.count()).select_from(File).where(File.lat.is_not(None))) or 0
+            read = s.execute(select(func.count(Item.ocr), func.count().filter(Item.ocr.not_in(["[]"])))
+                             .where(Item.kind == "image")).one()
             skipped = [
                 {"path": p, "reason": e}
                 for p, e in s.execute(select(File.path, File.error).where(File.status == "skipped").order_by(File.path))
@@ -305,6 +310,11 @@ class Index:
             "index_type": type(faiss.downcast_index(index.index)).__name__ if hasattr(index, "index") else type(index).__name__,
             "index_plan": loaded.plan.as_dict(),
             "tags": tags,
+            # photos and videos: where each capture time came from (file: modification time,
+            # no capture time in the file); how many have a GPS position
+            "taken_from": {k or "unread": n for k, n in taken.items()},
+            "located": located,
+            "ocr": {"on": self.meta("ocr") == "on", "images_read": read[0], "with_text": read[1]},
             "skipped": skipped,
             "size_bytes": sum(sizes.values()),
             "files_on_disk": sizes,

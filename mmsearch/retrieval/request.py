@@ -28,6 +28,7 @@ MAX_WEIGHT = 1e4
 MAX_GLOB = 1024
 
 Fusion = Literal["early", "late"]
+Mode = Literal["hybrid", "semantic", "lexical"]
 Kind = Literal["image", "video", "text"]
 
 
@@ -53,6 +54,14 @@ class SearchRequest(Validated):
                              "e.g. '*/2024/*' or '*.png'.")
     after: date | None = Field(None, description="Only files modified on or after this date (YYYY-MM-DD).")
     before: date | None = Field(None, description="Only files modified before this date (YYYY-MM-DD).")
+    taken_after: date | None = Field(None, description="Only photos and videos taken on or after this date (YYYY-MM-DD, "
+                                     "where they were taken; files without a capture time: their modification date).")
+    taken_before: date | None = Field(None, description="Only photos and videos taken before this date (YYYY-MM-DD).")
+    near: tuple[float, float, float] | None = Field(None, description="Only photos and videos taken within KM kilometres "
+                                                    "of LAT,LON (GPS position in their metadata), given as LAT,LON,KM.")
+    mode: Mode = Field("hybrid", description="semantic (meaning, by the model), lexical (words in file names, texts, "
+                       "captions and text read in images), or hybrid: both, merged by rank (semantic alone when no "
+                       "words match). Lexical search needs a plain text query.")
     tags: list[str] = Field([], max_length=MAX_TAGS, validation_alias=AliasChoices("tags", "tag"),
                             description="Only files carrying this zero-shot tag (see `mmsearch tag`); repeatable.")
     per_video: int = Field(DEFAULT_PER_VIDEO, ge=1, description="At most this many moments per video (always separate shots).")
@@ -63,7 +72,29 @@ class SearchRequest(Validated):
         """A single string where a list goes is a list of one (``"not": "blue"``, ``image="a.jpg"``)."""
         return [value] if isinstance(value, str) else value
 
-    @field_validator("after", "before", mode="before")
+    @field_validator("near", mode="before")
+    @classmethod
+    def _near_text(cls, value: Any) -> Any:
+        """``"48.85,2.35,5"`` → (48.85, 2.35, 5.0); a JSON array is left to the type check."""
+        if isinstance(value, str):
+            try:
+                value = tuple(float(v) for v in value.split(","))
+            except ValueError:
+                raise ValueError(f"wants LAT,LON,KM such as 48.85,2.35,5, not {value[:40]!r}") from None
+            if len(value) != 3:
+                raise ValueError("wants three numbers LAT,LON,KM, such as 48.85,2.35,5")
+        return tuple(value) if isinstance(value, list) else value
+
+    @field_validator("near")
+    @classmethod
+    def _near(cls, value: tuple[float, float, float] | None) -> tuple[float, float, float] | None:
+        if value is not None:
+            lat, lon, km = value
+            if not (-90 <= lat <= 90 and -180 <= lon <= 180 and 0 < km <= 20_100):
+                raise ValueError("wants a latitude in -90..90, a longitude in -180..180 and a distance of 0-20100 km")
+        return value
+
+    @field_validator("after", "before", "taken_after", "taken_before", mode="before")
     @classmethod
     def _day(cls, value: Any) -> Any:
         """A date, a datetime (its day), or an ISO date string; an empty string is no date."""

@@ -2,6 +2,7 @@
 become an id set that FAISS searches within, and hits get their metadata."""
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import asdict, dataclass, field
@@ -12,15 +13,19 @@ from PIL import Image
 from sqlalchemy import Select, select
 
 from ..errors import UserError
+from ..media.capture import FILE_TIME, distance_km, iso_taken, wall_ns
 from ..media.errors import DecodeError
 from ..media.image import load_image
 from ..media.kinds import kind_of
 from ..media.video import frame_at
+from . import lexical
 from .index import Index
 from .request import DEFAULT_PER_VIDEO, MAX_PARTS, MAX_WEIGHT, SearchRequest
 from .store import File, Item, Tag
 
 RRF_K = 60  # reciprocal-rank fusion constant (Cormack et al.)
+#: a lexical match's rank credit against a semantic one's in hybrid search
+LEXICAL_WEIGHT = 1.0
 FILE_MARK = "@"  # a compact query part naming a file: ``@photo.jpg``
 
 
@@ -37,6 +42,11 @@ class Hit:
     text: str | None = None
     offset: int | None = None
     link_path: str | None = None
+    ocr: str | None = None  # text read in the image (OCR), when the index reads text
+    taken: str | None = None  # capture time, ISO 8601 (with its UTC offset when known)
+    camera: str | None = None
+    lat: float | None = None
+    lon: float | None = None
 
     def as_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -51,14 +61,19 @@ class Filters:
     after_ns: int | None = None  # file modification time
     before_ns: int | None = None
     tags: list[str] = field(default_factory=list)
+    taken_after_ns: int | None = None  # capture time, wall clock where taken (media/capture.py)
+    taken_before_ns: int | None = None
+    near: tuple[float, float, float] | None = None  # lat, lon, km
 
     @classmethod
     def of(cls, request: SearchRequest) -> Filters:
         return cls({request.kind} if request.kind else None, request.path or None, day_ns(request.after),
-                   day_ns(request.before), list(request.tags))
+                   day_ns(request.before), list(request.tags), wall_day_ns(request.taken_after),
+                   wall_day_ns(request.taken_before), request.near)
 
     def active(self) -> bool:
-        return bool(self.kinds or self.path_glob or self.tags) or self.after_ns is not None or self.before_ns is not None
+        bounds = (self.after_ns, self.before_ns, self.taken_after_ns, self.taken_before_ns, self.near)
+        return bool(self.kinds or self.path_glob or self.tags) or any(b is not None for b in bounds)
 
     def query(self) -> Select:
         """The ids of the items that pass every filter."""
@@ -73,19 +88,45 @@ class Filters:
             q = q.where(File.mtime_ns < self.before_ns)
         for tag in self.tags:
             q = q.where(File.id.in_(select(Tag.file_id).where(Tag.label == tag)))
+        if self.taken_after_ns is not None:
+            q = q.where(File.taken_ns >= self.taken_after_ns)
+        if self.taken_before_ns is not None:
+            q = q.where(File.taken_ns < self.taken_before_ns)
+        if self.near is not None:  # a box around the circle in SQL; the circle itself in `allowed_ids`
+            lat, lon, km = self.near
+            dlat = km / 111.0
+            dlon = km / (111.32 * max(math.cos(math.radians(lat)), 1e-6))
+            q = q.where(File.lat.between(lat - dlat, lat + dlat))
+            if dlon < 180:  # (a box wider than the globe, or near a pole: every longitude)
+                lo, hi = lon - dlon, lon + dlon
+                wrap = (File.lon >= lo + 360) | (File.lon <= hi - 360)  # across the antimeridian
+                q = q.where(File.lon.between(lo, hi) | wrap)
+            q = q.add_columns(File.lat, File.lon)
         return q
 
     def allowed_ids(self, index: Index) -> np.ndarray | None:
         if not self.active():
             return None
         with index.session() as s:
-            return np.fromiter(s.scalars(self.query()), dtype=np.int64)
+            if self.near is None:
+                return np.fromiter(s.scalars(self.query()), dtype=np.int64)
+            rows = s.execute(self.query()).all()
+        if not rows:
+            return np.zeros(0, np.int64)
+        ids, lats, lons = (np.array(c) for c in zip(*rows))
+        lat, lon, km = self.near
+        return ids[distance_km(lat, lon, lats.astype(float), lons.astype(float)) <= km].astype(np.int64)
 
 
 def path_pattern(glob: str) -> str:
     """A `--path` glob as matched against whole stored paths: one that is not absolute matches
     whole trailing components (``2024/*`` matches ``/photos/2024/a.jpg``, not ``/photos/old2024/``)."""
     return glob if glob.startswith(("/", "*")) else "*/" + glob
+
+
+def wall_day_ns(day: date | None) -> int | None:
+    """Midnight starting `day` as a wall-clock reading (how capture times are stored)."""
+    return None if day is None else max(-(2**63), min(wall_ns(datetime(day.year, day.month, day.day)), 2**63 - 1))
 
 
 def day_ns(day: date | None) -> int | None:
@@ -191,27 +232,72 @@ def query_parts(request: SearchRequest, pixels: Image.Image | None = None) -> li
 
 def run(index: Index, request: SearchRequest, pixels: Image.Image | None = None) -> list[Hit]:
     """Answer a search request (with an uploaded image's decoded `pixels`, if any)."""
-    return fused_search(index, query_parts(request, pixels), request)
+    parts = query_parts(request, pixels)
+    words = lexical_text(parts)
+    if request.mode == "lexical":
+        if words is None:
+            raise UserError("lexical search needs a plain text query (no images, no + or - parts)")
+        return lexical_search(index, words, request)
+    dense = fused_search(index, parts, request, depth=fusion_depth(request) if words is not None and request.mode == "hybrid" else None)
+    if words is None or request.mode == "semantic":
+        return dense
+    return hybrid(index, dense, words, request)
 
 
-def fused_search(index: Index, parts: list[Part], request: SearchRequest) -> list[Hit]:
-    """Search with several weighted parts, with the request's k, fusion, filters and limits.
-    early: one search with the fused vector. late: each part searched alone, lists merged by
-    reciprocal-rank fusion; negative parts subtract their own RRF credit."""
+def lexical_text(parts: list[Part]) -> str | None:
+    """The text a lexical search looks for: a query of one plain text part, else None."""
+    return parts[0].text if len(parts) == 1 and parts[0].text is not None and parts[0].weight > 0 else None
+
+
+def fusion_depth(request: SearchRequest) -> int:
+    """How many of each ranking a rank fusion merges."""
+    return max(100, request.k * 10)
+
+
+def lexical_search(index: Index, words: str, request: SearchRequest, depth: int | None = None) -> list[Hit]:
+    """Hits whose file name, text or text in the image contains every word of `words`."""
+    filters = Filters.of(request)
+    allowed = filters.allowed_ids(index)
+    with index.session() as s:
+        found = lexical.search(s, words, depth or request.k * 4 + 16, None if allowed is None else set(allowed.tolist()))
+    return _group(_rows(index, found), depth or request.k, None, request.per_video)
+
+
+def hybrid(index: Index, dense: list[Hit], words: str, request: SearchRequest) -> list[Hit]:
+    """The semantic and lexical rankings merged by reciprocal rank; the semantic ranking alone
+    when no words match. An item in both lists sums both credits; a tie goes to the lexical
+    match (it contains the very words asked for)."""
+    matched = lexical_search(index, words, request, fusion_depth(request))
+    if not matched:
+        return dense[: request.k]
+    score: dict[int, float] = {}
+    for rank, h in enumerate(matched):
+        score[h.item_id] = LEXICAL_WEIGHT / (RRF_K + rank + 1)
+    for rank, h in enumerate(dense):
+        score[h.item_id] = score.get(h.item_id, 0.0) + 1.0 / (RRF_K + rank + 1)
+    best = sorted(score, key=lambda i: -score[i])
+    return _group(_rows(index, [(i, score[i]) for i in best]), request.k, None, request.per_video)
+
+
+def fused_search(index: Index, parts: list[Part], request: SearchRequest, depth: int | None = None) -> list[Hit]:
+    """Search with several weighted parts, with the request's k (or `depth` hits, for a rank
+    fusion), fusion, filters and limits. early: one search with the fused vector. late: each
+    part searched alone, lists merged by reciprocal-rank fusion; negative parts subtract their
+    own RRF credit."""
     if not any(p.weight > 0 for p in parts):
         raise UserError("a query needs at least one positive part")
     vectors = [part_vector(index, p) for p in parts]
     filters = Filters.of(request)
+    k = depth or request.k
     if request.fusion == "early" or len(parts) == 1:
-        return search(index, early_fusion(vectors, [p.weight for p in parts]), request.k,
+        return search(index, early_fusion(vectors, [p.weight for p in parts]), k,
                       min_score=request.min_score, filters=filters, per_video=request.per_video)
-    depth = max(100, request.k * 10)
     score: dict[int, float] = {}
     for p, v in zip(parts, vectors):
-        for rank, h in enumerate(search(index, v, depth, filters=filters, per_video=request.per_video)):
+        for rank, h in enumerate(search(index, v, fusion_depth(request), filters=filters, per_video=request.per_video)):
             score[h.item_id] = score.get(h.item_id, 0.0) + p.weight / (RRF_K + rank + 1)
     best = sorted((i for i in score if score[i] > 0), key=lambda i: -score[i])
-    return _group(_rows(index, [(i, score[i]) for i in best]), request.k, None, request.per_video)
+    return _group(_rows(index, [(i, score[i]) for i in best]), k, None, request.per_video)
 
 
 def search(index: Index, vector: np.ndarray, k: int, *, min_score: float | None = None,
@@ -235,21 +321,29 @@ def search(index: Index, vector: np.ndarray, k: int, *, min_score: float | None 
         fetch *= 4
 
 
-def _rows(index: Index, found: list[tuple[int, float]]) -> list[tuple[Item, str, float]]:
+def _rows(index: Index, found: list[tuple[int, float]]) -> list[tuple[Item, File, float]]:
     if not found:
         return []
     with index.session() as s:
-        rows = {item.id: (item, path) for item, path in s.execute(
-            select(Item, File.path).join(File).where(Item.id.in_([i for i, _ in found]))).all()}
+        rows = {item.id: (item, f) for item, f in s.execute(
+            select(Item, File).join(File).where(Item.id.in_([i for i, _ in found]))).all()}
     # an id missing from the store was removed after the FAISS snapshot was taken
     return [(*rows[i], score) for i, score in found if i in rows]
+
+
+def _hit(item: Item, f: File, score: float) -> Hit:
+    # a capture time from the file's own clock is no capture time: only metadata is shown
+    taken = iso_taken(f.taken_ns, f.offset_min) if f.taken_ns is not None and f.taken_from not in (None, FILE_TIME) else None
+    return Hit(f.path, round(score, 6), item.kind, item.id, item.timestamp, item.start, item.end, item.text,
+               item.offset, item.link_path, lexical.ocr_text(item.ocr) or None if item.ocr else None, taken,
+               f.camera, f.lat, f.lon)
 
 
 def _group(rows, k, min_score, per_video) -> list[Hit]:
     hits: list[Hit] = []
     shots_seen: set[tuple[int, float | None]] = set()
     per_file: dict[int, int] = {}
-    for item, path, score in rows:
+    for item, f, score in rows:
         if min_score is not None and score < min_score:
             continue
         if item.kind == "video":
@@ -258,8 +352,7 @@ def _group(rows, k, min_score, per_video) -> list[Hit]:
                 continue
             shots_seen.add(shot)
             per_file[item.file_id] = per_file.get(item.file_id, 0) + 1
-        hits.append(Hit(path, round(score, 6), item.kind, item.id, item.timestamp, item.start, item.end,
-                        item.text, item.offset, item.link_path))
+        hits.append(_hit(item, f, score))
         if len(hits) >= k:
             break
     return hits

@@ -28,6 +28,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 from ..errors import UserError
+from . import lexical
 
 DB_NAME = "mmsearch.db"
 #: most parameters in one statement (`IN (...)` lists are cut to this): SQLite allows 32,766
@@ -68,6 +69,13 @@ class File(Base):
     height: Mapped[int | None] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String, default="ok")  # ok | skipped
     error: Mapped[str | None] = mapped_column(Text)
+    # capture metadata (media/capture.py), read after embedding; taken_from NULL: not read yet
+    taken_ns: Mapped[int | None] = mapped_column(Integer, index=True)
+    offset_min: Mapped[int | None] = mapped_column(Integer)
+    taken_from: Mapped[str | None] = mapped_column(String)
+    camera: Mapped[str | None] = mapped_column(String)
+    lat: Mapped[float | None] = mapped_column(Float, index=True)
+    lon: Mapped[float | None] = mapped_column(Float)
     items: Mapped[list[Item]] = relationship(back_populates="file", cascade="all, delete-orphan", passive_deletes=True)
 
     @property
@@ -90,6 +98,8 @@ class Item(Base):
     offset: Mapped[int | None] = mapped_column(Integer)
     #: for a caption: the image it describes (a sidecar .txt, or a table's path column)
     link_path: Mapped[str | None] = mapped_column(Text, index=True)
+    #: an image's text read by OCR, as JSON [[text, [x0, y0, ... x3, y3], score], ...]; NULL: not read
+    ocr: Mapped[str | None] = mapped_column(Text)
     vector: Mapped[bytes] = mapped_column(LargeBinary)
     file: Mapped[File] = relationship(back_populates="items")
 
@@ -117,7 +127,28 @@ def _v2(conn: Connection) -> None:
     Base.metadata.tables["tags"].create(conn, checkfirst=True)
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2]
+def _v3(conn: Connection) -> None:
+    """Capture metadata, OCR text, and the lexical index (filled from the items already stored)."""
+    for table, column, kind in [("files", "taken_ns", "INTEGER"), ("files", "offset_min", "INTEGER"),
+                                ("files", "taken_from", "VARCHAR"), ("files", "camera", "VARCHAR"),
+                                ("files", "lat", "FLOAT"), ("files", "lon", "FLOAT"), ("items", "ocr", "TEXT")]:
+        if column not in {row[1] for row in conn.execute(text(f"PRAGMA table_info({table})"))}:
+            conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {kind}"))
+    conn.execute(text("CREATE INDEX IF NOT EXISTS ix_files_taken_ns ON files (taken_ns)"))
+    conn.execute(text("CREATE INDEX IF NOT EXISTS ix_files_lat ON files (lat)"))
+    for ddl in lexical.DDL:
+        conn.execute(text(ddl))
+    rows = conn.execute(select(Item.id, Item.file_id, Item.text, File.path).join(File).order_by(Item.file_id, Item.id))
+    last = None
+    for part in rows.partitions(SQL_CHUNK // 3):
+        batch = []
+        for item_id, file_id, body, path in part:
+            batch.append((item_id, lexical.name_text(path) if file_id != last else "", body or ""))
+            last = file_id
+        lexical.add_rows(conn, batch)
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -1,0 +1,79 @@
+"""After embedding: what is read from files besides their vectors. Capture metadata (when, which
+camera, where) for every file, and, when the index has OCR on, the text in its images.
+
+Both run on whatever lacks them (a NULL column), so new files, changed files, and indexes made
+before these existed are filled the same way, and content reused from a renamed file brings its
+OCR text along. Each batch commits alone: a killed run keeps what it read.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator, Sequence
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+from tqdm import tqdm
+
+from ..media.capture import Capture, read_capture
+from ..media.errors import DecodeError
+from ..media.image import load_image
+from ..retrieval import lexical
+from ..retrieval.store import File, Item
+from .options import IndexOptions
+
+BATCH = 64
+
+
+def captures(s: Session, opts: IndexOptions) -> int:
+    """Read the capture metadata of every file that lacks it; returns how many were read."""
+    rows = s.execute(select(File.id, File.path_key, File.kind, File.mtime_ns)
+                     .where(File.status == "ok", File.taken_from.is_(None))).all()
+
+    def read(row) -> dict:
+        file_id, key, kind, mtime_ns = row
+        cap = read_capture(os.fsdecode(key), kind) if kind != "text" else Capture()
+        return {"id": file_id, **cap.with_fallback(mtime_ns).__dict__}
+
+    with ThreadPoolExecutor(opts.workers) as pool:
+        for part in _batches(rows):
+            s.execute(update(File), list(pool.map(read, part)))
+            s.commit()
+    return len(rows)
+
+
+def ocr(s: Session, opts: IndexOptions) -> tuple[int, float]:
+    """Read the text in every image that has not been read; returns (images, seconds)."""
+    from ..media.ocr import MAX_SIDE, read_text
+
+    rows = s.execute(select(Item.id, File.path_key).join(File)
+                     .where(Item.kind == "image", Item.ocr.is_(None), File.status == "ok")).all()
+    start = time.perf_counter()
+
+    def read(row) -> tuple[int, list]:
+        item_id, key = row
+        try:
+            img = load_image(os.fsdecode(key), opts.max_pixels, draft=MAX_SIDE // 2)
+        except DecodeError:  # changed or gone since it was embedded: the next run sees it
+            return item_id, []
+        return item_id, [line.as_list() for line in read_text(img)]
+
+    bar = tqdm(total=len(rows), desc="reading text", unit="image", disable=not opts.progress or not rows)
+    # two threads: one decodes and runs Python glue while the other's ONNX sessions compute
+    with ThreadPoolExecutor(2) as pool:
+        for part in _batches(rows):
+            found = list(pool.map(read, part))
+            s.execute(update(Item), [{"id": i, "ocr": json.dumps(lines, ensure_ascii=False)} for i, lines in found])
+            for i, lines in found:
+                lexical.set_body(s, i, lexical.ocr_text(lines))
+            s.commit()
+            bar.update(len(part))
+    bar.close()
+    return len(rows), time.perf_counter() - start
+
+
+def _batches(rows: Sequence) -> Iterator[Sequence]:
+    for i in range(0, len(rows), BATCH):
+        yield rows[i : i + BATCH]
