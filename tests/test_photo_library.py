@@ -214,3 +214,23 @@ def run_cli():
         return json.loads(r.stdout)
 
     return call
+
+
+def test_http_modes_and_capture_filters(library):
+    from fastapi.testclient import TestClient
+
+    from mmsearch.cli.server import create_app
+
+    idx, d = library
+    client = TestClient(create_app(idx), base_url="http://localhost")
+    r = client.get("/search", params={"q": "会议室", "mode": "lexical"})
+    assert r.status_code == 200 and r.json()[0]["path"] == str(d / "screenshot_3.png")
+    r = client.get("/search", params={"q": "a picture", "near": "48.8582,2.2945,5", "taken_after": "2020-01-01"})
+    assert [h["path"] for h in r.json()] == [str(d / "clip.mp4")]
+    r = client.post("/search", json={"q": "a picture", "near": [48.8582, 2.2945, 5], "taken_before": "2020-01-01"})
+    assert [h["path"] for h in r.json()] == [str(d / "coffee_cup.jpg")]
+    for bad in ({"near": "1,2"}, {"near": "91,0,5"}, {"mode": "fuzzy"}, {"taken_after": "July"}):
+        r = client.get("/search", params={"q": "x", **bad})
+        assert r.status_code == 400 and next(iter(bad)) in r.json()["error"]
+    r = client.get("/search", params={"q": " ".join(["ab"] * 3000), "mode": "lexical"})
+    assert r.status_code == 200  # thousands of short words: a bounded lookup, not an error

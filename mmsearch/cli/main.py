@@ -180,7 +180,7 @@ def search(
     from ..retrieval.encoders.query import preload
 
     texts = (query is not None or queries is not None) and mode != "lexical"  # lexical search needs no model
-    preload(index or default_index_dir(), texts=texts, images=bool(image))
+    preload(index or default_index_dir(), texts=texts, images=bool(image), ahead=[query] if texts and query else [])
     from ..api import SearchIndex
 
     # keys as the flags are spelled (aliases), so that a bad value's message names the flag

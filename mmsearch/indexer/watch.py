@@ -33,8 +33,9 @@ from .scan import _excluded
 QUIET = 0.5
 #: the longest a continuous stream of events (a large copy) puts off an update
 MAX_DELAY = 3.0
-#: seconds to wait before trying again when another process holds the writer lock
-BUSY_RETRY = 3.0
+#: seconds to wait before trying again after an update could not run (another process holds
+#: the writer lock) or failed on the file system
+RETRY = 3.0
 
 #: event kinds that can change what scan finds. Not "opened" and "closed_no_write": the
 #: indexer's own reading of a file raises those, and an update would trigger the next forever
@@ -161,15 +162,22 @@ class Watch:
                 # sweeps a vanished one, as `mmsearch index` without PATH does
                 summary = index_paths(self.index, [] if self._sweep else self.paths, self.opts)
             except IndexBusy:
-                yield IndexBusy(f"another process is indexing into {self.index.path}; trying again in {BUSY_RETRY:.0f}s")
-                time.sleep(BUSY_RETRY)
-                self._changed.set()  # what changed is still to be indexed
+                yield IndexBusy(f"another process is indexing into {self.index.path}; trying again in {RETRY:.0f}s")
+                self._retry()
                 continue
             except UserError as e:
                 yield e
                 continue
+            except OSError as e:  # a file-system race (a search swapping the FAISS file) must not end watching
+                yield UserError(f"update failed: {e}; trying again in {RETRY:.0f}s")
+                self._retry()
+                continue
             self._sweep = False
             yield summary
+
+    def _retry(self) -> None:
+        time.sleep(RETRY)
+        self._changed.set()  # what changed is still to be indexed
 
     def _settle(self) -> None:
         """Wait until a burst of changes is over (or has gone on for the maximum delay). Events

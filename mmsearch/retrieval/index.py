@@ -68,6 +68,16 @@ def _read_plan(fn: str) -> IndexPlan | None:
         return None
 
 
+def _read_index(fn: str, flags: int = 0) -> faiss.Index | None:
+    """A FAISS file, or None when another process removed it as stale since we looked."""
+    try:
+        return faiss.read_index(fn, flags)
+    except RuntimeError:
+        if os.path.exists(fn):
+            raise
+        return None
+
+
 class Index:
     def __init__(self, path: str | os.PathLike | None = None, create: bool = False):
         self.path = str(Path(path or default_index_dir()).expanduser())
@@ -186,17 +196,22 @@ class Index:
                 if newest and stale and stale.kind != "flat":
                     fn = newest
             plan = _read_plan(fn) if os.path.exists(fn) and not rebuild else None
-            if plan is not None:
-                flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if plan.kind.startswith("ivf") else 0
-                self._loaded = Loaded(fn, faiss.read_index(fn, flags), plan)
-            else:
-                self._loaded = Loaded(fn, *self._build(fn))
+            flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if plan and plan.kind.startswith("ivf") else 0
+            index = _read_index(fn, flags) if plan is not None else None
+            self._loaded = Loaded(fn, index, plan) if index is not None and plan is not None else Loaded(fn, *self._build(fn))
             return self._loaded
 
     def _newest_file(self) -> str | None:
         """The most recently written FAISS file of any generation."""
-        files = sorted(glob.glob(os.path.join(self.path, "vectors-*.faiss")), key=os.path.getmtime)
-        return files[-1] if files else None
+        def mtime(path: str) -> float:
+            try:
+                return os.path.getmtime(path)
+            except FileNotFoundError:  # removed as stale by another process since it was listed
+                return -1.0
+
+        files = [(mtime(f), f) for f in glob.glob(os.path.join(self.path, "vectors-*.faiss"))]
+        newest = max((f for f in files if f[0] >= 0), default=None)
+        return newest[1] if newest else None
 
     def _build(self, fn: str) -> tuple[faiss.Index, IndexPlan]:
         with self.session() as s:
@@ -273,7 +288,9 @@ class Index:
         old = _read_plan(newest) if newest else None
         if newest is None or old is None or old.kind != plan.kind or plan.kind == "flat":
             return None
-        index = faiss.read_index(newest)
+        index = _read_index(newest)
+        if index is None:
+            return None
 
         def load(new: np.ndarray) -> np.ndarray:
             vecs = vectors_by_id(s, new.tolist())

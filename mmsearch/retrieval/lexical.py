@@ -36,6 +36,9 @@ DDL = [
 ]
 
 TRIGRAM = 3
+#: words of a query looked up (the rest ignored), and its characters read: bounded work per request
+MAX_TERMS = 16
+MAX_QUERY_CHARS = 4096
 STOPWORDS = frozenset(
     "the and for with from this that these those are was were has have had not but you your our its his her "
     "their them they she him who what which when where how why all any can could would should will into onto "
@@ -76,6 +79,7 @@ class LexicalQuery:
     @classmethod
     def parse(cls, query: str) -> LexicalQuery:
         q = cls()
+        query = query[:MAX_QUERY_CHARS]
         phrases = re.findall(r'"([^"]*)"', query)
         rest = re.sub(r'"[^"]*"', " ", query)
         for p in phrases:
@@ -85,7 +89,7 @@ class LexicalQuery:
         return q
 
     def _add(self, term: str, quoted: bool) -> None:
-        if not term or term in self.terms or term in self.short:
+        if not term or term in self.terms or term in self.short or len(self.terms) + len(self.short) >= MAX_TERMS:
             return
         if len(term) >= TRIGRAM:
             if quoted or term not in STOPWORDS:

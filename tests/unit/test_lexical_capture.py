@@ -117,3 +117,8 @@ def test_near_and_taken_requests():
     with pytest.raises(UserError, match="--mode"):
         SearchRequest.of(as_flags=True, q="x", mode="fuzzy")
     assert SearchRequest.from_json('{"q": "x", "near": [48.85, 2.35, 5]}').near == (48.85, 2.35, 5.0)
+
+
+def test_query_work_is_bounded():
+    q = LexicalQuery.parse(" ".join(f"word{i:04}" for i in range(5000)))
+    assert len(q.terms) == 16
