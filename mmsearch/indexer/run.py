@@ -9,7 +9,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Any, Callable, Iterable
 
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
@@ -21,7 +21,7 @@ from ..retrieval.index import Index
 from ..retrieval.store import File, Item, bump_generation, chunks, get_meta, pack, set_meta
 from . import annotate
 from .options import IndexOptions
-from .plan import make_plan
+from .plan import Plan, make_plan
 from .scan import Entry, scan
 
 
@@ -53,14 +53,15 @@ class Summary:
         )
 
 
-def index_paths(index: Index, roots: Iterable[str], opts: IndexOptions | None = None) -> Summary:
+def index_paths(index: Index, roots: Iterable[str], opts: IndexOptions | None = None,
+                embed: EmbedStage | None = None) -> Summary:
     """Bring the index up to date with `roots` (none: every root indexed before), holding its
-    writer lock."""
+    writer lock. `embed` replaces the embed stage (default: on this machine)."""
     with index.writer():
-        return _update(index, roots, opts or IndexOptions())
+        return _update(index, roots, opts or IndexOptions(), embed)
 
 
-def _update(index: Index, roots: Iterable[str], opts: IndexOptions) -> Summary:
+def _update(index: Index, roots: Iterable[str], opts: IndexOptions, embed: EmbedStage | None = None) -> Summary:
     start = time.perf_counter()
     known = json.loads(index.meta("roots") or "[]")
     paths = [os.path.abspath(r) for r in roots]
@@ -100,26 +101,7 @@ def _update(index: Index, roots: Iterable[str], opts: IndexOptions) -> Summary:
         for e, _, _ in plan.reuse:
             _count(summary, e, plan.new_paths)
         if plan.embed:  # torch and the model load only when there is something to embed
-            from ..retrieval.encoders.runtime import pixel_encoder
-            from .embed import embedded
-
-            encoder = encoder or index.encoder()
-            images = sum(e.kind != "text" for e, _ in plan.embed)
-            encode_pixels, summary.runtime = pixel_encoder(encoder, runtime=opts.runtime, images=images)
-            summary.processes = opts.processes
-            for batch in embedded(plan.embed, encoder, opts, batch_size=opts.batch_size, workers=opts.workers,
-                                  progress=opts.progress, encode_pixels=encode_pixels, processes=opts.processes):
-                ok = [d for d in batch if not d.error]
-                _skip(s, [(d.entry, d.error) for d in batch if d.error], summary)
-                _write(s, [(d.entry, d.digest, [{**it, "vector": pack(it["vector"])} for it in d.items()], d.size)
-                           for d in ok])
-                for d in ok:
-                    _count(summary, d.entry, plan.new_paths)
-                summary.embedded += len(ok)
-                bump_generation(s)
-                _commit(s)
-            # the model is loaded now: leave its query export behind, so that searches need no PyTorch
-            summary.query_export = _export_for_queries(encoder)
+            (embed or _embed_here)(s, index, encoder, plan, opts, summary)
         annotate.captures(s, opts)
         if _ocr_on(s, opts):
             summary.ocr_images, summary.ocr_seconds = annotate.ocr(s, opts)
@@ -131,6 +113,41 @@ def _update(index: Index, roots: Iterable[str], opts: IndexOptions) -> Summary:
     index.faiss_index(rebuild=retype or index.generation() != generation)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _embed_here(s: Session, index: Index, encoder, plan: Plan, opts: IndexOptions, summary: Summary) -> None:
+    """The embed stage on this machine: decode and embed `plan.embed`, committing each batch."""
+    from ..retrieval.encoders.runtime import pixel_encoder
+    from .embed import embedded
+
+    encoder = encoder or index.encoder()
+    images = sum(e.kind != "text" for e, _ in plan.embed)
+    encode_pixels, summary.runtime = pixel_encoder(encoder, runtime=opts.runtime, images=images)
+    summary.processes = opts.processes
+    for batch in embedded(plan.embed, encoder, opts, batch_size=opts.batch_size, workers=opts.workers,
+                          progress=opts.progress, encode_pixels=encode_pixels, processes=opts.processes):
+        commit_batch(s, plan, summary, [(d.entry, d.digest, d.items(), d.size, d.error) for d in batch])
+    # the model is loaded now: leave its query export behind, so that searches need no PyTorch
+    summary.query_export = _export_for_queries(encoder)
+
+
+def commit_batch(s: Session, plan: Plan, summary: Summary,
+                 files: list[tuple[Entry, str, list[dict], tuple[int, int] | None, str | None]]) -> None:
+    """Store one batch of embedded files — (entry, digest, item fields with a float32 `vector`,
+    pixel size, error or None) — in one transaction: files with an error are recorded as skipped."""
+    ok = [f for f in files if not f[4]]
+    _skip(s, [(e, err) for e, _, _, _, err in files if err], summary)
+    _write(s, [(e, digest, [{**it, "vector": pack(it["vector"])} for it in items], size) for e, digest, items, size, _ in ok])
+    for f in ok:
+        _count(summary, f[0], plan.new_paths)
+    summary.embedded += len(ok)
+    bump_generation(s)
+    _commit(s)
+
+
+#: an embed stage: (session, index, loaded encoder or None, plan, options, summary) → None; it
+#: commits what it embeds with `commit_batch` (see `_embed_here`; indexer/distributed.py on Ray)
+EmbedStage = Callable[[Session, Index, Any, Plan, IndexOptions, Summary], None]
 
 
 def _ocr_on(s: Session, opts: IndexOptions) -> bool:
