@@ -322,7 +322,7 @@ def invariants(ix: Path) -> list[str]:
         tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if not {"files", "items", "meta"} <= tables:
             return [] if not tables else [f"schema incomplete: {sorted(tables)}"]
-        problems = _sql_problems(con)
+        problems = _sql_problems(con, ix)
         n_items = con.execute("SELECT count(*) FROM items").fetchone()[0]
         n_images = con.execute("SELECT count(*) FROM items WHERE kind='image'").fetchone()[0]
         ids = {r[0] for r in con.execute("SELECT id FROM items")}
@@ -334,7 +334,7 @@ def invariants(ix: Path) -> list[str]:
     return problems + _api_problems(ix, n_items, n_images, ids)
 
 
-def _sql_problems(con: sqlite3.Connection) -> list[str]:
+def _sql_problems(con: sqlite3.Connection, ix: Path) -> list[str]:
     meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
     dim = int(meta.get("dim") or 0)
     checks = {
@@ -354,12 +354,24 @@ def _sql_problems(con: sqlite3.Connection) -> list[str]:
     if fk := con.execute("PRAGMA foreign_key_check").fetchall():
         problems.append(f"{len(fk)} foreign key violations")
     if dim:
-        vecs = [np.frombuffer(v, np.float32) for (v,) in con.execute("SELECT vector FROM items")]
-        vecs = [v for v in vecs if len(v) == dim]
+        ids = [i for (i,) in con.execute("SELECT id FROM items")]
+        try:
+            vecs = list(_store_vectors(ix, ids).values())
+        except (KeyError, OSError, ValueError) as e:  # a committed item whose vector is not on disk
+            return [*problems, f"vectors unreadable: {type(e).__name__}: {e}"]
         norms = np.linalg.norm(np.stack(vecs), axis=1) if vecs else np.ones(1)
         if not np.isfinite(norms).all() or np.abs(norms - 1).max() > 1e-3:
             problems.append(f"vectors not finite unit length (norms {norms.min():.4f}..{norms.max():.4f})")
     return problems
+
+
+def _store_vectors(ix: Path, ids: list[int]) -> dict:
+    """Vectors by item id, read through mmsearch's own store (segment files since schema v4)."""
+    from mmsearch.retrieval.index import Index
+    from mmsearch.retrieval.store import vectors_by_id
+
+    with Index(ix).session() as s:
+        return vectors_by_id(s, ids)
 
 
 def _api_problems(ix: Path, n_items: int, n_images: int, ids: set[int]) -> list[str]:
@@ -386,12 +398,13 @@ def _api_problems(ix: Path, n_items: int, n_images: int, ids: set[int]) -> list[
 def contents(ix: Path) -> dict[str, list[tuple]]:
     """path -> its items as (kind, timestamp, offset, link, text, vector), in a stable order."""
     con = connect(ix)
-    rows = con.execute("SELECT f.path, f.kind, i.timestamp, i.offset, i.link_path, i.text, i.vector FROM items i "
+    rows = con.execute("SELECT f.path, f.kind, i.timestamp, i.offset, i.link_path, i.text, i.id FROM items i "
                        "JOIN files f ON f.id = i.file_id WHERE f.status='ok'").fetchall()
     con.close()
+    vectors = _store_vectors(ix, [r[-1] for r in rows])
     out: dict[str, list[tuple]] = defaultdict(list)
-    for path, kind, ts, off, link, txt, vec in rows:
-        out[path].append((kind, ts or 0.0, off or 0, link, txt, np.frombuffer(vec, np.float32)))
+    for path, kind, ts, off, link, txt, item_id in rows:
+        out[path].append((kind, ts or 0.0, off or 0, link, txt, vectors[item_id]))
     return {p: sorted(items, key=lambda t: (t[1], t[2])) for p, items in out.items()}
 
 

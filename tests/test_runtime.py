@@ -101,10 +101,10 @@ def test_decode_in_worker_processes_gives_the_same_index(tiny_clip, image_set, t
         with idx.index.session() as s:
             from sqlalchemy import select
 
-            from mmsearch.retrieval.store import File, Item
+            from mmsearch.retrieval.store import File, Item, vectors_by_id
 
-            vectors[processes] = {p: np.frombuffer(v, np.float32) for p, v in s.execute(
-                select(File.path, Item.vector).join(Item, Item.file_id == File.id))}
+            paths = dict(s.execute(select(Item.id, File.path).join(File)).all())
+            vectors[processes] = {paths[i]: v for i, v in vectors_by_id(s, list(paths)).items()}
     assert vectors[True].keys() == vectors[False].keys() and len(vectors[True]) >= 10
     assert all(np.allclose(vectors[True][p], vectors[False][p], atol=1e-5) for p in vectors[True])
 

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+import numpy as np
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
@@ -18,7 +19,7 @@ from ..errors import UserError
 from ..media.files import display_path, under
 from ..retrieval import lexical
 from ..retrieval.index import Index
-from ..retrieval.store import File, Item, bump_generation, chunks, get_meta, pack, set_meta
+from ..retrieval.store import File, Item, bump_generation, chunks, get_meta, put_vectors, segments, set_meta
 from . import annotate
 from .options import IndexOptions
 from .plan import Plan, make_plan
@@ -89,7 +90,7 @@ def _update(index: Index, roots: Iterable[str], opts: IndexOptions, embed: Embed
         # sweep + reuse in one transaction: a rename never loses its vectors
         for ids in chunks(plan.remove):
             s.execute(delete(File).where(File.id.in_(ids)))
-        _write(s, [(e, digest, [_copy(i) for i in items], None) for e, digest, items in plan.reuse])
+        _write(s, _reused(s, plan))
         _skip(s, [(e, e.error or "unusable") for e in plan.broken] + plan.unreadable, summary)
         set_meta(s, "roots", json.dumps(sorted(set(known) | set(paths))))
         set_meta(s, "removed", json.dumps(removed))
@@ -137,7 +138,7 @@ def commit_batch(s: Session, plan: Plan, summary: Summary,
     pixel size, error or None) — in one transaction: files with an error are recorded as skipped."""
     ok = [f for f in files if not f[4]]
     _skip(s, [(e, err) for e, _, _, _, err in files if err], summary)
-    _write(s, [(e, digest, [{**it, "vector": pack(it["vector"])} for it in items], size) for e, digest, items, size, _ in ok])
+    _write(s, [(e, digest, items, size) for e, digest, items, size, _ in ok])
     for f in ok:
         _count(summary, f[0], plan.new_paths)
     summary.embedded += len(ok)
@@ -174,9 +175,18 @@ def _count(summary: Summary, e: Entry, new_paths: set[bytes]) -> None:
         summary.updated += 1
 
 
-def _copy(item: Item) -> dict:
+def _reused(s: Session, plan: Plan) -> list[tuple[Entry, str, list[dict], tuple[int, int] | None]]:
+    """The files whose content the store holds, with copies of its items and vectors. Read from
+    the segments directly: a renamed file's source rows were swept in this very transaction, and
+    rows on disk are never overwritten while an id may still refer to them."""
+    sources = [item for _, _, items in plan.reuse for item in items]
+    vecs = dict(zip((i.id for i in sources), segments(s).get([i.id for i in sources]))) if sources else {}
+    return [(e, digest, [_copy(i, vecs[i.id]) for i in items], None) for e, digest, items in plan.reuse]
+
+
+def _copy(item: Item, vector) -> dict:
     return dict(kind=item.kind, timestamp=item.timestamp, start=item.start, end=item.end, text=item.text,
-                offset=item.offset, link_path=item.link_path, ocr=item.ocr, vector=item.vector)
+                offset=item.offset, link_path=item.link_path, ocr=item.ocr, vector=vector)
 
 
 def _file_rows(s: Session, entries: list[Entry]) -> list[File]:
@@ -211,7 +221,10 @@ def _write(s: Session, files: list[tuple[Entry, str, list[dict], tuple[int, int]
     items = [{"file_id": row.id, **it} for row, (_, _, its, _) in zip(rows, files) for it in its]
     first = _fresh_ids(s, len(items))
     if items:  # (a file may have none, e.g. a text file without passages)
-        s.execute(insert(Item), [{"id": first + i, **it} for i, it in enumerate(items)])
+        # vectors first, synced, then the rows that refer to them (retrieval/vectors.py)
+        put_vectors(s, first, np.stack([it["vector"] for it in items]))
+        s.execute(insert(Item), [{"id": first + i, **{k: v for k, v in it.items() if k != "vector"}}
+                                 for i, it in enumerate(items)])
         # searchable words: the file's name on its first item, each item's text or OCR text
         names = {row.id: lexical.name_text(row.path) for row in rows}
         lexical.add_rows(s, [(first + i, names.pop(it["file_id"], ""), it.get("text") or lexical.ocr_text(it.get("ocr")))

@@ -37,10 +37,12 @@ from .store import (
     get_meta,
     load_vectors,
     open_engine,
+    segments,
     set_meta,
     vectors_by_id,
     vectors_to_file,
 )
+from .vectors import DIR as VECTORS_DIR
 
 if TYPE_CHECKING:
     from .encoders.base import Encoder
@@ -159,6 +161,9 @@ class Index:
             if reindex:
                 s.query(File).delete()
                 bump_generation(s)
+                # vectors of another model (perhaps another dimension) start a new store at the next id
+                segments(s).clear()
+                set_meta(s, "vectors_base", str(int(get_meta(s, "next_item_id") or (s.scalar(select(func.max(Item.id))) or 0) + 1)))
             set_meta(s, "model_spec", enc.spec)
             set_meta(s, "model_identity", enc.identity)
             set_meta(s, "dim", str(enc.dim))
@@ -315,7 +320,8 @@ class Index:
             ]
         loaded = self.faiss_index()
         index = loaded.index
-        sizes = {os.path.basename(f): os.path.getsize(f) for f in glob.glob(os.path.join(self.path, "*")) if os.path.isfile(f)}
+        sizes = {os.path.relpath(f, self.path): os.path.getsize(f) for f in glob.glob(os.path.join(self.path, "*"))
+                 + glob.glob(os.path.join(self.path, VECTORS_DIR, "*")) if os.path.isfile(f)}
         return {
             "index": self.path,
             "model": self.model_spec,

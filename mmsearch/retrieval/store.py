@@ -29,6 +29,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 
 from ..errors import UserError
 from . import lexical
+from .vectors import DIR as VECTORS_DIR
+from .vectors import Segments
 
 DB_NAME = "mmsearch.db"
 #: most parameters in one statement (`IN (...)` lists are cut to this): SQLite allows 32,766
@@ -100,7 +102,7 @@ class Item(Base):
     link_path: Mapped[str | None] = mapped_column(Text, index=True)
     #: an image's text read by OCR, as JSON [[text, [x0, y0, ... x3, y3], score], ...]; NULL: not read
     ocr: Mapped[str | None] = mapped_column(Text)
-    vector: Mapped[bytes] = mapped_column(LargeBinary)
+    # its vector lives in the segment files, at its id (vectors.py)
     file: Mapped[File] = relationship(back_populates="items")
 
 
@@ -148,7 +150,30 @@ def _v3(conn: Connection) -> None:
         lexical.add_rows(conn, batch)
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3]
+def _v4(conn: Connection) -> None:
+    """Vectors leave the items' rows for segment files (vectors.py), in id order."""
+    if "vector" not in {row[1] for row in conn.execute(text("PRAGMA table_info(items)"))}:
+        return  # a database created at v4
+    dim = conn.execute(text("SELECT value FROM meta WHERE key = 'dim'")).scalar()
+    first = conn.execute(text("SELECT min(id) FROM items")).scalar()
+    if first is not None:
+        store = Segments(os.path.join(_folder(conn.engine), VECTORS_DIR), int(dim or 0), int(first))
+        store.clear()  # (what an interrupted earlier attempt left)
+        rows = conn.execute(text("SELECT id, vector FROM items ORDER BY id"))
+        for part in rows.partitions(50_000):
+            ids = np.array([r[0] for r in part], np.int64)
+            vecs = np.frombuffer(b"".join(r[1] for r in part), np.float32).reshape(len(part), -1)
+            if store.dim == 0:
+                store.dim = vecs.shape[1]
+            # rows in runs of consecutive ids (deleted items leave gaps)
+            breaks = np.nonzero(np.diff(ids) != 1)[0] + 1
+            for run_ids, run in zip(np.split(ids, breaks), np.split(vecs, breaks)):
+                store.put(int(run_ids[0]), run)
+        conn.execute(text("INSERT OR REPLACE INTO meta (key, value) VALUES ('vectors_base', :b)"), {"b": str(first)})
+    conn.execute(text("ALTER TABLE items DROP COLUMN vector"))
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -201,44 +226,57 @@ def bump_generation(session: Session) -> None:
     set_meta(session, "generation", str(int(get_meta(session, "generation") or 0) + 1))
 
 
-def pack(vector: np.ndarray) -> bytes:
-    return np.asarray(vector, dtype=np.float32).tobytes()
+def _folder(bind: Engine | Connection) -> str:
+    """The index folder of a database connection (read-only ones are opened as file: URIs)."""
+    engine = bind.engine if isinstance(bind, Connection) else bind
+    return os.path.dirname(str(engine.url.database).removeprefix("file:"))
+
+
+_SEGMENTS: dict[tuple[str, int, int], Segments] = {}
+
+
+def segments(session: Session) -> Segments:
+    """The vector store of the session's index (one per folder, dimension and first id, so its
+    memory maps outlive a session)."""
+    folder = os.path.join(_folder(session.get_bind()), VECTORS_DIR)
+    key = (folder, int(get_meta(session, "dim") or 0), int(get_meta(session, "vectors_base") or 1))
+    if key not in _SEGMENTS:
+        _SEGMENTS[key] = Segments(*key)
+    return _SEGMENTS[key]
+
+
+def put_vectors(session: Session, first_id: int, vectors: np.ndarray) -> None:
+    """Store the vectors of items `first_id`, `first_id` + 1, ... (before their rows commit)."""
+    segments(session).put(first_id, vectors)
 
 
 def load_vectors(session: Session) -> tuple[np.ndarray, np.ndarray]:
     """All (ids, vectors) in the store, for building a FAISS index."""
-    rows = session.execute(select(Item.id, Item.vector).order_by(Item.id)).all()
-    ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-    if not rows:
+    ids = np.array(session.scalars(select(Item.id).order_by(Item.id)).all(), np.int64)
+    if not len(ids):
         return ids, np.zeros((0, 0), np.float32)
-    vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1)
-    return ids, vecs
+    return ids, segments(session).get(ids)
 
 
 def vectors_by_id(session: Session, ids: list[int]) -> dict[int, np.ndarray]:
     """The stored vectors of `ids` (ids no longer stored are absent)."""
-    out: dict[int, np.ndarray] = {}
+    live: list[int] = []
     for part in chunks(ids):
-        for i, v in session.execute(select(Item.id, Item.vector).where(Item.id.in_(part))):
-            out[i] = np.frombuffer(v, np.float32)
-    return out
+        live += session.scalars(select(Item.id).where(Item.id.in_(part))).all()
+    return dict(zip(live, segments(session).get(live))) if live else {}
 
 
-def vectors_to_file(session: Session, path: str, n: int, dim: int, chunk: int = 50_000) -> tuple[np.ndarray, np.ndarray]:
+def vectors_to_file(session: Session, path: str, n: int, dim: int, chunk: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
     """All (ids, vectors) with the vectors in a float16 memory map at `path`, written a chunk at
     a time: building a large index must not hold the collection in RAM (10M × 512 floats are
     20 GiB). Float16 is plenty to place vectors in lists and graphs; scores are re-ranked from
     the stored float32."""
-    ids = np.empty(n, np.int64)
-    vecs = np.memmap(path, np.float16, "w+", shape=(n, dim))
-    i = 0
-    for rows in session.execute(select(Item.id, Item.vector).order_by(Item.id)).yield_per(chunk).partitions():
-        rows = rows[: n - i]
-        ids[i : i + len(rows)] = [r[0] for r in rows]
-        vecs[i : i + len(rows)] = np.frombuffer(b"".join(r[1] for r in rows), np.float32).reshape(len(rows), dim)
-        i += len(rows)
+    ids = np.array(session.scalars(select(Item.id).order_by(Item.id)).all()[:n], np.int64)
+    vecs = np.memmap(path, np.float16, "w+", shape=(max(len(ids), 1), dim))
+    for i, (_, rows) in enumerate(segments(session).chunks(ids, chunk)):
+        vecs[i * chunk : i * chunk + len(rows)] = rows
     vecs.flush()
-    return ids[:i], vecs[:i]
+    return ids, vecs[: len(ids)]
 
 
 def files_by_key(session: Session) -> dict[bytes, File]:

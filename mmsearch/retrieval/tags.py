@@ -13,7 +13,7 @@ from sqlalchemy import delete, select
 from ..errors import UserError
 from ..media.files import under
 from .index import Index
-from .store import File, Item, Tag
+from .store import File, Item, Tag, segments
 
 TEMPERATURE = 100.0  # as CLIP's logit scale: turns cosine gaps of a few hundredths into decisions
 
@@ -44,10 +44,10 @@ def tag_files(index: Index, labels: list[str], prompt: str = "a photo of a {}", 
         for f in files:
             if paths and not under(f.path_key, paths):
                 continue
-            vecs = [np.frombuffer(v, np.float32) for v in s.scalars(select(Item.vector).where(Item.file_id == f.id))]
-            if not vecs:
+            ids = s.scalars(select(Item.id).where(Item.file_id == f.id)).all()
+            if not ids:
                 continue
-            scores = _scores(np.stack(vecs) @ label_vecs.T, f.kind)
+            scores = _scores(segments(s).get(ids) @ label_vecs.T, f.kind)
             order = np.argsort(-scores)
             keep = [i for i in order if scores[i] >= threshold] or [order[0]]
             s.execute(delete(Tag).where(Tag.file_id == f.id))
