@@ -36,6 +36,7 @@ DDL = [
 ]
 
 TRIGRAM = 3
+_NOT_ALNUM = re.compile(r"[^0-9a-z]+")
 #: words of a query looked up (the rest ignored), and its characters read: bounded work per request
 MAX_TERMS = 16
 MAX_QUERY_CHARS = 4096
@@ -50,6 +51,8 @@ def compact(value: str | None) -> str:
     """The searchable form of a text (see the module doc)."""
     if not value:
         return ""
+    if value.isascii():  # the common case, ~10× faster (NFKC and accents change nothing there)
+        return _NOT_ALNUM.sub("", value.lower())
     out, base = [], ""
     for c in unicodedata.normalize("NFKD", value.lower()):
         if unicodedata.combining(c):

@@ -268,7 +268,12 @@ def export_for_queries(encoder: Encoder, folder: Path | None = None) -> bool:
     else:
         spec.tokenizer.save(str(folder / text["tokenizer"]))
     example = tuple(torch.ones((2, spec.pad_to or 8), dtype=torch.int64) for _ in spec.inputs)
-    _trace(spec.module, example, folder / text["file"], {name: {0: "batch", 1: "tokens"} for name in spec.inputs})
+    traced = folder / f"text.{os.getpid()}.traced.onnx"
+    try:
+        _trace(spec.module, example, traced, {name: {0: "batch", 1: "tokens"} for name in spec.inputs})
+        optimise(traced, folder / text["file"])
+    finally:
+        traced.unlink(missing_ok=True)
     image = _image_export(encoder, folder)
     query = QueryEncoder(folder, encoder.identity, encoder.dim, text, image)
     agree = float((query.encode_texts(CHECK_TEXTS) * encoder.encode_texts(CHECK_TEXTS)).sum(1).min())
@@ -281,15 +286,38 @@ def export_for_queries(encoder: Encoder, folder: Path | None = None) -> bool:
     return "rejected" not in seal
 
 
+def optimise(src: Path, dst: Path) -> None:
+    """`src` as ONNX Runtime optimises it, saved as `dst` with its weights apart in `dst`.data,
+    for `query._session` to map. Written in a folder of its own, then renamed into place, the
+    weights first (the graph names them; concurrent exports write the same bytes)."""
+    import onnxruntime as ort
+
+    tmp = dst.parent / f".{dst.name}.{os.getpid()}.tmp"
+    tmp.mkdir(exist_ok=True)
+    opts = ort.SessionOptions()
+    # EXTENDED, not ALL: ALL adds layouts for this very CPU, which a cache folder may outlive
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    opts.optimized_model_filepath = str(tmp / dst.name)
+    opts.add_session_config_entry("session.optimized_model_external_initializers_file_name", f"{dst.name}.data")
+    opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    opts.log_severity_level = 3
+    try:
+        ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
+        os.replace(tmp / f"{dst.name}.data", dst.parent / f"{dst.name}.data")
+        os.replace(tmp / dst.name, dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _seal(folder: Path, seal: dict) -> None:
     (folder / f"{META}.tmp").write_text(json.dumps(seal, indent=1))
     os.replace(folder / f"{META}.tmp", folder / META)
 
 
 def _image_export(encoder: Encoder, folder: Path) -> dict | None:
-    """The image side of the query export: its geometry and the fp32 image tower, when PIL makes
-    the model's very pixels (checked on odd-sized pictures) and the tower agrees with PyTorch (as
-    the runtime choice measured it, or measured here)."""
+    """The image side of the query export: its geometry and the fp32 image tower (optimised from
+    the indexer's visual.onnx), when PIL makes the model's very pixels (checked on odd-sized
+    pictures) and the tower agrees with PyTorch on them."""
     from PIL import Image
 
     image = encoder.query_geometry()
@@ -299,12 +327,14 @@ def _image_export(encoder: Encoder, folder: Path) -> dict | None:
     shape = geometry(image)
     if not all(np.array_equal(np.asarray(shape(p.convert("RGB"))), encoder.pixel_prep(p)) for p in pictures):
         return None
-    image["file"] = export(encoder, folder, int8=False)["onnx"].name
+    image["file"] = "visual.query.onnx"  # beside visual.onnx, as indexing sessions read it (ViT-B-32: +352 MB)
     try:
-        measured = json.loads((folder / "choice.json").read_text())["measured"]["onnx"]["min_cosine"]
-    except (OSError, ValueError, KeyError, TypeError):
-        tower = QueryEncoder(folder, encoder.identity, encoder.dim, {}, image)
-        measured = float((tower.encode_images(pictures) * encoder.encode_images(pictures)).sum(1).min())
+        optimise(export(encoder, folder, int8=False)["onnx"], folder / image["file"])
+    except Exception:  # a damaged visual.onnx (the indexer's too): traced anew
+        (folder / "visual.onnx").unlink(missing_ok=True)
+        optimise(export(encoder, folder, int8=False)["onnx"], folder / image["file"])
+    tower = QueryEncoder(folder, encoder.identity, encoder.dim, {}, image)
+    measured = float((tower.encode_images(pictures) * encoder.encode_images(pictures)).sum(1).min())
     return image if measured >= QUERY_MIN_COSINE else None
 
 
