@@ -30,7 +30,7 @@ from sqlalchemy import insert  # noqa: E402
 
 from mmsearch.retrieval.encoders import load_encoder  # noqa: E402
 from mmsearch.retrieval.index import Index  # noqa: E402
-from mmsearch.retrieval.store import File, Item, bump_generation  # noqa: E402
+from mmsearch.retrieval.store import File, Item, bump_generation, put_vectors, set_meta  # noqa: E402
 
 QUERIES = ["a dog on a beach", "a red car at night", "two people shaking hands", "a bowl of fruit",
            "snow on the mountains", "a cat sleeping on a sofa", "an old map", "a rocket launch"]
@@ -49,10 +49,12 @@ def build(path: Path, n: int) -> None:
             s.execute(insert(File), [dict(id=start + i + 1, path_key=f"/synthetic/{start + i}.jpg".encode(),
                                          path=f"/synthetic/{start + i}.jpg", size=1, mtime_ns=0, kind="image",
                                          status="ok") for i in range(m)])
-            s.execute(insert(Item), [dict(file_id=start + i + 1, kind="image", vector=v[i].tobytes()) for i in range(m)])
+            put_vectors(s, start + 1, v)  # item ids = file ids here: vectors at their ids
+            s.execute(insert(Item), [dict(id=start + i + 1, file_id=start + i + 1, kind="image") for i in range(m)])
+        set_meta(s, "next_item_id", str(n + 1))
         bump_generation(s)
         s.commit()
-    idx.index.faiss_index()
+    idx.faiss_index()
 
 
 def drive(url: str, clients: int, seconds: float) -> tuple[float, float, float]:

@@ -24,6 +24,9 @@ from sqlalchemy import (
     select,
     text,
 )
+from sqlalchemy import (
+    Index as SqlIndex,
+)
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
@@ -76,7 +79,7 @@ class File(Base):
     offset_min: Mapped[int | None] = mapped_column(Integer)
     taken_from: Mapped[str | None] = mapped_column(String)
     camera: Mapped[str | None] = mapped_column(String)
-    lat: Mapped[float | None] = mapped_column(Float, index=True)
+    lat: Mapped[float | None] = mapped_column(Float)
     lon: Mapped[float | None] = mapped_column(Float)
     items: Mapped[list[Item]] = relationship(back_populates="file", cascade="all, delete-orphan", passive_deletes=True)
 
@@ -99,7 +102,7 @@ class Item(Base):
     text: Mapped[str | None] = mapped_column(Text)
     offset: Mapped[int | None] = mapped_column(Integer)
     #: for a caption: the image it describes (a sidecar .txt, or a table's path column)
-    link_path: Mapped[str | None] = mapped_column(Text, index=True)
+    link_path: Mapped[str | None] = mapped_column(Text)
     #: an image's text read by OCR, as JSON [[text, [x0, y0, ... x3, y3], score], ...]; NULL: not read
     ocr: Mapped[str | None] = mapped_column(Text)
     # its vector lives in the segment files, at its id (vectors.py)
@@ -116,6 +119,11 @@ class Tag(Base):
     score: Mapped[float] = mapped_column(Float)
 
 
+# indexes of columns that are mostly NULL hold only their other rows (10 B an item saved each)
+SqlIndex("ix_files_lat", File.lat, sqlite_where=File.lat.is_not(None))
+SqlIndex("ix_items_link_path", Item.link_path, sqlite_where=Item.link_path.is_not(None))
+
+
 def _v1(conn: Connection) -> None:
     Base.metadata.create_all(conn)  # creates the current schema; later steps skip what exists
 
@@ -125,7 +133,6 @@ def _v2(conn: Connection) -> None:
     columns = {row[1] for row in conn.execute(text("PRAGMA table_info(items)"))}
     if "link_path" not in columns:
         conn.execute(text("ALTER TABLE items ADD COLUMN link_path TEXT"))
-        conn.execute(text("CREATE INDEX IF NOT EXISTS ix_items_link_path ON items (link_path)"))
     Base.metadata.tables["tags"].create(conn, checkfirst=True)
 
 
@@ -137,7 +144,6 @@ def _v3(conn: Connection) -> None:
         if column not in {row[1] for row in conn.execute(text(f"PRAGMA table_info({table})"))}:
             conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {kind}"))
     conn.execute(text("CREATE INDEX IF NOT EXISTS ix_files_taken_ns ON files (taken_ns)"))
-    conn.execute(text("CREATE INDEX IF NOT EXISTS ix_files_lat ON files (lat)"))
     for ddl in lexical.DDL:
         conn.execute(text(ddl))
     rows = conn.execute(select(Item.id, Item.file_id, Item.text, File.path).join(File).order_by(Item.file_id, Item.id))
@@ -152,6 +158,9 @@ def _v3(conn: Connection) -> None:
 
 def _v4(conn: Connection) -> None:
     """Vectors leave the items' rows for segment files (vectors.py), in id order."""
+    for name, table, column in [("ix_files_lat", "files", "lat"), ("ix_items_link_path", "items", "link_path")]:
+        conn.execute(text(f"DROP INDEX IF EXISTS {name}"))
+        conn.execute(text(f"CREATE INDEX {name} ON {table} ({column}) WHERE {column} IS NOT NULL"))
     if "vector" not in {row[1] for row in conn.execute(text("PRAGMA table_info(items)"))}:
         return  # a database created at v4
     dim = conn.execute(text("SELECT value FROM meta WHERE key = 'dim'")).scalar()
