@@ -20,7 +20,8 @@ flags) first, then its figures; `--seed` makes the random choices repeatable.
    run finished, the folder changes ("churn": a `--share` of the images get new bytes, clips are
    touched, captions and the table edited, a few files renamed, a few set aside and those set aside
    before brought back) so that the next round has embedding to do. After every round:
-     * invariants, read with sqlite3: every vector has the meta table's `dim`, no item without its
+     * invariants, read with sqlite3: every item's vector is on disk (segment files) with unit
+       length, every item has its lexical row and no lexical row outlives its item, no item without its
        file row, no skipped file with items, no file with status 'ok' and zero items (texts
        included: a text without passages is skipped as "no text", media/text.py), every ok file has
        a digest, no item id at or past `next_item_id`, PRAGMA integrity_check / foreign_key_check;
@@ -338,7 +339,9 @@ def _sql_problems(con: sqlite3.Connection, ix: Path) -> list[str]:
     meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
     dim = int(meta.get("dim") or 0)
     checks = {
-        "items whose vector is not dim floats": f"SELECT count(*) FROM items WHERE length(vector) != {4 * dim}",
+        # (every item's vector is read from the segment files below: a missing row is a finding)
+        "lexical rows without an item": "SELECT count(*) FROM lexical WHERE rowid NOT IN (SELECT id FROM items)",
+        "items without a lexical row": "SELECT count(*) FROM items WHERE id NOT IN (SELECT rowid FROM lexical)",
         "items without a file row": "SELECT count(*) FROM items WHERE file_id NOT IN (SELECT id FROM files)",
         "ok files with zero items": "SELECT count(*) FROM files f WHERE status='ok' AND NOT EXISTS "
                                     "(SELECT 1 FROM items i WHERE i.file_id = f.id)",
