@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from typing import Callable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 from sqlalchemy import (
@@ -288,5 +288,9 @@ def vectors_to_file(session: Session, path: str, n: int, dim: int, chunk: int = 
     return ids, vecs[: len(ids)]
 
 
-def files_by_key(session: Session) -> dict[bytes, File]:
-    return {f.path_key: f for f in session.scalars(select(File))}
+def files_by_key(session: Session) -> dict[bytes, Any]:
+    """What the file plan compares with the disk, by path key: (id, size, mtime_ns, status,
+    error) rows, streamed in chunks. Plain rows, not ORM objects: ~5× less memory per file."""
+    rows = session.execute(select(File.path_key, File.id, File.size, File.mtime_ns, File.status, File.error)
+                           .execution_options(yield_per=SQL_CHUNK))
+    return {r.path_key: r for part in rows.partitions() for r in part}
