@@ -25,6 +25,7 @@ from sqlalchemy import delete, select
 
 from .errors import UserError
 from .indexer.options import IndexOptions
+from .media.capture import iso_taken
 from .media.errors import DecodeError
 from .media.files import under
 from .media.image import DEFAULT_MAX_PIXELS, load_image, load_image_bytes
@@ -129,7 +130,11 @@ class SearchIndex:
             tags = [{"label": t.label, "score": round(t.score, 4)} for t in s.scalars(select(Tag).where(Tag.file_id == f.id))]
         fields = {"id": item.id, "kind": item.kind, "path": f.path, "timestamp": item.timestamp, "start": item.start,
                   "end": item.end, "text": item.text, "offset": item.offset, "link_path": item.link_path,
-                  "width": f.width, "height": f.height, "size": f.size, "mtime": f.mtime_ns / 1e9, "tags": tags}
+                  "width": f.width, "height": f.height, "size": f.size, "mtime": f.mtime_ns / 1e9, "tags": tags,
+                  # capture metadata, and the lines read by OCR with their boxes ([text, [x0, y0, ... x3, y3], score])
+                  "taken": iso_taken(f.taken_ns, f.offset_min) if f.taken_ns is not None else None,
+                  "taken_from": f.taken_from, "camera": f.camera, "lat": f.lat, "lon": f.lon,
+                  "ocr": json.loads(item.ocr) if item.ocr else None}
         return {k: v for k, v in fields.items() if v is not None}
 
     def thumbnail(self, item_id: int, size: int = 256) -> bytes | None:

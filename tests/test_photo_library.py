@@ -234,3 +234,16 @@ def test_http_modes_and_capture_filters(library):
         assert r.status_code == 400 and next(iter(bad)) in r.json()["error"]
     r = client.get("/search", params={"q": " ".join(["ab"] * 3000), "mode": "lexical"})
     assert r.status_code == 200  # thousands of short words: a bounded lookup, not an error
+
+
+def test_item_has_ocr_boxes_and_capture(library):
+    idx, d = library
+    hit = idx.search("invoice 4711", mode="lexical", k=1)[0]
+    item = idx.item(hit.item_id)
+    text, box, score = item["ocr"][0]
+    assert "INVOICE" in text.upper() and len(box) == 8 and 0.6 <= score <= 1
+    x = box[0::2]
+    assert 0 <= min(x) < max(x) <= 640  # in the image's own pixels
+    coffee = next(h for h in idx.search("a picture", k=20, mode="semantic") if h.path.endswith("coffee_cup.jpg"))
+    item = idx.item(coffee.item_id)
+    assert (item["taken"], item["taken_from"], item["camera"]) == ("2019-07-14T15:22:01+02:00", "exif", "Canon EOS 5D")
