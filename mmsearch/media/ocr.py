@@ -41,7 +41,14 @@ def _engine():
         from rapidocr import RapidOCR
 
         logging.getLogger("RapidOCR").setLevel(logging.ERROR)
-        engine = RapidOCR(params={"Global.log_level": "critical", "Global.use_cls": False})
+        # detection on the image scaled to at most 960 px (RapidOCR's default scales it UP to at
+        # least 736 px on the short side): on 200 rendered images (12-72 px text, English and
+        # Chinese, plain/gradient/photo backgrounds, some rotated) 193 of 200 queries found vs
+        # ~194, at 0.60 instead of 1.47 CPU-seconds an image; recognition still reads the text
+        # at full resolution. No angle classifier: upside-down text is rare in photos, and it
+        # costs a pass per line.
+        engine = RapidOCR(params={"Global.log_level": "critical", "Global.use_cls": False,
+                                  "Det.limit_type": "max", "Det.limit_side_len": 960})
         _local.engine = engine
     return engine
 
