@@ -87,6 +87,7 @@ def index(
     runtime: str = _option(IndexOptions, "runtime", "--runtime"),
     ocr: bool | None = _option(IndexOptions, "ocr", "--ocr/--no-ocr"),
     watch: bool = typer.Option(False, "--watch", help="After indexing, keep watching the folders (PATHs, or every folder indexed before; --exclude and --hidden apply) and update the index as files appear, change, move or go: one update per burst of changes (0.5 s after the last event, at most 3 s into a long copy), with the model kept loaded. Searches work meanwhile. Ctrl-C or SIGTERM stops (exit code 0)."),
+    ray: str | None = typer.Option(None, "--ray", metavar="ADDRESS", help="Embed on a Ray cluster (needs mmsearch's ray extra): 'local' starts one on this machine for this run, 'auto' joins the one `ray start` runs here, HOST:PORT names a cluster's head. Scanning and the index stay here; every node needs mmsearch with the index's model, and the index and the media at the same paths (a shared filesystem). An interrupted run resumes from what its nodes finished. See docs/distributed.md."),
     json_out: bool = JsonOpt,
 ):
     """Index (or incrementally update) media folders: new, changed, renamed and deleted files."""
@@ -105,10 +106,24 @@ def index(
         for s in summary.skipped:
             typer.echo(f"  skipped {_printable(s['path'])}: {s['reason']}")
 
+    if ray is not None and watch:
+        raise UserError("--ray cannot be combined with --watch: watch updates embed on this machine")
     idx = SearchIndex(index, create=True)
-    report(idx.add(paths or [], opts))
+    report(idx.add(paths or [], opts) if ray is None else _on_ray(idx, paths or [], opts, ray))
     if watch:
         _watch(idx.index, paths or [], opts, report)
+
+
+def _on_ray(idx, paths: list[str], opts: IndexOptions, address: str):
+    """`index --ray`: the run with its embed stage on a Ray cluster (indexer/distributed.py)."""
+    from ..indexer.distributed import RayStage
+    from ..indexer.run import index_paths
+
+    stage = RayStage(address)
+    summary = index_paths(idx.index, [os.path.expanduser(p) for p in paths], opts, embed=stage)
+    if stage.resumed:
+        typer.echo(f"resumed {stage.resumed} file(s) embedded by an interrupted run", err=True)
+    return summary
 
 
 def _watch(index, paths: list[str], opts: IndexOptions, report) -> None:

@@ -1,0 +1,344 @@
+"""Indexing on a Ray cluster (`mmsearch index --ray ADDRESS`): the embed stage of `run.index_paths`
+on a pool of Ray actors; scanning, planning, the store and the FAISS index stay on this machine.
+
+The driver writes the files to embed as a manifest under ``<index>/runs/<run id>/``, cut into
+slices. A Ray Data actor pool (each actor loads the model once) decodes and embeds a slice with
+mmsearch's own code (embed.py) and writes it as one parquet shard beside the manifest (a tmp file,
+renamed: a shard is whole or absent). The driver stores each shard as it arrives (`commit_batch`,
+one transaction a shard) and removes the run folder when every file is stored. Vectors travel
+through the shared folder, not Ray's object store: a shard outlives the driver, so nothing
+embedded is lost when the driver dies. Workers on other nodes read the media and write the
+shards by the driver's absolute paths: the index and the media must be on a filesystem every
+node mounts at the same path (docs/distributed.md).
+
+Failures, as measured on Ray 2.60: one raising row aborts a whole Dataset (and
+`max_errored_blocks` drops whole blocks), so a file that cannot be decoded is a skipped record in
+its shard (`embed.decode` never raises). An actor killed mid-slice is restarted by Ray Data and
+its slice run again: every file still came out once. A driver killed mid-run leaves its shards:
+the next run first stores from the shards of earlier runs whatever its plan still needs (same
+path, same content digest, same model), then embeds only the rest.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import time
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from sqlalchemy.orm import Session
+
+from ..errors import UserError
+from ..retrieval.index import Index
+from .options import IndexOptions
+from .plan import Plan
+from .run import Summary, _export_for_queries, commit_batch
+from .scan import Entry
+
+#: most files in a slice (one actor call, one shard, one transaction when stored): ~6 s of
+#: embedding for `lite` on two cores, small enough that a crash or a slow node loses little
+SLICE_FILES = 256
+#: slices an actor gets at least, when there are files enough: a fast node takes more of them,
+#: and none waits long at the end for the slowest one (300 files on 2 actors: slices of 38)
+SLICES_PER_ACTOR = 4
+#: CPUs an actor declares. Two: the model's two ONNX Runtime lanes (runtime.py) with two decode
+#: threads, as a local run on two cores has them; a bigger node runs one actor per two CPUs
+ACTOR_CPUS = 2
+#: starts of one slice before the run gives up on it. Ray Data restarts a dead actor and retries
+#: its task without end: a file that crashes its decoder every time would hang the run
+ATTEMPTS = 3
+RUNS = "runs"
+#: shard metadata key: the identity of the model that embedded it
+IDENTITY = b"mmsearch.model_identity"
+#: a shard: one row per file; its items' fields as JSON, their vectors as one float32 blob
+SHARD = pa.schema([("key", pa.binary()), ("digest", pa.string()), ("error", pa.string()), ("width", pa.int32()),
+                   ("height", pa.int32()), ("items", pa.string()), ("vectors", pa.binary())])
+
+
+@dataclass(frozen=True)
+class Run:
+    """One embedding job: what the driver hands every actor (pickled), in a folder named by a
+    hash of the model and the manifest. (Resuming does not need the name to recur: the next run
+    takes from any earlier run's shards the files its plan still needs.)"""
+
+    folder: str
+    model: str  # the spec that loads the index's model on a node
+    identity: str  # what the index holds; a shard of any other model is refused
+    slices: int
+    images: int  # images and videos among the files: `--runtime auto` decides by it, as a local run does
+
+    @property
+    def manifest(self) -> str:
+        return os.path.join(self.folder, "manifest.parquet")
+
+    def shard(self, i: int) -> str:
+        return os.path.join(self.folder, f"shard-{i:05d}.parquet")
+
+    @classmethod
+    def create(cls, runs: str, model: str, identity: str, todo: list[tuple[Entry, str]], slice_files: int) -> Run:
+        h = hashlib.blake2b(identity.encode(), digest_size=8)
+        for e, digest in todo:
+            h.update(e.key + b"\0" + digest.encode())
+        run = cls(os.path.join(runs, h.hexdigest()), model, identity, -(-len(todo) // slice_files),
+                  sum(e.kind != "text" for e, _ in todo))
+        os.makedirs(run.folder, exist_ok=True)
+        # keys, not paths: a path need not be UTF-8, a parquet string must be
+        table = pa.table({"slice": [i // slice_files for i in range(len(todo))], "key": [e.key for e, _ in todo],
+                          "digest": [d for _, d in todo], "kind": [e.kind for e, _ in todo],
+                          "size": [e.size for e, _ in todo], "mtime_ns": [e.mtime_ns for e, _ in todo]})
+        _write_atomic(table, run.manifest, row_group_size=slice_files)  # a row group a slice: each read alone
+        return run
+
+
+@dataclass
+class RayStage:
+    """The embed stage (`run.EmbedStage`) on the Ray cluster at `address`, connected for the
+    stage alone (an unchanged folder never starts Ray). Its fields after a run say what it did."""
+
+    address: str = "local"  # local | auto | HOST:PORT (or any address `ray.init` takes)
+    slice_files: int | None = None  # default: SLICES_PER_ACTOR slices an actor, at most SLICE_FILES files
+    actors: int | None = None  # default: one per ACTOR_CPUS of the cluster's CPUs
+    exit_once: str | None = None  # test hook: the first actor to create this file exits (os._exit) before writing its shard
+    # -- what the last run did
+    resumed: int = 0  # files stored from the shards of an earlier, interrupted run
+    slices: int = 0  # slices embedded on the cluster
+    embedded: int = 0  # files in them
+    nodes: set[str] = field(default_factory=set)  # the nodes that embedded them
+    seconds: float = 0.0  # connecting, embedding and storing
+
+    def __post_init__(self) -> None:
+        if importlib.util.find_spec("ray") is None:  # said before scanning, not after
+            raise UserError("--ray needs Ray: pip install 'mmsearch[ray]'")
+        if not self.address.strip():
+            raise UserError("--ray needs an address: local, auto or HOST:PORT")
+
+    def __call__(self, s: Session, index: Index, encoder: Any, plan: Plan, opts: IndexOptions, summary: Summary) -> None:
+        start = time.perf_counter()
+        identity, model = index.meta("model_identity"), index.model_spec
+        assert identity and model, "index_paths records the model before embedding"
+        wanted = {e.key: (e, digest) for e, digest in plan.embed}
+        runs = os.path.join(index.path, RUNS)
+        self.resumed = _resume(s, plan, summary, runs, identity, wanted)
+        todo = [job for job in plan.embed if job[0].key in wanted]
+        self.slices, self.embedded, self.nodes = 0, 0, set()
+        if todo:
+            with connected(self.address):
+                import ray
+
+                actors = self.actors or max(1, int(ray.cluster_resources().get("CPU", 0)) // ACTOR_CPUS)
+                size = self.slice_files or min(SLICE_FILES, -(-len(todo) // (SLICES_PER_ACTOR * actors)))
+                run = Run.create(runs, model, identity, todo, size)
+                runtimes = self._embed(s, run, actors, plan, opts, summary, wanted)
+            if wanted:  # every slice came back, yet some file is in none: keep the shards for the next run
+                raise UserError(f"{len(wanted)} file(s) came back from the Ray cluster in no shard; run again to embed them")
+            shutil.rmtree(run.folder, ignore_errors=True)
+            with suppress(OSError):  # no empty runs/ left behind
+                os.rmdir(runs)
+            summary.runtime = f"{'/'.join(sorted(runtimes))} on Ray, {len(self.nodes)} node(s)"
+        if encoder is not None:  # loaded here anyway (a new index): leave its query export, as a local run does
+            summary.query_export = _export_for_queries(encoder)
+        self.seconds = time.perf_counter() - start
+
+    def _embed(self, s: Session, run: Run, actors: int, plan: Plan, opts: IndexOptions, summary: Summary,
+               wanted: dict[bytes, tuple[Entry, str]]) -> set[str]:
+        """Embed `run`'s slices on `actors` actors, storing each shard as it comes; the runtimes used."""
+        import ray.data
+        from tqdm import tqdm
+
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        # one block a slice, one slice in flight an actor: a slice is a large unit of work, and
+        # queueing several on one actor left another idle at the end
+        slices = ray.data.from_items([{"slice": i} for i in range(run.slices)], override_num_blocks=run.slices)
+        ds = slices.map_batches(
+            _SliceEmbedder, batch_size=1, fn_constructor_kwargs={"run": run, "opts": opts, "exit_once": self.exit_once},
+            compute=ray.data.ActorPoolStrategy(size=min(actors, run.slices), max_tasks_in_flight_per_actor=1),
+            # CPUs only: mmsearch's models run on the CPU (PyTorch, ONNX Runtime's CPU provider),
+            # so a GPU an actor held would idle
+            num_cpus=ACTOR_CPUS)
+        runtimes: set[str] = set()
+        bar = tqdm(total=len(wanted), desc="embedding on Ray", unit="file", disable=not opts.progress)
+        rows = ds.iter_rows()
+        try:
+            for row in rows:
+                if row["failed"]:
+                    raise UserError(f"{row['failed']} (what the cluster finished is kept for the next run)")
+                n = _store(s, plan, summary, row["shard"], run.identity, wanted, refuse=True)
+                self.slices, self.embedded = self.slices + 1, self.embedded + n
+                self.nodes.add(row["node"])
+                runtimes.add(row["runtime"])
+                bar.update(n)
+        finally:
+            getattr(rows, "close", lambda: None)()  # ends the Dataset, and its actors, also on an error
+            bar.close()
+        return runtimes
+
+
+class _SliceEmbedder:
+    """A Ray Data actor: loads the model once, then turns each slice it is given into a shard."""
+
+    def __init__(self, run: Run, opts: IndexOptions, exit_once: str | None = None):
+        import ray
+
+        from ..retrieval.encoders import load_encoder
+        from ..retrieval.encoders.runtime import pixel_encoder
+
+        self.run, self.opts, self.exit_once = run, opts, exit_once
+        self.encoder = load_encoder(run.model)
+        self.encode_pixels, self.runtime = pixel_encoder(self.encoder, runtime=opts.runtime, images=run.images)
+        self.node = ray.get_runtime_context().get_node_id()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        slices = [int(i) for i in batch["slice"]]
+        done = [self.embed(i) for i in slices]
+        return {"slice": slices, "shard": [d[0] for d in done], "failed": [d[1] for d in done],
+                "node": [self.node] * len(slices), "runtime": [self.runtime] * len(slices)}
+
+    def embed(self, i: int) -> tuple[str, str | None]:
+        """Slice `i` as a shard (embedded once: a retried slice whose shard exists is not redone),
+        or why it was given up: told as a result, since an exception would be wrapped by Ray."""
+        from .embed import embedded
+
+        shard = self.run.shard(i)
+        if os.path.exists(shard):
+            return shard, None
+        with open(shard + ".attempts", "ab") as f:  # one byte a start, in the shared folder: seen by every node
+            f.write(b".")
+            if f.tell() > ATTEMPTS:
+                return shard, (f"slice {i} ended its Ray worker {ATTEMPTS} times: a file in it may crash a decoder "
+                               f"(they are listed in {self.run.manifest})")
+        m = pq.read_table(self.run.manifest, filters=[("slice", "=", i)]).to_pylist()
+        todo = [(Entry(os.fsdecode(r["key"]), r["kind"], r["size"], r["mtime_ns"]), r["digest"]) for r in m]
+        rows: list[dict] = []
+        # decode threads: one per CPU the actor holds (the driver's --workers counts the driver's cores)
+        for done in embedded(todo, self.encoder, self.opts, batch_size=self.opts.batch_size, workers=ACTOR_CPUS,
+                             progress=False, encode_pixels=self.encode_pixels, processes=self.opts.processes):
+            for d in done:
+                items = d.items() if not d.error else []
+                rows.append({"key": d.entry.key, "digest": d.digest, "error": d.error,
+                             "width": d.size[0] if d.size else None, "height": d.size[1] if d.size else None,
+                             "items": json.dumps([{k: v for k, v in it.items() if k != "vector"} for it in items]),
+                             "vectors": b"".join(np.asarray(it["vector"], np.float32).tobytes() for it in items)})
+            if self.exit_once and _claim(self.exit_once):
+                os._exit(1)
+        meta = {IDENTITY: self.encoder.identity, "mmsearch.dim": str(self.encoder.dim), "mmsearch.node": self.node}
+        _write_atomic(pa.Table.from_pylist(rows, schema=SHARD.with_metadata(meta)), shard)
+        return shard, None
+
+
+def _store(s: Session, plan: Plan, summary: Summary, shard: str, identity: str,
+           wanted: dict[bytes, tuple[Entry, str]], refuse: bool) -> int:
+    """Commit the files of `shard` that are still `wanted` (same path and content digest) in one
+    transaction, and take them off `wanted`; how many. A shard of another model than `identity`
+    is refused (`refuse`: one of this run's nodes has other weights) or left unused (an earlier
+    run's, before a --reindex with another model)."""
+    try:
+        table = pq.read_table(shard)
+    except (OSError, pa.ArrowException):
+        if refuse:
+            raise
+        return 0  # an earlier run's shard is only a cache
+    theirs = (table.schema.metadata or {}).get(IDENTITY, b"").decode()
+    if theirs != identity:
+        if refuse:
+            raise UserError(f"a Ray node embedded with model {theirs or '(unknown)'} but the index holds {identity}: "
+                            "install the same mmsearch and model on every node")
+        return 0
+    dim = int((table.schema.metadata or {}).get(b"mmsearch.dim", b"0"))
+    files = []
+    for r in table.to_pylist():
+        job = wanted.get(r["key"])
+        if job is None or job[1] != r["digest"]:  # stored already (a slice delivered twice), or changed since
+            continue
+        del wanted[r["key"]]
+        fields = json.loads(r["items"])
+        vectors = np.frombuffer(r["vectors"], np.float32).reshape(len(fields), dim)
+        size = (r["width"], r["height"]) if r["width"] is not None else None
+        files.append((job[0], job[1], [{**f, "vector": v} for f, v in zip(fields, vectors)], size, r["error"]))
+    if files:
+        commit_batch(s, plan, summary, files)
+    return len(files)
+
+
+def _resume(s: Session, plan: Plan, summary: Summary, runs: str, identity: str,
+            wanted: dict[bytes, tuple[Entry, str]]) -> int:
+    """Store what the plan still needs from the shards of earlier runs (a driver that died while
+    embedding or storing), then remove them: the writer lock is ours, so no run is using them."""
+    resumed = 0
+    for folder in sorted(Path(runs).glob("*")) if os.path.isdir(runs) else []:
+        for shard in sorted(folder.glob("shard-*.parquet")):
+            resumed += _store(s, plan, summary, str(shard), identity, wanted, refuse=False)
+        shutil.rmtree(folder, ignore_errors=True)
+    return resumed
+
+
+@contextmanager
+def connected(address: str) -> Iterator[None]:
+    """Connected to a Ray cluster for the duration: `local` starts one on this machine and stops
+    it after; `auto` finds the one running here; HOST:PORT names its head. A process already
+    connected (a notebook, a test) keeps its own connection, which is left open."""
+    import ray
+
+    if address != "local":
+        _reachable(address)
+    if ray.is_initialized():
+        yield
+        return
+    quiet: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "error"}
+    try:
+        if address == "local":  # a new cluster, even where RAY_ADDRESS or `ray start` names another
+            # at least 4 logical CPUs even on 2 cores: room for two actors, and a resumed run of an
+            # earlier design (Ray Data reading the shards back) deadlocked with 2
+            ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), **quiet)
+        else:
+            ray.init(address=address, **quiet)
+    except ValueError:
+        raise UserError(f"--ray {address}: not a Ray address (local, auto or HOST:PORT)") from None
+    except (ConnectionError, RuntimeError, SystemExit) as e:  # (SystemExit: after 200 s of retries)
+        raise UserError(f"cannot connect to the Ray cluster at {address} ({_first_line(e)}): is it running, and do "
+                        "RAY_AUTH_MODE and RAY_AUTH_TOKEN_PATH (or RAY_AUTH_TOKEN) match the cluster's?") from None
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _reachable(address: str) -> None:
+    """Fail at once when HOST:PORT refuses connections: Ray itself retries for 200 s, then exits."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or "://" in address:
+        return  # auto, or a ray:// address: left to Ray
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as e:
+        raise UserError(f"cannot reach a Ray cluster at {address}: {e.strerror or e}") from None
+
+
+def _write_atomic(table: Any, path: str, **kw: Any) -> None:
+    """Write a parquet file aside, then rename it into place: readers see it whole or not at all."""
+    tmp = f"{path}.{socket.gethostname()}.{os.getpid()}.tmp"
+    pq.write_table(table, tmp, **kw)
+    os.replace(tmp, path)
+
+
+def _claim(path: str) -> bool:
+    """Whether this process is the first to create `path`."""
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL))
+        return True
+    except FileExistsError:
+        return False
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+

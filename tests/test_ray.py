@@ -1,0 +1,200 @@
+"""Indexing on Ray (`index --ray`, indexer/distributed.py), on real images with the real `lite`
+model: the same items and vectors as a local run, resumed after a driver crash, and neither lost
+nor doubled when an actor dies mid-slice. One in-process cluster (4 logical CPUs) serves the
+module; the `--ray local` run starts and stops its own, in a process of its own."""
+from __future__ import annotations
+
+import faulthandler
+import importlib.util
+import json
+import math
+import os
+import secrets
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from conftest import run_mmsearch
+from sqlalchemy import select
+
+from mmsearch.errors import UserError
+from mmsearch.indexer import distributed
+from mmsearch.indexer.distributed import RayStage
+from mmsearch.indexer.options import IndexOptions
+from mmsearch.indexer.run import index_paths
+from mmsearch.indexer.scan import Entry
+from mmsearch.retrieval.index import Index
+from mmsearch.retrieval.store import File, Item, set_meta, vectors_by_id
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs the ray extra")
+
+SLICE = 8  # files per slice: the folder's 28 files make 4 slices
+QUERIES = ["a cat", "a cup of coffee", "a rocket", "a horse"]
+
+
+@pytest.fixture(autouse=True)
+def bounded():
+    """No wait on Ray may hang the suite: past 240 s a test dumps every thread's stack and ends the run."""
+    faulthandler.dump_traceback_later(240, exit=True)
+    yield
+    faulthandler.cancel_dump_traceback_later()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def auth(tmp_path_factory):
+    """Token authentication with a token of these tests' own, set before anything imports Ray (it
+    reads the mode then): driver and clusters agree, and ~/.ray/auth_token is never written."""
+    token = tmp_path_factory.mktemp("ray") / "token"
+    token.write_text(secrets.token_hex(32))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_AUTH_MODE", "token")
+        mp.setenv("RAY_AUTH_TOKEN_PATH", str(token))
+        yield
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, logging_level="error")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def folder(image_set, tmp_path_factory) -> Path:
+    """26 real images (photos, Tux Paint stamps), a corrupt image and a text file."""
+    d = tmp_path_factory.mktemp("media")
+    shutil.copytree(image_set, d, dirs_exist_ok=True)
+    (d / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")
+    (d / "note.txt").write_text("A red bicycle leans against a brick wall.")
+    return d
+
+
+@pytest.fixture(scope="module")
+def local(folder, tmp_path_factory) -> Path:
+    """The same folder indexed on this machine: the reference."""
+    path = tmp_path_factory.mktemp("local") / "index"
+    summary = index_paths(Index(path, create=True), [str(folder)], IndexOptions())
+    assert summary.embedded == 27 and len(summary.skipped) == 1
+    return path
+
+
+def _items(path: Path) -> dict[tuple, np.ndarray]:
+    """Every item's vector by (path, kind, offset, timestamp); fails if one is stored twice."""
+    with Index(path).session() as s:
+        rows = s.execute(select(Item.id, File.path, Item.kind, Item.offset, Item.timestamp).join(File)).all()
+        vectors = vectors_by_id(s, [r[0] for r in rows])
+    out: dict[tuple, np.ndarray] = {}
+    for item_id, *key in rows:
+        assert tuple(key) not in out, f"stored twice: {key}"
+        out[tuple(key)] = vectors[item_id]
+    return out
+
+
+def _files(path: Path) -> dict[str, tuple]:
+    with Index(path).session() as s:
+        return {p: rest for p, *rest in s.execute(select(File.path, File.status, File.error, File.width, File.height))}
+
+
+def _same_as_local(path: Path, local: Path) -> None:
+    ours, theirs = _items(path), _items(local)
+    assert ours.keys() == theirs.keys()
+    assert min(float(ours[k] @ theirs[k]) for k in ours) >= 0.9999
+    assert _files(path) == _files(local)
+
+
+def _fresh(tmp_path: Path) -> Index:
+    return Index(tmp_path / "index", create=True)
+
+
+def test_user_mistakes_are_one_line(cli, folder, monkeypatch):
+    r = cli("index", str(folder), "--ray", "127.0.0.1:1", ok=False)  # nothing listens on port 1
+    assert r.exit_code == 2 and r.stderr.strip() == "mmsearch: error: cannot reach a Ray cluster at 127.0.0.1:1: Connection refused"
+    r = cli("index", str(folder), "--ray", "local", "--watch", ok=False)
+    assert r.exit_code == 2 and "--ray cannot be combined with --watch" in r.stderr
+    monkeypatch.setattr(distributed.importlib.util, "find_spec", lambda name: None)  # as without the extra
+    r = cli("index", str(folder), "--ray", "local", ok=False)
+    assert r.exit_code == 2 and r.stderr.strip() == "mmsearch: error: --ray needs Ray: pip install 'mmsearch[ray]'"
+
+
+def test_ray_local_run_matches_a_local_run(folder, local, tmp_path):
+    """`--ray local` as a user runs it: a process that starts a cluster, embeds on it, stops it."""
+    r = run_mmsearch("index", "--index", str(tmp_path / "index"), "--ray", "local", str(folder), "--json", timeout=200)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert (summary["new"], summary["embedded"]) == (28 - 1, 27) and "on Ray, 1 node(s)" in summary["runtime"]
+    assert summary["skipped"] == [{"path": str(folder / "corrupt.jpg"), "reason": _files(local)[str(folder / "corrupt.jpg")][1]}]
+    _same_as_local(tmp_path / "index", local)
+    assert not (tmp_path / "index" / distributed.RUNS).exists()  # the run's shards are gone once stored
+    from mmsearch.api import SearchIndex
+
+    for q in QUERIES:
+        ours, theirs = SearchIndex(tmp_path / "index").search(q, k=3), SearchIndex(local).search(q, k=3)
+        assert [h.path for h in ours] == [h.path for h in theirs]
+        assert np.allclose([h.score for h in ours], [h.score for h in theirs], atol=1e-4)
+
+
+def test_resume_after_a_driver_crash_embeds_only_the_rest(cluster, folder, local, tmp_path, monkeypatch):
+    index = _fresh(tmp_path)
+
+    def crash(*args):  # the driver dies as the first shard comes back, before storing it
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as mp:
+        mp.setattr(distributed, "commit_batch", crash)
+        with pytest.raises(KeyboardInterrupt):
+            index_paths(index, [str(folder)], IndexOptions(), embed=RayStage(slice_files=SLICE))
+    left = list((tmp_path / "index" / distributed.RUNS).glob("*/shard-*.parquet"))
+    assert left  # at least the shard that came back
+
+    stage = RayStage(slice_files=SLICE)
+    summary = index_paths(index, [str(folder)], IndexOptions(), embed=stage)
+    assert SLICE <= stage.resumed and stage.resumed + stage.embedded == 28  # each file from one place
+    assert stage.slices == math.ceil(stage.embedded / SLICE)  # only the missing files went to the cluster
+    assert summary.embedded == 27 and len(summary.skipped) == 1
+    _same_as_local(tmp_path / "index", local)
+    assert not (tmp_path / "index" / distributed.RUNS).exists()
+
+
+def test_an_actor_killed_mid_slice_loses_and_doubles_nothing(cluster, folder, local, tmp_path):
+    flag = tmp_path / "exited"
+    stage = RayStage(slice_files=SLICE, exit_once=str(flag))
+    summary = index_paths(_fresh(tmp_path), [str(folder)], IndexOptions(), embed=stage)
+    assert flag.exists()  # an actor did exit, after embedding part of its slice
+    assert summary.embedded == 27 and stage.slices == 4 and stage.embedded == 28
+    _same_as_local(tmp_path / "index", local)
+
+
+def test_a_shard_of_another_model_is_refused(cluster, folder, tmp_path):
+    index = _fresh(tmp_path)
+    index_paths(index, [str(folder / "coffee.png")], IndexOptions())  # the index's model, on this machine
+    with index.session() as s:  # as if the nodes had other weights than the index was built with
+        set_meta(s, "model_identity", "lite:other-weights")
+        s.commit()
+    with pytest.raises(UserError, match=r"a Ray node embedded with model lite:\S+ but the index holds lite:other-weights"):
+        index_paths(index, [str(folder)], IndexOptions(), embed=RayStage(slice_files=SLICE))
+    assert set(_files(tmp_path / "index")) == {str(folder / "coffee.png")}  # nothing of theirs was stored
+
+
+def test_a_slice_is_a_shard_and_one_that_keeps_ending_its_actor_is_given_up(cluster, folder, local, tmp_path):
+    """The actor's own work, in this process: a slice becomes one parquet shard that names its
+    model; a slice that has ended its worker ATTEMPTS times is not started again."""
+    with Index(local).session() as s:
+        entries = {f.path_key: f for f in s.scalars(select(File))}
+    todo = [(Entry(os.fsdecode(k), f.kind, f.size, f.mtime_ns), f.digest or "") for k, f in sorted(entries.items())]
+    run = distributed.Run.create(str(tmp_path), "lite", Index(local).meta("model_identity") or "", todo, SLICE)
+    actor = distributed._SliceEmbedder(run, IndexOptions())
+    path, failed = actor.embed(0)
+    shard = pq.read_table(path)
+    assert failed is None and shard.schema.metadata[distributed.IDENTITY].decode() == run.identity
+    assert shard.column("key").to_pylist() == [e.key for e, _ in todo[:SLICE]]
+    Path(run.shard(1) + ".attempts").write_bytes(b"." * distributed.ATTEMPTS)  # three starts, each ended by a crash
+    assert actor.embed(1)[1].startswith("slice 1 ended its Ray worker 3 times: a file in it may crash a decoder")
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
