@@ -7,12 +7,13 @@ import subprocess
 import sys
 
 import numpy as np
+import onnx
 import pytest
 from PIL import Image
 
 from mmsearch.media.image import load_image
 from mmsearch.retrieval.encoders import load_encoder
-from mmsearch.retrieval.encoders.query import META, QueryEncoder, model_dir
+from mmsearch.retrieval.encoders.query import EXPORT_FORMAT, META, QueryEncoder, model_dir, preload, preloaded
 from mmsearch.retrieval.encoders.runtime import export_for_queries
 
 
@@ -115,3 +116,64 @@ def test_a_model_without_a_text_export_is_decided_once(tiny_clip, tmp_path, monk
     monkeypatch.setattr(type(enc), "text_export", lambda self: calls.append(1))
     assert not export_for_queries(enc, tmp_path) and not export_for_queries(enc, tmp_path)
     assert calls == [1] and "no text export" in json.loads((tmp_path / META).read_text())["rejected"]
+
+
+def test_towers_are_saved_optimised_with_their_weights_apart(tiny_clip, photos, tmp_path):
+    """The format sessions open fastest (issue 17): an optimised graph whose weights ONNX Runtime
+    maps from `<file>.data`; one-shot (no prepacking) and prepacked sessions answer alike, and a
+    folder of an older format is not read."""
+    enc = load_encoder(tiny_clip)
+    assert export_for_queries(enc, tmp_path)
+    meta = json.loads((tmp_path / META).read_text())
+    assert meta["format"] == EXPORT_FORMAT and meta["image"]["file"] == "visual.query.onnx"
+    for name in (meta["text"]["file"], meta["image"]["file"]):
+        graph = onnx.load(str(tmp_path / name), load_external_data=False).graph
+        large = [t for t in graph.initializer if t.external_data or len(t.raw_data) >= 1024]
+        assert large and all(t.external_data[0].value == f"{name}.data" for t in large)
+        assert not [n for n in graph.node if n.op_type == "Constant"]  # folded: optimised already
+    assert not [p.name for p in tmp_path.iterdir() if "tmp" in p.name or "traced" in p.name]  # nothing left aside
+    texts, images = ["a rocket", "a cup of coffee"], [load_image(p) for p in sorted(photos.iterdir())[:3]]
+    packed = QueryEncoder.load(enc.identity, tmp_path, images=True)
+    one_shot = QueryEncoder.load(enc.identity, tmp_path, images=True, prepack=False)
+    assert packed is not None and one_shot is not None and not one_shot.prepack
+    assert np.allclose(packed.encode_texts(texts), one_shot.encode_texts(texts), atol=1e-5)
+    assert np.allclose(packed.encode_images(images), one_shot.encode_images(images), atol=1e-5)
+    (tmp_path / META).write_text(json.dumps({**meta, "format": "uint8-nhwc;int8-7bit;query-v1"}))
+    assert QueryEncoder.read(enc.identity, tmp_path) is None
+
+
+@pytest.mark.parametrize("damaged", ["text.onnx.data", "visual.query.onnx.data", "visual.onnx"])
+def test_damaged_weights_are_rebuilt(damaged, tiny_clip, photos, tmp_path):
+    """A truncated weights file fails to open (ONNX Runtime checks each tensor against the file's
+    length, so a mapped file never ends under a session): the folder is unsealed and the next
+    export writes it anew; a damaged visual.onnx (the indexer's, which the query tower is made
+    from) is traced again."""
+    enc = load_encoder(tiny_clip)
+    assert export_for_queries(enc, tmp_path)
+    want = QueryEncoder.load(enc.identity, tmp_path, images=True).encode_texts(["a rocket"])
+    f = tmp_path / damaged
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    if damaged == "visual.onnx":
+        (tmp_path / META).unlink()  # as a failed load of the towers would
+    else:
+        assert QueryEncoder.load(enc.identity, tmp_path, images=True) is None and not (tmp_path / META).exists()
+    assert export_for_queries(enc, tmp_path)
+    query = QueryEncoder.load(enc.identity, tmp_path, images=True)
+    assert query is not None and np.allclose(query.encode_texts(["a rocket"]), want, atol=1e-5)
+    image = load_image(photos / "rocket.jpg")
+    assert (query.encode_images([image]) * enc.encode_images([image])).sum() >= 0.999
+
+
+def test_preload_embeds_the_query_ahead(cli, tiny_clip, photos, monkeypatch):
+    """`search` has the query text embedded while it imports the rest: the search then finds
+    the vector made, the same as one made when asked for."""
+    assert cli.json("index", str(photos), "--model", tiny_clip)["query_export"] is True
+    identity = load_encoder(tiny_clip).identity
+    preload(str(cli.index), ahead=["a rocket"])
+    query = preloaded(identity)
+    assert query is not None and not query.prepack and set(query._ahead) == {"a rocket"}
+    monkeypatch.setattr(query, "_tower", lambda name: pytest.fail("the text was embedded again"))
+    ahead = query.encode_texts(["a rocket"])
+    monkeypatch.undo()
+    assert np.allclose(ahead, QueryEncoder.load(identity).encode_texts(["a rocket"]), atol=1e-5)
+    assert query.encode_texts(["a rocket", "a cat"]).shape == (2, query.dim)  # not all ahead: embedded

@@ -275,7 +275,7 @@ def export_for_queries(encoder: Encoder, folder: Path | None = None) -> bool:
     finally:
         traced.unlink(missing_ok=True)
     image = _image_export(encoder, folder)
-    query = QueryEncoder(folder, encoder.identity, encoder.dim, text, image)
+    query = QueryEncoder(folder, encoder.identity, encoder.dim, text, image, prepack=False)  # one run each
     agree = float((query.encode_texts(CHECK_TEXTS) * encoder.encode_texts(CHECK_TEXTS)).sum(1).min())
     seal = {"identity": encoder.identity, "format": EXPORT_FORMAT, "min_cosine": round(agree, 6)}
     if agree < QUERY_MIN_COSINE:  # sealed as rejected, so that it is not measured again
@@ -333,7 +333,7 @@ def _image_export(encoder: Encoder, folder: Path) -> dict | None:
     except Exception:  # a damaged visual.onnx (the indexer's too): traced anew
         (folder / "visual.onnx").unlink(missing_ok=True)
         optimise(export(encoder, folder, int8=False)["onnx"], folder / image["file"])
-    tower = QueryEncoder(folder, encoder.identity, encoder.dim, {}, image)
+    tower = QueryEncoder(folder, encoder.identity, encoder.dim, {}, image, prepack=False)
     measured = float((tower.encode_images(pictures) * encoder.encode_images(pictures)).sum(1).min())
     return image if measured >= QUERY_MIN_COSINE else None
 
