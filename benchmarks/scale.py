@@ -50,11 +50,13 @@ def vectors(rng: np.random.Generator, centres: np.ndarray, n: int) -> np.ndarray
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-def merge(idx: Index, n: int, dim: int, batch: int, centres: np.ndarray) -> float:
+def merge(idx: Index, n: int, dim: int, batch: int, centres: np.ndarray, index_type: str | None) -> float:
     with idx.session() as s:
         set_meta(s, "model_spec", "synthetic")
         set_meta(s, "model_identity", f"synthetic-{dim}")
         set_meta(s, "dim", str(dim))
+        if index_type:
+            set_meta(s, "index_type", index_type)
         s.commit()
     rng = np.random.default_rng(1)
     plan, summary = Plan(), Summary()
@@ -104,13 +106,14 @@ def main() -> None:
     ap.add_argument("--recall-queries", type=int, default=50)
     ap.add_argument("--dir", default=None, help="where the index is built (needs ~2.6 KB per item)")
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--index-type", default=None, help="force a FAISS index kind (default: the policy's choice for N)")
     a = ap.parse_args()
     print(f"CPU: {cpu()}; {a.items:,} items of {a.dim}-d")
     path = Path(tempfile.mkdtemp(dir=a.dir)) / "index"
     idx = Index(path, create=True)
     centres = np.random.default_rng(0).standard_normal((4096, a.dim)).astype(np.float32)
 
-    merge_s = merge(idx, a.items, a.dim, a.batch, centres)
+    merge_s = merge(idx, a.items, a.dim, a.batch, centres, a.index_type)
     print(f"merge: {merge_s:.0f} s, {a.items / merge_s:,.0f} items/s")
     t = time.perf_counter()
     loaded = idx.faiss_index()
