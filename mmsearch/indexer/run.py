@@ -19,7 +19,17 @@ from ..errors import UserError
 from ..media.files import display_path, under
 from ..retrieval import lexical
 from ..retrieval.index import Index
-from ..retrieval.store import File, Item, bump_generation, chunks, get_meta, put_vectors, segments, set_meta
+from ..retrieval.store import (
+    File,
+    Item,
+    bump_generation,
+    chunks,
+    get_meta,
+    next_item_id,
+    put_vectors,
+    segments,
+    set_meta,
+)
 from . import annotate
 from .options import IndexOptions
 from .plan import Plan, make_plan
@@ -252,7 +262,7 @@ def _fresh_ids(s: Session, n: int) -> int:
     never reusing ids lets a FAISS index be extended by comparing id sets (an id it holds always
     means the same vector). Counted in the session, stored by `_commit`."""
     if "next_item_id" not in s.info:
-        s.info["next_item_id"] = int(get_meta(s, "next_item_id") or (s.scalar(select(func.max(Item.id))) or 0) + 1)
+        s.info["next_item_id"] = next_item_id(s)
     first = s.info["next_item_id"]
     s.info["next_item_id"] = first + n
     return first

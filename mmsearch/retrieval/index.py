@@ -36,6 +36,7 @@ from .store import (
     bump_generation,
     get_meta,
     load_vectors,
+    next_item_id,
     open_engine,
     segments,
     set_meta,
@@ -163,7 +164,7 @@ class Index:
                 bump_generation(s)
                 # vectors of another model (perhaps another dimension) start a new store at the next id
                 segments(s).clear()
-                set_meta(s, "vectors_base", str(int(get_meta(s, "next_item_id") or (s.scalar(select(func.max(Item.id))) or 0) + 1)))
+                set_meta(s, "vectors_base", str(next_item_id(s)))
             set_meta(s, "model_spec", enc.spec)
             set_meta(s, "model_identity", enc.identity)
             set_meta(s, "dim", str(enc.dim))

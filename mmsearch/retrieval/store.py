@@ -21,6 +21,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    func,
     select,
     text,
 )
@@ -228,6 +229,12 @@ def get_meta(session: Session, key: str) -> str | None:
 
 def set_meta(session: Session, key: str, value: str) -> None:
     session.merge(Meta(key=key, value=value))
+
+
+def next_item_id(session: Session) -> int:
+    """The first item id never handed out (committed), from the meta table, or past the largest
+    stored id in an index older than that record."""
+    return int(get_meta(session, "next_item_id") or (session.scalar(select(func.max(Item.id))) or 0) + 1)
 
 
 def bump_generation(session: Session) -> None:
