@@ -11,7 +11,6 @@ import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator, Sequence
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -21,7 +20,7 @@ from ..media.capture import Capture, read_capture
 from ..media.errors import DecodeError
 from ..media.image import load_image
 from ..retrieval import lexical
-from ..retrieval.store import File, Item
+from ..retrieval.store import File, Item, chunks
 from .options import IndexOptions
 
 BATCH = 64
@@ -38,7 +37,7 @@ def captures(s: Session, opts: IndexOptions) -> int:
         return {"id": file_id, **cap.with_fallback(mtime_ns).__dict__}
 
     with ThreadPoolExecutor(opts.workers) as pool:
-        for part in _batches(rows):
+        for part in chunks(rows, BATCH):
             s.execute(update(File), list(pool.map(read, part)))
             s.commit()
     return len(rows)
@@ -63,7 +62,7 @@ def ocr(s: Session, opts: IndexOptions) -> tuple[int, float]:
     bar = tqdm(total=len(rows), desc="reading text", unit="image", disable=not opts.progress or not rows)
     # two threads: one decodes and runs Python glue while the other's ONNX sessions compute
     with ThreadPoolExecutor(2) as pool:
-        for part in _batches(rows):
+        for part in chunks(rows, BATCH):
             found = list(pool.map(read, part))
             s.execute(update(Item), [{"id": i, "ocr": json.dumps(lines, ensure_ascii=False)} for i, lines in found])
             for i, lines in found:
@@ -72,8 +71,3 @@ def ocr(s: Session, opts: IndexOptions) -> tuple[int, float]:
             bar.update(len(part))
     bar.close()
     return len(rows), time.perf_counter() - start
-
-
-def _batches(rows: Sequence) -> Iterator[Sequence]:
-    for i in range(0, len(rows), BATCH):
-        yield rows[i : i + BATCH]

@@ -275,7 +275,7 @@ def hybrid(index: Index, dense: list[Hit], words: str, request: SearchRequest) -
         score[h.item_id] = LEXICAL_WEIGHT / (RRF_K + rank + 1)
     for rank, h in enumerate(dense):
         score[h.item_id] = score.get(h.item_id, 0.0) + 1.0 / (RRF_K + rank + 1)
-    best = sorted(score, key=lambda i: -score[i])
+    best = sorted(score, key=lambda i: -score[i])  # stable: on a tie the lexical match, entered first, leads
     return _group(_rows(index, [(i, score[i]) for i in best]), request.k, None, request.per_video)
 
 
@@ -335,7 +335,7 @@ def _hit(item: Item, f: File, score: float) -> Hit:
     # a capture time from the file's own clock is no capture time: only metadata is shown
     taken = iso_taken(f.taken_ns, f.offset_min) if f.taken_ns is not None and f.taken_from not in (None, FILE_TIME) else None
     return Hit(f.path, round(score, 6), item.kind, item.id, item.timestamp, item.start, item.end, item.text,
-               item.offset, item.link_path, lexical.ocr_text(item.ocr) or None if item.ocr else None, taken,
+               item.offset, item.link_path, lexical.ocr_text(item.ocr) or None, taken,
                f.camera, f.lat, f.lon)
 
 
