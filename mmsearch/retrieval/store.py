@@ -123,6 +123,9 @@ class Tag(Base):
 # indexes of columns that are mostly NULL hold only their other rows (10 B an item saved each)
 SqlIndex("ix_files_lat", File.lat, sqlite_where=File.lat.is_not(None))
 SqlIndex("ix_items_link_path", Item.link_path, sqlite_where=Item.link_path.is_not(None))
+# the files whose capture metadata is still to be read: every run asks (annotate.py), and without
+# this a watch update read the whole files table to find the few it had just written
+SqlIndex("ix_files_unread", File.id, sqlite_where=File.taken_from.is_(None))
 
 
 def _v1(conn: Connection) -> None:
@@ -162,6 +165,7 @@ def _v4(conn: Connection) -> None:
     for name, table, column in [("ix_files_lat", "files", "lat"), ("ix_items_link_path", "items", "link_path")]:
         conn.execute(text(f"DROP INDEX IF EXISTS {name}"))
         conn.execute(text(f"CREATE INDEX {name} ON {table} ({column}) WHERE {column} IS NOT NULL"))
+    conn.execute(text("CREATE INDEX IF NOT EXISTS ix_files_unread ON files (id) WHERE taken_from IS NULL"))
     if "vector" not in {row[1] for row in conn.execute(text("PRAGMA table_info(items)"))}:
         return  # a database created at v4
     dim = conn.execute(text("SELECT value FROM meta WHERE key = 'dim'")).scalar()
