@@ -189,7 +189,8 @@ def test_index_before_this_schema_is_migrated(photos, tmp_path):
     idx = SearchIndex(tmp_path / "index", create=True)
     idx.add([str(d)])
     db = sqlite3.connect(tmp_path / "index" / "mmsearch.db")
-    db.executescript("DROP TRIGGER lexical_gone; DROP TABLE lexical; DROP INDEX ix_files_taken_ns; DROP INDEX ix_files_lat;")
+    db.executescript("DROP TRIGGER lexical_gone; DROP TABLE lexical; DROP INDEX ix_files_taken_ns; DROP INDEX ix_files_lat; "
+                     "DROP INDEX ix_files_unread;")
     for table, column in [("files", "taken_ns"), ("files", "offset_min"), ("files", "taken_from"), ("files", "camera"),
                           ("files", "lat"), ("files", "lon"), ("items", "ocr")]:
         db.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
