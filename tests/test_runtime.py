@@ -9,7 +9,8 @@ import torch
 
 from mmsearch.media.image import load_image
 from mmsearch.retrieval.encoders import load_encoder
-from mmsearch.retrieval.encoders.runtime import MIN_COSINE, RUN_BATCH, pixel_encoder
+from mmsearch.retrieval.encoders.exported import RUN_BATCH, threads
+from mmsearch.retrieval.encoders.runtime import MIN_COSINE, pixel_encoder
 
 
 def _pixels(encoder, photos) -> np.ndarray:
@@ -48,7 +49,7 @@ def test_onnx_vectors_agree_with_pytorch_on_real_photos(tiny_clip, photos, tmp_p
         assert np.allclose(encode(many), np.concatenate([encode(p[None]) for p in many]), atol=1e-5)
     # batches spread over the sessions sharing the cores come back in order (batch by batch:
     # dynamic int8 scales activations per batch, so other batches give slightly other vectors)
-    assert encode.lanes == min(2, torch.get_num_threads())
+    assert encode.lanes == min(2, threads())
     batches = [pixels[i : i + 2] for i in range(0, len(pixels), 2)]
     assert np.allclose(encode.many(batches), np.concatenate([encode(b) for b in batches]), atol=1e-5)
 

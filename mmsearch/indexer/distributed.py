@@ -188,12 +188,12 @@ class _SliceEmbedder:
     def __init__(self, run: Run, opts: IndexOptions, exit_once: str | None = None):
         import ray
 
-        from ..retrieval.encoders import load_encoder
-        from ..retrieval.encoders.runtime import pixel_encoder
+        from ..retrieval.encoders import load_indexer
+        from ..retrieval.encoders.exported import image_forward
 
         self.run, self.opts, self.exit_once = run, opts, exit_once
-        self.encoder = load_encoder(run.model)
-        self.encode_pixels, self.runtime = pixel_encoder(self.encoder, runtime=opts.runtime, images=run.images)
+        self.encoder = load_indexer(run.model, opts.runtime)
+        self.encode_pixels, self.runtime = image_forward(self.encoder, opts.runtime, run.images)
         self.node = ray.get_runtime_context().get_node_id()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:

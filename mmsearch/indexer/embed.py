@@ -14,7 +14,7 @@ from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 from tqdm import tqdm
@@ -23,10 +23,13 @@ from ..media.errors import DecodeError
 from ..media.image import load_image
 from ..media.text import TextOptions, text_units
 from ..media.video import keyframes
-from ..retrieval.encoders import Encoder
 from ..retrieval.encoders.pixels import PixelEncoder, PixelPrep
 from .options import IndexOptions
 from .scan import Entry
+
+if TYPE_CHECKING:  # (indexing from a model's exports loads no torch: exported.py)
+    from ..retrieval.encoders import Encoder
+    from ..retrieval.encoders.exported import ExportedEncoder
 
 #: consecutive keyframes of one video closer than this (cosine) add nothing: the later one is dropped
 DEDUPE_SIMILARITY = 0.95
@@ -74,7 +77,8 @@ def decode(entry: Entry, digest: str, prep: PixelPrep, opts: IndexOptions) -> De
     return d
 
 
-def _embed_units(done: list[Decoded], encoder: Encoder, encode_pixels: PixelEncoder, batch_size: int) -> None:
+def _embed_units(done: list[Decoded], encoder: Encoder | ExportedEncoder, encode_pixels: PixelEncoder,
+                 batch_size: int) -> None:
     """Fill each file's vectors: pixels through the image tower, strings through the text tower."""
     units = [u for d in done for _, u in d.units]
     pix = [i for i, u in enumerate(units) if not isinstance(u, str)]
@@ -92,12 +96,11 @@ def _embed_units(done: list[Decoded], encoder: Encoder, encode_pixels: PixelEnco
         start += len(d.units)
 
 
-def embedded(todo: list[tuple[Entry, str]], encoder: Encoder, opts: IndexOptions, *, batch_size: int, workers: int,
-             progress: bool, encode_pixels: PixelEncoder | None = None, processes: bool = False) -> Iterator[list[Decoded]]:
+def embedded(todo: list[tuple[Entry, str]], encoder: Encoder | ExportedEncoder, opts: IndexOptions, *, batch_size: int, workers: int,
+             progress: bool, encode_pixels: PixelEncoder, processes: bool = False) -> Iterator[list[Decoded]]:
     """Yield lists of finished files (vectors filled, or error set), about one batch at a time.
-    `encode_pixels` runs the image tower on uint8 batches (default: the encoder's own, on PyTorch)."""
+    `encode_pixels` runs the image tower on uint8 batches (`exported.image_forward`)."""
     prep = encoder.pixel_prep
-    encode_pixels = encode_pixels or prep.torch_encoder(encoder)
     bar = tqdm(total=len(todo), desc="embedding", unit="file", disable=not progress or not todo)
     # forkserver, not fork: a child forked from a process running torch's thread pools can hang
     pool = ProcessPoolExecutor(workers, mp_context=get_context("forkserver")) if processes else ThreadPoolExecutor(workers)

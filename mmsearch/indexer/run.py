@@ -20,6 +20,7 @@ from ..media.files import display_path, under
 from ..retrieval import lexical
 from ..retrieval.index import Index
 from ..retrieval.store import (
+    Digest,
     File,
     Item,
     bump_generation,
@@ -27,6 +28,7 @@ from ..retrieval.store import (
     get_meta,
     next_item_id,
     put_vectors,
+    raw_key,
     segments,
     set_meta,
 )
@@ -91,7 +93,7 @@ def _update(index: Index, roots: Iterable[str], opts: IndexOptions, embed: Embed
     generation = index.generation()
     # an unchanged folder must not pay for loading the model: check it eagerly only when it may differ
     lazy = not opts.reindex and index.model_spec is not None and opts.model in (None, index.model_spec)
-    encoder = None if lazy else index.use_model(opts.model, reindex=opts.reindex)
+    encoder = None if lazy else index.use_model(opts.model, reindex=opts.reindex, runtime=opts.runtime)
     summary = Summary()
     entries = [e for e in scan(paths, opts.exclude, opts.hidden) if not under(e.key, removed)]
     with index.session() as s:
@@ -128,17 +130,19 @@ def _update(index: Index, roots: Iterable[str], opts: IndexOptions, embed: Embed
 
 def _embed_here(s: Session, index: Index, encoder, plan: Plan, opts: IndexOptions, summary: Summary) -> None:
     """The embed stage on this machine: decode and embed `plan.embed`, committing each batch."""
-    from ..retrieval.encoders.runtime import pixel_encoder
+    from ..retrieval.encoders.exported import image_forward
     from .embed import embedded
 
-    encoder = encoder or index.encoder()
+    encoder = encoder or index.indexer(opts.runtime)
     images = sum(e.kind != "text" for e, _ in plan.embed)
-    encode_pixels, summary.runtime = pixel_encoder(encoder, runtime=opts.runtime, images=images)
+    encode_pixels, summary.runtime = image_forward(encoder, opts.runtime, images)
     summary.processes = opts.processes
     for batch in embedded(plan.embed, encoder, opts, batch_size=opts.batch_size, workers=opts.workers,
                           progress=opts.progress, encode_pixels=encode_pixels, processes=opts.processes):
         commit_batch(s, plan, summary, [(d.entry, d.digest, d.items(), d.size, d.error) for d in batch])
     # the model is loaded now: leave its query export behind, so that searches need no PyTorch
+    # (made while ONNX Runtime embedded instead, a first run of ViT-B-32-256 measured no faster:
+    # 24.3-28.8 s vs 23.6-24.4 s; the two share the same 2 cores)
     summary.query_export = _export_for_queries(encoder)
 
 
@@ -170,6 +174,10 @@ def _ocr_on(s: Session, opts: IndexOptions) -> bool:
 
 
 def _export_for_queries(encoder) -> bool:
+    from ..retrieval.encoders.exported import ExportedEncoder
+
+    if isinstance(encoder, ExportedEncoder):  # (made from the sealed export)
+        return True
     from ..retrieval.encoders.runtime import export_for_queries
 
     try:
@@ -203,9 +211,12 @@ def _file_ids(s: Session, entries: list[Entry], fields: list[dict]) -> list[int]
     """Each entry's file id: its row, found by path or added, set to size, mtime and `fields`,
     with its old items gone. A batch in a few bulk statements, no ORM objects: the ORM's unit
     of work held a bulk merge to ~2,300 files/s."""
+    # looked up by display path (indexed), then matched by exact bytes (schema v5: the bytes of a
+    # UTF-8 path are not stored apart, nor indexed)
+    keys = {e.key for e in entries}
     found: dict[bytes, int] = {}
-    for keys in chunks([e.key for e in entries]):
-        found |= {key: i for key, i in s.execute(select(File.path_key, File.id).where(File.path_key.in_(keys)))}
+    for paths in chunks(sorted({display_path(e.path) for e in entries})):
+        found |= {key: i for key, i in s.execute(select(File.path_key, File.id).where(File.path.in_(paths))) if key in keys}
     for ids in chunks(list(found.values())):
         s.execute(delete(Item).where(Item.file_id.in_(ids)))
     next_id = (s.scalar(select(func.max(File.id))) or 0) + 1
@@ -216,7 +227,8 @@ def _file_ids(s: Session, entries: list[Entry], fields: list[dict]) -> list[int]
         if (file_id := found.get(e.key)) is None:
             file_id, next_id = next_id, next_id + 1
             found[e.key] = file_id
-            added.append({"id": file_id, "path_key": e.key, "path": display_path(e.path), "kind": e.kind, **row})
+            path = display_path(e.path)
+            added.append({"id": file_id, "path": path, "raw_key": raw_key(e.key, path), "kind": e.kind, **row})
         else:
             changed.append({"id": file_id, **row})
         out.append(file_id)
@@ -251,6 +263,8 @@ def _insert(s: Session, table: str, rows: list[dict]) -> None:
     SQLAlchemy's per-row parameter handling cost more than SQLite's work (a bulk merge of new
     files went from ~12k to ~15k items/s, run.py's whole commit path from ~2,300 with ORM objects). Rows may differ in which columns they give; absent ones are NULL."""
     columns = sorted({c for row in rows for c in row})
+    if "digest" in columns:  # (what the column's type does for statements through SQLAlchemy)
+        rows = [{**row, "digest": Digest().process_bind_param(row.get("digest"), None)} for row in rows]
     sql = f"INSERT INTO {table} ({', '.join(f'[{c}]' for c in columns)}) VALUES ({', '.join('?' * len(columns))})"
     dbapi = s.connection().connection.driver_connection
     assert dbapi is not None

@@ -25,9 +25,9 @@ from sqlalchemy.orm import Session
 from ..errors import IndexBusy, ModelLoadError, UserError
 from ..media.kinds import ITEM_KINDS
 from ..paths import default_index_dir
-from .encoders import DEFAULT_MODEL, load_encoder
+from .encoders import DEFAULT_MODEL, load_encoder, load_indexer
 from .encoders.query import QueryEncoder, preloaded
-from .policy import MIN_VECTORS, RERANK, IndexPlan, build, choose_index, extend, search_params
+from .policy import MIN_VECTORS, IndexPlan, build, choose_index, extend, search_params
 from .store import (
     DB_NAME,
     File,
@@ -40,6 +40,7 @@ from .store import (
     open_engine,
     segments,
     set_meta,
+    stored_ids,
     vectors_by_id,
     vectors_to_file,
 )
@@ -47,6 +48,7 @@ from .vectors import DIR as VECTORS_DIR
 
 if TYPE_CHECKING:
     from .encoders.base import Encoder
+    from .encoders.exported import ExportedEncoder
 
 
 IN_MEMORY_LIMIT = 2_000_000  # more vectors than this are built from a float16 file, not RAM
@@ -151,11 +153,19 @@ class Index:
                 pass
         return enc
 
-    def use_model(self, spec: str | None = None, reindex: bool = False) -> Encoder:
-        """Make `spec` (default: the index's own model) the model to embed with, and remember it.
-        Another model than the index's is refused unless `reindex`; `reindex` forgets every stored
-        file, so that the caller embeds everything afresh (skipped files are retried too)."""
-        enc = load_encoder(spec or self.model_spec or DEFAULT_MODEL)
+    def indexer(self, runtime: str = "auto") -> Encoder | ExportedEncoder:
+        """The index's model as an indexing run with `runtime` needs it (`load_indexer`: its
+        cached exports when complete, no PyTorch), refused like `encoder` when its weights changed."""
+        enc = load_indexer(self.model_spec or DEFAULT_MODEL, runtime)
+        self._check(enc, None)
+        return enc
+
+    def use_model(self, spec: str | None = None, reindex: bool = False, runtime: str = "auto") -> Encoder | ExportedEncoder:
+        """Make `spec` (default: the index's own model) the model to embed with, and remember it;
+        returned as `indexer` returns it. Another model than the index's is refused unless
+        `reindex`; `reindex` forgets every stored file, so that the caller embeds everything
+        afresh (skipped files are retried too)."""
+        enc = load_indexer(spec or self.model_spec or DEFAULT_MODEL, runtime)
         if not reindex:
             self._check(enc, spec)
         with self.session() as s, s.begin():
@@ -170,7 +180,7 @@ class Index:
             set_meta(s, "dim", str(enc.dim))
         return enc
 
-    def _check(self, enc: Encoder, asked: str | None) -> None:
+    def _check(self, enc: Encoder | ExportedEncoder, asked: str | None) -> None:
         stored_id = self.meta("model_identity")
         if stored_id and stored_id != enc.identity:
             what = f"--model {asked}" if asked else f"its model {self.model_spec}, whose weights changed"
@@ -257,15 +267,16 @@ class Index:
     def search_vector(self, query: np.ndarray, k: int, allowed: np.ndarray | None = None,
                       loaded: Loaded | None = None) -> list[tuple[int, float]]:
         """Top-k (item id, score) in `loaded` (default: the current FAISS index); `allowed` restricts
-        the search to those ids inside FAISS. Approximate indexes return RERANK[kind] × k
-        candidates, re-scored exactly from the store."""
+        the search to those ids inside FAISS. Approximate indexes return `plan.candidates()` × k
+        candidates, re-scored exactly from the store — or, where the plan found the index's own
+        scores precise enough (`rerank` 0), ranked by those, only items deleted since dropped."""
         loaded = loaded or self.faiss_index()
         index, plan = loaded.index, loaded.plan
         if index.ntotal == 0 or k <= 0 or (allowed is not None and len(allowed) == 0):
             return []
         sel = None if allowed is None else faiss.IDSelectorBatch(allowed.astype(np.int64))
         pool = index.ntotal if allowed is None else len(allowed)
-        n = min(k * RERANK[plan.kind], pool)
+        n = min(k * plan.candidates(), pool)
         if plan.param == "nprobe":  # probe lists enough to hold n of the pool twice over (filters, large k)
             nlist = faiss.extract_index_ivf(index).nlist
             plan = replace(plan, value=min(nlist, max(plan.value, math.ceil(2 * nlist * n / pool))))
@@ -279,6 +290,10 @@ class Index:
                 with self.session() as s:
                     allowed = np.array(s.scalars(select(Item.id)).all(), np.int64)
             return self._rescore(q[0], allowed.tolist())[:k]
+        if plan.rerank == 0:
+            with self.session() as s:
+                live = set(stored_ids(s, [i for i, _ in found]))
+            return [hit for hit in found if hit[0] in live][:k]
         return self._rescore(q[0], [i for i, _ in found])[:k]
 
     def _rescore(self, q: np.ndarray, ids: list[int]) -> list[tuple[int, float]]:

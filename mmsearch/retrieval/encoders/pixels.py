@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import torch
 from PIL import Image
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # (torch loads only where a batch is normalised: indexing from exports needs none)
+    import torch
+
     from .base import Encoder
 
 
@@ -51,6 +52,8 @@ class PixelPrep:
     def normalise(self, batch: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8 NHWC batch -> the float NCHW tensor the model's forward takes (also traced into
         the ONNX export, so both runtimes share this one definition)."""
+        import torch
+
         if isinstance(batch, np.ndarray) and not batch.flags.writeable:
             batch = batch.copy()  # torch cannot share read-only memory (it warned on every run)
         x = torch.as_tensor(batch).permute(0, 3, 1, 2).contiguous().float().div(255)

@@ -4,18 +4,18 @@ Indexing spends nearly all its time in the image tower, and on CPU ONNX Runtime 
 weights runs a ViT about twice as fast as PyTorch (1.8–3× measured, with or without VNNI integer
 instructions). The first index run with a model exports its image forward (uint8 pixels -> raw
 embedding, normalisation and head included; see pixels.py) to ONNX, quantises a copy, and times
-all three on a calibration batch; the fastest whose vectors agree with PyTorch's (cosine >=
-`MIN_COSINE` on every calibration image) is used from then on. Everything lands under
-``<index>/onnx/<model hash>/`` with a ``choice.json`` saying what was measured, so the cost is
-paid once per model and index. Queries stay on PyTorch: one vector at a time gains nothing, and
-the agreement check is what keeps both sides in one space.
+both on a calibration batch; the fastest whose vectors agree with PyTorch's (cosine >=
+`MIN_COSINE` on every calibration image) is used from then on. Everything lands in the model's
+folder of the user cache (`query.model_dir`), with a ``choice.json`` saying what was measured,
+so the cost is paid once per model and machine; later runs index from those files without
+loading the model at all (exported.py). This module also writes the query export (text tower,
+and image tower where it can; query.py), checked against PyTorch before it is sealed.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
-import queue
 import shutil
 import time
 import warnings
@@ -27,7 +27,8 @@ import torch
 
 from ...errors import UserError
 from ...media.image import geometry
-from .base import Encoder, _normalise
+from .base import Encoder
+from .exported import CHOICE, INPUT, VISUAL, onnx_encoder, saved_choice, threads
 from .pixels import PixelEncoder
 from .query import EXPORT_FORMAT, META, QueryEncoder, model_dir
 
@@ -35,17 +36,6 @@ MIN_COSINE = 0.99
 CALIBRATION_IMAGES = 8
 INT8_MARGIN = 1.15
 AUTO_MIN_IMAGES = 200  # fewer to embed than this: not worth a first export and measurement
-
-#: ONNX Runtime sessions that share the cores, each with its own threads (see `PixelEncoder`):
-#: on 2 cores two one-thread sessions embedded ~10% more images/s than one two-thread session
-LANES = 2
-#: images per session run: a run's activations live in the session's memory arena, which at 32
-#: images grew to ~1 GB for `lite` and took ~1 s of page faults to warm; at 8 the arena is a
-#: quarter and the throughput the same (measured on 2 cores)
-RUN_BATCH = 8
-#: the exported graph's input name (given by `export`, fed by the sessions)
-_INPUT = "input"
-
 
 class _ImageForward(torch.nn.Module):
     """The encoder's image forward on uint8 NHWC pixels, as a module torch.onnx can trace. Its
@@ -81,48 +71,18 @@ def calibration_pixels(encoder: Encoder, n: int = CALIBRATION_IMAGES) -> np.ndar
     return np.stack([prep(im) for im in images])
 
 
-def _session(path: Path, threads: int):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    # decode workers share the cores: threads that spin while waiting would take their time
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-def _onnx_encoder(path: Path) -> PixelEncoder:
-    """Up to `LANES` sessions splitting torch's thread count; a call runs on whichever is free."""
-    lanes = max(1, min(LANES, torch.get_num_threads()))
-    free: queue.SimpleQueue = queue.SimpleQueue()
-    for _ in range(lanes):
-        free.put(_session(path, torch.get_num_threads() // lanes))
-
-    def encode(pixels: np.ndarray) -> np.ndarray:
-        session = free.get()
-        try:
-            out = np.concatenate([session.run(None, {_INPUT: pixels[i : i + RUN_BATCH]})[0]
-                                  for i in range(0, len(pixels), RUN_BATCH)])
-        finally:
-            free.put(session)
-        return _normalise(torch.from_numpy(out))
-
-    return PixelEncoder(encode, lanes)
-
-
 def export(encoder: Encoder, folder: Path, int8: bool = True) -> dict[str, Path]:
     """visual.onnx (fp32) and, with `int8`, visual.int8.onnx (dynamic int8 weights) for `encoder`."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     folder.mkdir(parents=True, exist_ok=True)
-    files = {"onnx": folder / "visual.onnx", "onnx-int8": folder / "visual.int8.onnx"}
+    files = {name: folder / fn for name, fn in VISUAL.items()}
     if not files["onnx"].exists():
         _trace(_ImageForward(encoder), (torch.from_numpy(calibration_pixels(encoder, 2)),), files["onnx"],
-               {_INPUT: {0: "batch"}})
+               {INPUT: {0: "batch"}})
     if not int8:
         return {"onnx": files["onnx"]}
     if not files["onnx-int8"].exists():
+        from onnxruntime.quantization import QuantType, quantize_dynamic  # (0.5 s to import)
+
         tmp = folder / f"visual.int8.{os.getpid()}.tmp.onnx"
         # matrix products only: they are where a transformer spends its time, and ONNX Runtime's
         # integer convolutions are slower than its float ones on CPU
@@ -171,45 +131,44 @@ def _measure(encoders: dict[str, PixelEncoder], pixels: np.ndarray, repeats: int
     return {name: (best[name], out[name]) for name in encoders}
 
 
-def choose(encoder: Encoder, folder: Path) -> dict:
+def choose(encoder: Encoder, folder: Path) -> tuple[dict, PixelEncoder | None]:
     """Export, check and time the ONNX runtimes once; the fastest that agrees with PyTorch wins
-    (PyTorch itself when none does). PyTorch is the reference the exports must agree with, not
-    a contender: ONNX Runtime fp32 does the same arithmetic and was never slower (lite 41 vs 10
+    (PyTorch itself when none does). Returns the choice, as saved, and the winner's sessions,
+    open already (None: PyTorch). PyTorch is the reference the exports must agree with, not a
+    contender: ONNX Runtime fp32 does the same arithmetic and was never slower (lite 41 vs 10
     images/s, ViT-B-32 15.6 vs 8.2), and timing PyTorch's forward took two thirds of the choice
     (ViT-B-32: 12 of 18 s), paid in every first run of a model."""
     files = export(encoder, folder)
     pixels = calibration_pixels(encoder)
     reference = encoder.pixel_prep.torch_encoder(encoder)(pixels)
-    timed = _measure({name: _onnx_encoder(path) for name, path in files.items()}, pixels)
+    encoders = {name: onnx_encoder(path) for name, path in files.items()}
+    timed = _measure(encoders, pixels)
     measured: dict[str, dict] = {"torch": {"min_cosine": 1.0, "role": "reference"}}
     measured |= {name: {"images_per_s": round(speed, 2), "min_cosine": round(float((out * reference).sum(1).min()), 5)}
                  for name, (speed, out) in timed.items()}
     ok = {k: v for k, v in measured.items() if k != "torch" and v["min_cosine"] >= MIN_COSINE}
     # int8 must win clearly to be worth its small loss of precision (a tie is timing noise)
     runtime = max(ok, key=lambda k: ok[k]["images_per_s"] / (INT8_MARGIN if k == "onnx-int8" else 1)) if ok else "torch"
-    choice = {"model": encoder.identity, "threads": torch.get_num_threads(), "measured": measured, "runtime": runtime}
-    (folder / "choice.json").write_text(json.dumps(choice, indent=1))
-    return choice
+    choice = {"model": encoder.identity, "threads": threads(), "measured": measured, "runtime": runtime}
+    (folder / CHOICE).write_text(json.dumps(choice, indent=1))
+    return choice, encoders.get(runtime)
 
 
-def _auto(encoder: Encoder, folder: Path, images: int) -> str:
-    """The runtime `auto` means here: the cached choice, else torch for a small job, else a
-    fresh measurement (torch, recorded with its reason, when the model cannot be exported)."""
-    try:
-        saved = json.loads((folder / "choice.json").read_text())
-        if saved.get("threads") == torch.get_num_threads():
-            return saved["runtime"]
-    except (OSError, ValueError, KeyError):
-        pass
+def _auto(encoder: Encoder, folder: Path, images: int) -> tuple[str, PixelEncoder | None]:
+    """The runtime `auto` means here, with its sessions when they are open already: the cached
+    choice, else torch for a small job, else a fresh measurement (torch, recorded with its
+    reason, when the model cannot be exported)."""
+    if (saved := saved_choice(folder)) is not None:
+        return saved, None
     if images < AUTO_MIN_IMAGES:
-        return "torch"
+        return "torch", None
     try:
-        return choose(encoder, folder)["runtime"]
+        choice, winner = choose(encoder, folder)
+        return choice["runtime"], winner
     except Exception as e:  # an architecture the exporter cannot trace still indexes, on PyTorch
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "choice.json").write_text(json.dumps({"runtime": "torch", "threads": torch.get_num_threads(),
-                                                        "error": f"{type(e).__name__}: {e}"[:500]}))
-        return "torch"
+        (folder / CHOICE).write_text(json.dumps({"runtime": "torch", "threads": threads(), "error": f"{type(e).__name__}: {e}"[:500]}))
+        return "torch", None
 
 
 def pixel_encoder(encoder: Encoder, folder: Path | None = None, runtime: str = "auto",
@@ -226,13 +185,14 @@ def pixel_encoder(encoder: Encoder, folder: Path | None = None, runtime: str = "
                 raise UserError(f"--runtime {runtime} needs `pip install onnxruntime onnx`") from None
             runtime = "torch"
     folder = folder or model_dir(encoder.identity)
+    opened = None
     if runtime == "auto":
-        runtime = _auto(encoder, folder, images)
+        runtime, opened = _auto(encoder, folder, images)
     on_torch = encoder.pixel_prep.torch_encoder(encoder), "torch"
     if runtime == "torch":
         return on_torch
     try:
-        return _onnx_encoder(export(encoder, folder)[runtime]), runtime
+        return opened or onnx_encoder(export(encoder, folder)[runtime]), runtime
     except Exception:
         if not auto:
             raise

@@ -1,0 +1,143 @@
+"""Indexing without PyTorch: a model as its cached exports, when they hold everything indexing needs.
+
+A run embeds images through the ONNX image tower the runtime choice picked (runtime.py), and
+text passages through the text tower queries use (query.py); both live in the model's cache
+folder, and the sealed query export also says how the model shapes a picture (without
+torchvision). When all of it is there, for this machine's thread count, an indexing run never
+loads the model: for open_clip ViT-B-32-256 that was ~5 s of a 9.8 s run of 300 images
+(importing torch and open_clip, building the model, hashing nothing more than the checkpoint's
+samples). Everything is checked against PyTorch once, when it is exported; this module only
+reads. Torch-free by design: importing it, or running what it returns, loads no torch.
+"""
+from __future__ import annotations
+
+import json
+import os
+import queue
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from ...media.image import geometry
+from . import identity
+from .pixels import PixelEncoder, PixelPrep
+from .query import QueryEncoder, model_dir, unit
+
+if TYPE_CHECKING:
+    from .base import Encoder
+
+#: ONNX Runtime sessions that share the cores, each with its own threads (see `PixelEncoder`):
+#: on 2 cores two one-thread sessions embedded ~10% more images/s than one two-thread session
+LANES = 2
+#: images per session run: a run's activations live in the session's memory arena, which at 32
+#: images grew to ~1 GB for `lite` and took ~1 s of page faults to warm; at 8 the arena is a
+#: quarter and the throughput the same (measured on 2 cores)
+RUN_BATCH = 8
+#: the exported image graph's input name
+INPUT = "input"
+#: the image tower files of each ONNX runtime, in a model's cache folder
+VISUAL = {"onnx": "visual.onnx", "onnx-int8": "visual.int8.onnx"}
+CHOICE = "choice.json"
+
+
+def threads() -> int:
+    """Threads the image tower may use: ``OMP_NUM_THREADS`` when set, else the CPUs this process
+    may run on. The runtime choice is recorded with it and reused only on the same count."""
+    try:
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    except (KeyError, ValueError):
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def session(path: Path, n_threads: int):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = n_threads
+    # decode workers share the cores: threads that spin while waiting would take their time
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def onnx_encoder(path: Path) -> PixelEncoder:
+    """Up to `LANES` sessions of the image tower at `path` splitting the threads; a call runs on
+    whichever is free."""
+    lanes = max(1, min(LANES, threads()))
+    free: queue.SimpleQueue = queue.SimpleQueue()
+    for _ in range(lanes):
+        free.put(session(path, threads() // lanes))
+
+    def encode(pixels: np.ndarray) -> np.ndarray:
+        s = free.get()
+        try:
+            out = np.concatenate([s.run(None, {INPUT: pixels[i : i + RUN_BATCH]})[0] for i in range(0, len(pixels), RUN_BATCH)])
+        finally:
+            free.put(s)
+        return unit(out)
+
+    return PixelEncoder(encode, lanes)
+
+
+def saved_choice(folder: Path) -> str | None:
+    """The runtime the choice saved in `folder` picked for this thread count, if any."""
+    try:
+        saved = json.loads((folder / CHOICE).read_text())
+        return saved["runtime"] if saved.get("threads") == threads() else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+@dataclass
+class ExportedEncoder:
+    """What an indexing run asks of an `Encoder` (identity, dim, `pixel_prep`, `encode_texts`),
+    answered from the model's cache folder, plus the image tower the runtime choice picked."""
+
+    spec: str
+    identity: str
+    dim: int
+    pixel_prep: PixelPrep
+    runtime: str
+    visual: Path
+    query: QueryEncoder
+
+    @property
+    def image_size(self) -> int:
+        return self.pixel_prep.image_size
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        return self.query.encode_texts(texts)
+
+    def image_forward(self) -> PixelEncoder:
+        return onnx_encoder(self.visual)
+
+    @classmethod
+    def find(cls, spec: str, runtime: str = "auto") -> ExportedEncoder | None:
+        """The model `spec` names as its exports, when its cache folder holds a sealed query
+        export with the model's picture geometry and a runtime choice for this machine naming
+        an ONNX image tower that is there (`runtime`: auto, or that very runtime); else None."""
+        stored, ident = identity.of(spec)
+        folder = model_dir(ident)
+        query = QueryEncoder.read(ident, folder)
+        chosen = saved_choice(folder)
+        if query is None or query.image is None or chosen not in VISUAL or runtime not in ("auto", chosen):
+            return None
+        visual = folder / VISUAL[chosen]
+        if not visual.is_file():
+            return None
+        # the sealed geometry makes the model's very pixels (checked at export); the model's input
+        # side is its crop, which the decoder is also told (draft decoding), as with the model
+        prep = PixelPrep(geometry(query.image), (), (), int(query.image["crop"]))
+        return cls(stored, ident, query.dim, prep, chosen, visual, query)
+
+
+def image_forward(encoder: Encoder | ExportedEncoder, runtime: str, images: int) -> tuple[PixelEncoder, str]:
+    """The image forward an indexing run of `images` images uses, and its runtime's name: the
+    exported encoder's own, else the one `runtime.pixel_encoder` picks (loading PyTorch)."""
+    if isinstance(encoder, ExportedEncoder):
+        return encoder.image_forward(), encoder.runtime
+    from .runtime import pixel_encoder
+
+    return pixel_encoder(encoder, runtime=runtime, images=images)
