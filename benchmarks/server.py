@@ -46,8 +46,7 @@ def build(path: Path, n: int) -> None:
             m = min(20000, n - start)
             v = centres[rng.integers(0, 256, m)] + 0.5 * rng.standard_normal((m, enc.dim)).astype(np.float32)
             v /= np.linalg.norm(v, axis=1, keepdims=True)
-            s.execute(insert(File), [dict(id=start + i + 1, path_key=f"/synthetic/{start + i}.jpg".encode(),
-                                         path=f"/synthetic/{start + i}.jpg", size=1, mtime_ns=0, kind="image",
+            s.execute(insert(File), [dict(id=start + i + 1, path=f"/synthetic/{start + i}.jpg", size=1, mtime_ns=0, kind="image",
                                          status="ok") for i in range(m)])
             put_vectors(s, start + 1, v)  # item ids = file ids here: vectors at their ids
             s.execute(insert(Item), [dict(id=start + i + 1, file_id=start + i + 1, kind="image") for i in range(m)])

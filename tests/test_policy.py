@@ -200,3 +200,51 @@ def test_approximate_indexes_answer_large_k_and_narrow_filters_completely(kind, 
     assert len(idx.search("x", k=5_000)) == 1_100
     few = idx.search("x", k=50, path=str(lib / "few" / "*"))
     assert len(few) == 11 and all("/few/" in h.path for h in few)
+
+
+@pytest.mark.parametrize("codes, rerank", [("SQfp16", 0), ("SQ8", 8)])
+def test_scalar_codes_rank_alone_only_when_they_reach_the_target(codes, rerank):
+    """Tight clusters: neighbours closer together than 8-bit codes tell apart (like 10M × 512
+    in benchmarks/scale.py), so those are re-ranked from the store; float16 codes rank alone."""
+    x, q = np.split(clustered(20_200, 64, spread=0.2), [20_000])
+    plan = choose_index(20_000, 64, kind="ivfsq")
+    plan.factory = plan.factory.rsplit(",", 1)[0] + "," + codes
+    ids = np.arange(20_000, dtype=np.int64) * 3 + 7
+    index = build(plan, ids, x)
+    assert plan.rerank == rerank and plan.recall >= TARGET_RECALL, plan
+    assert recall(plan, index, ids, x, q, ids[exact_topk(x, q, 10)]) >= TARGET_RECALL - 0.03
+    if codes == "SQ8":  # what made tuning fall back: alone, the codes miss the target
+        plan.rerank = 0
+        assert recall(plan, index, ids, x, q, ids[exact_topk(x, q, 10)]) < TARGET_RECALL
+
+
+def test_search_by_codes_alone_drops_items_deleted_since_the_build(tmp_path):
+    """An index whose codes rank alone reads no stored vector, so a reader's stale index must
+    still leave out what was deleted since it was built (real store, written by commit_batch)."""
+    from sqlalchemy import delete, select
+
+    from mmsearch.indexer.plan import Plan
+    from mmsearch.indexer.run import Summary, commit_batch
+    from mmsearch.indexer.scan import Entry
+    from mmsearch.retrieval.index import Index
+    from mmsearch.retrieval.store import File, Item, set_meta
+
+    x = clustered(3_000, 32)
+    idx = Index(tmp_path / "ix", create=True)
+    with idx.session() as s:
+        for key, value in [("model_spec", "synthetic"), ("dim", "32"), ("index_type", "ivfsq")]:
+            set_meta(s, key, value)
+        files = [(Entry(f"/lib/{i:05}.jpg", "image", 1, 1), f"{i:032x}", [{"kind": "image", "vector": v}], None, None)
+                 for i, v in enumerate(x)]
+        commit_batch(s, Plan(), Summary(), files)
+    loaded = idx.faiss_index()
+    assert loaded.plan.factory.endswith(",SQfp16") and loaded.plan.rerank == 0, loaded.plan
+    with idx.session() as s:
+        ids = s.scalars(select(Item.id).order_by(Item.id)).all()
+    hits = idx.search_vector(x[7], 5, loaded=loaded)
+    assert hits[0][0] == ids[7] and abs(hits[0][1] - 1) < 1e-3 and len(hits) == 5
+    with idx.session() as s:
+        s.execute(delete(File).where(File.path == "/lib/00007.jpg"))
+        s.commit()
+    after = idx.search_vector(x[7], 5, loaded=loaded)
+    assert ids[7] not in [i for i, _ in after] and len(after) == 5 and after[:4] == hits[1:]

@@ -62,3 +62,68 @@ def test_store_bytes_per_item(image_set, tmp_path):
     n, dim = sum(info["items"].values()), info["dim"]
     segs = sum(size for name, size in info["files_on_disk"].items() if name.startswith("vectors/seg-"))
     assert segs == n * dim * 4
+
+
+# the files table as schema v4 had it: the path twice (text and bytes, each indexed), hex digests
+V4_FILES = [
+    "CREATE TABLE files_v4 (id INTEGER PRIMARY KEY, path_key BLOB UNIQUE, path TEXT, size INTEGER, mtime_ns INTEGER,"
+    " digest VARCHAR, kind VARCHAR, width INTEGER, height INTEGER, status VARCHAR, error TEXT, taken_ns INTEGER,"
+    " offset_min INTEGER, taken_from VARCHAR, camera VARCHAR, lat FLOAT, lon FLOAT)",
+    "INSERT INTO files_v4 SELECT id, path_key, path, size, mtime_ns, CASE WHEN digest IS NULL THEN NULL"
+    " ELSE lower(hex(digest)) END, kind, width, height, status, error, taken_ns, offset_min, taken_from, camera, lat, lon"
+    " FROM files",
+    "DROP TABLE files",
+    "ALTER TABLE files_v4 RENAME TO files",
+    "CREATE INDEX ix_files_path ON files (path)",
+    "CREATE INDEX ix_files_digest ON files (digest)",
+    "CREATE INDEX ix_files_taken_ns ON files (taken_ns)",
+    "CREATE INDEX ix_files_lat ON files (lat) WHERE lat IS NOT NULL",
+    "CREATE INDEX ix_files_unread ON files (id) WHERE taken_from IS NULL",
+    "PRAGMA user_version=4",
+]
+
+
+def test_v4_files_table_migrates_to_one_path_and_byte_digests(image_set, tmp_path):
+    import os
+
+    lib = tmp_path / "lib"
+    shutil.copytree(image_set, lib)
+    odd = os.fsencode(lib) + b"/caf\xe9-\xff.jpg"  # not UTF-8: its bytes must survive
+    shutil.copy2(lib / "rocket.jpg", odd)
+    (lib / "empty.png").write_bytes(b"")  # a skipped file: no digest
+    idx = SearchIndex(tmp_path / "index", create=True)
+    idx.add([str(lib)])
+    db = tmp_path / "index" / "mmsearch.db"
+
+    def files() -> list[tuple]:
+        with sqlite3.connect(db) as c:
+            return c.execute("SELECT id, path_key, path, size, mtime_ns, status, error FROM files ORDER BY id").fetchall()
+
+    before, vectors = files(), _vectors(idx)
+    digests = dict(sqlite3.connect(db).execute("SELECT id, digest FROM files"))
+    hits = [(h.path, h.score) for h in idx.search("a rocket launch", k=5)]
+    assert odd in [r[1] for r in before] and None in digests.values()
+    c = sqlite3.connect(db)
+    c.execute("PRAGMA foreign_keys=OFF")
+    for sql in V4_FILES:
+        c.execute(sql)
+    c.commit()
+    c.close()
+
+    old = SearchIndex(tmp_path / "index")
+    after = _vectors(old)
+    assert files() == before and after.keys() == vectors.keys()
+    assert all(np.array_equal(after[i], v) for i, v in vectors.items())
+    with sqlite3.connect(db) as c:
+        assert c.execute("PRAGMA user_version").fetchone()[0] == 5
+        assert dict(c.execute("SELECT id, digest FROM files")) == digests  # 16 bytes, as before in hex
+        assert c.execute("SELECT path_key FROM files WHERE raw_key IS NOT NULL").fetchall() == [(odd,)]
+        assert "sqlite_autoindex_files_1" not in {r[1] for r in c.execute("PRAGMA index_list(files)")}
+    assert [(h.path, h.score) for h in old.search("a rocket launch", k=5)] == hits
+    again = old.add([])
+    assert again.unchanged == len(before) and again.new == again.updated == 0  # every file found by its bytes
+    shutil.copy2(lib / "rocket.jpg", lib / "rocket_copy.jpg")
+    assert old.add([]).reused == 1  # found by its digest
+    assert old.remove([os.fsdecode(odd)]) == 1  # and its items go with it: foreign keys are on again
+    with sqlite3.connect(db) as c:
+        assert c.execute("SELECT count(*) FROM items WHERE file_id NOT IN (SELECT id FROM files)").fetchone()[0] == 0

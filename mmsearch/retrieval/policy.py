@@ -3,14 +3,26 @@
 `choose_index` picks from the collection's size, dimension and a memory budget:
   * exact (flat inner product) while it is small enough to scan quickly;
   * HNSW over full vectors when they and the graph fit the budget (fast, high recall, no training);
+  * IVF with 16-bit (float16) scalar codes, half the floats, when those fit: they rank as the
+    floats do, so a search reads nothing but the FAISS file;
   * IVF with 8-bit scalar codes (a quarter of the floats) when those fit: on 512-d embeddings
     they rank almost exactly (recall@10 ≥ 0.99 after re-ranking in benchmarks/ann.py), train in
     seconds and scan fast — PQ64 codes lost 5–15 points of recall there and trained 7× slower;
   * IVF with product quantisation when only short codes fit the budget.
-The coarse quantiser becomes an HNSW graph (searched with a wide beam) only past 16k lists. Approximate results are re-ranked
-exactly from the stored vectors (`RERANK` candidates per hit).
-`tune` then raises efSearch / nprobe until recall@10 against exact search on held-out queries
-reaches the target, so the search is as fast as the target allows.
+The coarse quantiser becomes an HNSW graph (searched with a wide beam) only past 16k lists.
+Approximate results are re-ranked exactly from the stored vectors (`RERANK` candidates per hit),
+unless the index's own scores reach the target recall: `tune` measures that for scalar codes
+(`IndexPlan.rerank` 0), and then raises efSearch / nprobe until recall@10 against exact search
+on held-out queries reaches the target, so the search is as fast as the target allows.
+
+Why the re-rank is avoided where it can be (benchmarks/scale.py, 10M × 512, 2 cores, 24 GiB):
+IVF4096,SQ8 re-ranking 80 candidates a query from the float32 segments gave recall@10 1.000 but
+p50 77 ms, p99 354 ms — 20 GB of segments and a 5 GB FAISS file do not stay in a 24 GiB page
+cache, so each candidate is a disk read. The FAISS scan itself is a few milliseconds. On the
+same clustered vectors at the same density (2.5M items in 1,024 lists of ~2,440), ranking by the
+8-bit codes alone reached only recall@10 0.924 whatever nprobe (the codes, not the probing, are
+the limit), float16 codes 0.999 (1M items) at the same scan speed (1.6 ms at nprobe 16): float16
+codes in RAM cost 1 KiB per vector, 8-bit codes plus the cached floats a re-rank needs 2.5 KiB.
 """
 from __future__ import annotations
 
@@ -25,7 +37,9 @@ EXACT_LIMIT = 50_000  # below this a flat scan answers in a few milliseconds
 HNSW_LIMIT = 5_000_000  # beyond this HNSW's build time (single machine, 2 cores) is too long
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80  # FAISS's default 40 leaves a graph that cannot reach 0.95 at 1M × 512
-DEFAULT_BUDGET = 8 << 30  # bytes of RAM the index may take: a third of a modest 24 GiB machine
+# bytes of RAM the index may take: half of a modest 24 GiB machine. (A third, 8 GiB, chose 8-bit
+# codes at 10M × 512, whose re-rank then needed the 20 GB of float32 segments cached as well.)
+DEFAULT_BUDGET = 12 << 30
 TARGET_RECALL = 0.95
 IndexType = Literal["flat", "hnsw", "ivfsq", "ivfpq"]
 INDEX_TYPES: tuple[str, ...] = get_args(IndexType)
@@ -33,6 +47,11 @@ MIN_VECTORS = {"flat": 0, "hnsw": 50, "ivfsq": 1_000, "ivfpq": 10_000}  # enough
 # candidates fetched per hit, re-ranked exactly: at 10M × 512 neighbours sit closer together than
 # 8-bit codes can tell apart (recall@10 0.87 with every list probed and 2 × k candidates)
 RERANK = {"flat": 1, "hnsw": 2, "ivfsq": 8, "ivfpq": 16}
+# candidates per hit when the index's own scores stand: a reader's index may still hold items
+# deleted since it was built (they are dropped after the search), so a few spare
+CODES_FETCH = 2
+# a doubling of nprobe that gains less recall@10 than this: the codes, not the probing, are the limit
+STALL = 0.005
 # efSearch of an HNSW coarse quantiser. FAISS's default (16) assigns vectors to the wrong lists
 # when adding: at 10M × 512 recall@10 stalled at 0.86–0.95 whatever nprobe
 QUANTIZER_EF = 128
@@ -49,6 +68,14 @@ class IndexPlan:
     value: int | None = None
     recall: float | None = None  # measured at build time against exact search
     trained_on: int | None = None  # vectors when built; extending stays within GROWTH of it
+    # candidates per hit re-ranked exactly from the stored vectors; 0: the index's own scores
+    # stand; None (plans written before this field): RERANK[kind]
+    rerank: int | None = None
+
+    def candidates(self) -> int:
+        """Candidates fetched per hit: RERANK-style re-rank, or CODES_FETCH when codes stand."""
+        per = RERANK[self.kind] if self.rerank is None else self.rerank
+        return per or CODES_FETCH
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -70,8 +97,10 @@ def choose_index(n: int, dim: int, budget: int = DEFAULT_BUDGET, kind: str = "au
     coarse = f"IVF{nlist}_HNSW32" if nlist >= 16384 else f"IVF{nlist}"
     per_vector = budget // max(n, 1) - 16  # bytes left per vector after its id and list entry
     if kind == "ivfsq" or (kind == "auto" and per_vector >= dim):
-        return IndexPlan("ivfsq", f"{coarse},SQ8", f"{forced}{n:,} vectors: 8-bit codes in {nlist:,} lists take "
-                         f"{n * (dim + 16) / 2**30:.2f} GiB of the {budget / 2**30:.1f} GiB budget", "nprobe", 16)
+        bits = 16 if per_vector >= 2 * dim else 8
+        return IndexPlan("ivfsq", f"{coarse},{'SQfp16' if bits == 16 else 'SQ8'}", f"{forced}{n:,} vectors: {bits}-bit "
+                         f"codes in {nlist:,} lists take {n * (bits // 8 * dim + 16) / 2**30:.2f} GiB of the "
+                         f"{budget / 2**30:.1f} GiB budget", "nprobe", 16)
     # at least 4 dimensions per sub-quantiser: thinner ones train very slowly and add little
     m = next((m for m in (128, 96, 64, 48, 32, 24, 16, 8) if m <= per_vector and dim % m == 0 and dim // m >= 4), 8)
     return IndexPlan("ivfpq", f"{coarse},PQ{m}", f"{forced}{n:,} vectors: {m}-byte PQ codes in {nlist:,} lists fit the "
@@ -174,10 +203,13 @@ def search_params(plan: IndexPlan, sel: faiss.IDSelector | None = None):
 
 def recall(plan: IndexPlan, index: faiss.Index, ids: np.ndarray, vecs: np.ndarray, q: np.ndarray,
            truth: np.ndarray, k: int = 10) -> float:
-    """recall@k of what `Index.search_vector` returns at the plan's setting: RERANK × k candidates
-    re-ranked exactly (`vecs[r]` is the vector of `ids[r]`), against the true top-k ids `truth`."""
+    """recall@k of what `Index.search_vector` returns at the plan's setting: the index's own top k,
+    or `plan.candidates()` × k candidates re-ranked exactly (`vecs[r]` is the vector of `ids[r]`),
+    against the true top-k ids `truth`."""
+    found = index.search(_f32(q), k * plan.candidates(), params=search_params(plan))[1]
+    if plan.rerank == 0:
+        return sum(len(set(f[:k].tolist()) & set(t.tolist())) for f, t in zip(found, truth)) / (k * len(q))
     order = np.argsort(ids, kind="stable")
-    found = index.search(_f32(q), k * RERANK[plan.kind], params=search_params(plan))[1]
     at = order[np.minimum(np.searchsorted(ids, found, sorter=order), len(order) - 1)]
     hits = 0
     for cand, qq, t in zip(np.where((found >= 0) & (ids[at] == found), at, -1), q, truth):
@@ -188,11 +220,17 @@ def recall(plan: IndexPlan, index: faiss.Index, ids: np.ndarray, vecs: np.ndarra
 
 def tune(plan: IndexPlan, index: faiss.Index, ids: np.ndarray, vecs: np.ndarray, q: np.ndarray,
          truth: np.ndarray, target: float = TARGET_RECALL) -> IndexPlan:
-    """Smallest efSearch / nprobe (doubling from 8) whose recall@10 on queries `q` reaches `target`."""
+    """Smallest efSearch / nprobe (doubling from 8) whose recall@10 on queries `q` reaches `target`.
+    Scalar codes are first tried on their own scores (no re-rank: a search then reads only the
+    FAISS file); when more probing stops gaining below the target, with the exact re-rank."""
     limit = 1024 if plan.param == "efSearch" else faiss.extract_index_ivf(index).nlist
-    plan.value = 8
-    while True:
-        plan.recall = recall(plan, index, ids, vecs, q, truth)
-        if plan.recall >= target or plan.value >= limit:
-            return plan
-        plan.value *= 2
+    for per in [0, RERANK[plan.kind]] if plan.kind == "ivfsq" else [RERANK[plan.kind]]:
+        plan.rerank, plan.value, last = per, 8, -1.0
+        while True:
+            plan.recall = recall(plan, index, ids, vecs, q, truth)
+            if plan.recall >= target:
+                return plan
+            if plan.value >= limit or (plan.rerank == 0 and plan.recall < last + STALL):
+                break
+            last, plan.value = plan.recall, plan.value * 2
+    return plan

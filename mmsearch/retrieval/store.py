@@ -13,12 +13,14 @@ from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 from sqlalchemy import (
+    Computed,
     Float,
     ForeignKey,
     Integer,
     LargeBinary,
     String,
     Text,
+    TypeDecorator,
     create_engine,
     event,
     func,
@@ -30,6 +32,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
+from sqlalchemy.schema import CreateTable
 
 from ..errors import UserError
 from . import lexical
@@ -60,23 +63,56 @@ class Meta(Base):
     value: Mapped[str] = mapped_column(Text)
 
 
+class Digest(TypeDecorator):
+    """A content digest: hex in Python, its 16 bytes in the database (half of 32 hex characters,
+    in the row and again in its index). Anything that is not hex is stored as given."""
+
+    impl = LargeBinary
+    cache_ok = True
+
+    @staticmethod
+    def stored(value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return bytes.fromhex(value)
+            except ValueError:
+                return value
+        return value
+
+    def process_bind_param(self, value: Any, dialect: Any) -> Any:
+        return self.stored(value)
+
+    def process_result_value(self, value: Any, dialect: Any) -> Any:
+        return value.hex() if isinstance(value, bytes) else value
+
+
+def raw_key(key: bytes, path: str) -> bytes | None:
+    """What `File.raw_key` holds for a path's bytes `key` displayed as `path`: the bytes when
+    they are not the display path's UTF-8 (a path that is not UTF-8), else NULL."""
+    return None if path.encode() == key else key
+
+
 class File(Base):
-    """One source file on disk. ``path_key`` holds the exact path bytes (paths need not be UTF-8)."""
+    """One source file on disk. ``path`` is the path for display (UTF-8; a path that is not
+    valid UTF-8 has replacement characters there and its exact bytes in ``raw_key``);
+    ``path_key`` the exact path bytes, computed from those two (schema v5: stored once, not
+    twice, and in one index, not two)."""
 
     __tablename__ = "files"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    path_key: Mapped[bytes] = mapped_column(LargeBinary, unique=True)
     path: Mapped[str] = mapped_column(Text, index=True)
+    raw_key: Mapped[bytes | None] = mapped_column(LargeBinary)
+    path_key: Mapped[bytes] = mapped_column(LargeBinary, Computed("coalesce(raw_key, CAST(path AS BLOB))", persisted=False))
     size: Mapped[int] = mapped_column(Integer)
     mtime_ns: Mapped[int] = mapped_column(Integer)
-    digest: Mapped[str | None] = mapped_column(String, index=True)
+    digest: Mapped[str | None] = mapped_column(Digest, index=True)
     kind: Mapped[str] = mapped_column(String)
     width: Mapped[int | None] = mapped_column(Integer)
     height: Mapped[int | None] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String, default="ok")  # ok | skipped
     error: Mapped[str | None] = mapped_column(Text)
     # capture metadata (media/capture.py), read after embedding; taken_from NULL: not read yet
-    taken_ns: Mapped[int | None] = mapped_column(Integer, index=True)
+    taken_ns: Mapped[int | None] = mapped_column(Integer)
     offset_min: Mapped[int | None] = mapped_column(Integer)
     taken_from: Mapped[str | None] = mapped_column(String)
     camera: Mapped[str | None] = mapped_column(String)
@@ -126,6 +162,8 @@ SqlIndex("ix_items_link_path", Item.link_path, sqlite_where=Item.link_path.is_no
 # the files whose capture metadata is still to be read: every run asks (annotate.py), and without
 # this a watch update read the whole files table to find the few it had just written
 SqlIndex("ix_files_unread", File.id, sqlite_where=File.taken_from.is_(None))
+# (text files have no capture time; range filters imply NOT NULL, so SQLite still uses it)
+SqlIndex("ix_files_taken_ns", File.taken_ns, sqlite_where=File.taken_ns.is_not(None))
 
 
 def _v1(conn: Connection) -> None:
@@ -187,7 +225,39 @@ def _v4(conn: Connection) -> None:
     conn.execute(text("ALTER TABLE items DROP COLUMN vector"))
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4]
+def _v5(conn: Connection) -> None:
+    """Metadata per item from ~404 to under 300 bytes (10M items): the files table rebuilt with the
+    path stored once (``path_key`` computed from it: it was stored twice, as text and as bytes,
+    each with its own index), digests as 16 bytes instead of 32 hex characters, and capture times
+    indexed only where there is one. SQLite cannot change a column in place; the new table is
+    filled from the old, which is then dropped. Foreign keys are off meanwhile, else dropping the
+    old table would delete every item by cascade; `open_engine` discards the connection after."""
+    if "raw_key" in {row[1] for row in conn.execute(text("PRAGMA table_info(files)"))}:
+        return  # a database created at v5
+    dbapi = conn.connection.driver_connection
+    assert dbapi is not None
+    if dbapi.in_transaction:  # the earlier steps, each with its user_version: a consistent state
+        dbapi.commit()
+    dbapi.execute("PRAGMA foreign_keys=OFF")
+    if dbapi.execute("PRAGMA foreign_keys").fetchone()[0]:
+        raise RuntimeError("cannot turn foreign keys off to migrate the files table")
+    dbapi.execute("BEGIN")
+    dbapi.create_function("mm_digest", 1, Digest.stored, deterministic=True)
+    conn.execute(text("DROP TABLE IF EXISTS files_v5"))
+    table = Base.metadata.tables["files"]
+    conn.execute(text(str(CreateTable(table).compile(conn)).replace("CREATE TABLE files", "CREATE TABLE files_v5", 1)))
+    same = [c.name for c in table.columns if c.name not in ("raw_key", "path_key", "digest")]
+    conn.execute(text(f"INSERT INTO files_v5 ({', '.join(same)}, raw_key, digest) SELECT {', '.join(same)}, "
+                      "CASE WHEN CAST(path AS BLOB) = path_key THEN NULL ELSE path_key END, mm_digest(digest) FROM files"))
+    conn.execute(text("DROP TABLE files"))
+    conn.execute(text("ALTER TABLE files_v5 RENAME TO files"))
+    for index in table.indexes:
+        index.create(conn)
+    if conn.execute(text("PRAGMA foreign_key_check")).first() is not None:
+        raise RuntimeError("the files table lost rows its items refer to")
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -223,6 +293,8 @@ def open_engine(index_dir: str) -> Engine:
         for v in range(version, SCHEMA_VERSION):
             MIGRATIONS[v](conn)
             conn.execute(text(f"PRAGMA user_version={v + 1}"))
+    if version < SCHEMA_VERSION:
+        engine.dispose()  # (a migration may have left its connection with foreign keys off)
     return engine
 
 
@@ -278,11 +350,17 @@ def load_vectors(session: Session) -> tuple[np.ndarray, np.ndarray]:
     return ids, segments(session).get(ids)
 
 
-def vectors_by_id(session: Session, ids: list[int]) -> dict[int, np.ndarray]:
-    """The stored vectors of `ids` (ids no longer stored are absent)."""
+def stored_ids(session: Session, ids: list[int]) -> list[int]:
+    """Those of `ids` whose items are still stored."""
     live: list[int] = []
     for part in chunks(ids):
         live += session.scalars(select(Item.id).where(Item.id.in_(part))).all()
+    return live
+
+
+def vectors_by_id(session: Session, ids: list[int]) -> dict[int, np.ndarray]:
+    """The stored vectors of `ids` (ids no longer stored are absent)."""
+    live = stored_ids(session, ids)
     return dict(zip(live, segments(session).get(live))) if live else {}
 
 

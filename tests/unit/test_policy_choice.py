@@ -53,12 +53,16 @@ def test_hnsw_budget_boundary():
     assert choose_index(n, dim, budget=_full(n, dim) - 1).kind == "ivfsq"
 
 
-def test_ivfsq_when_byte_codes_fit():
+def test_ivfsq_when_scalar_codes_fit():
     n, dim = 10_000_000, 512
-    p = choose_index(n, dim)  # 23 GB with a graph: over 8 GiB; 5 GB as 8-bit codes: fits
+    p = choose_index(n, dim)  # 23 GB with a graph: over 12 GiB; 10 GB as float16 codes: fits
     assert _full(n, dim) > DEFAULT_BUDGET
-    assert (p.kind, p.factory, p.param, p.value) == ("ivfsq", "IVF4096,SQ8", "nprobe", 16)
-    assert p.reason == "10,000,000 vectors: 8-bit codes in 4,096 lists take 4.92 GiB of the 8.0 GiB budget"
+    assert (p.kind, p.factory, p.param, p.value) == ("ivfsq", "IVF4096,SQfp16", "nprobe", 16)
+    assert p.reason == "10,000,000 vectors: 16-bit codes in 4,096 lists take 9.69 GiB of the 12.0 GiB budget"
+    # float16 codes exactly fit → them; a byte less → 8-bit codes
+    assert choose_index(n, dim, budget=n * (2 * dim + 16)).factory == "IVF4096,SQfp16"
+    p = choose_index(n, dim, budget=n * (2 * dim + 16) - 1)
+    assert p.factory == "IVF4096,SQ8" and p.reason.startswith("10,000,000 vectors: 8-bit codes in 4,096 lists take 4.92 GiB")
 
 
 def test_ivfsq_pq_boundary():
