@@ -54,6 +54,24 @@ def test_onnx_vectors_agree_with_pytorch_on_real_photos(tiny_clip, photos, tmp_p
     assert np.allclose(encode.many(batches), np.concatenate([encode(b) for b in batches]), atol=1e-5)
 
 
+def test_the_quantiser_makes_what_onnxruntimes_quantize_dynamic_makes(tiny_clip, tmp_path):
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from mmsearch.retrieval.encoders.runtime import _quantise, export
+
+    fp32 = export(load_encoder(tiny_clip), tmp_path, int8=False)["onnx"]
+    _quantise(fp32, tmp_path / "ours.onnx")
+    quantize_dynamic(str(fp32), str(tmp_path / "theirs.onnx"), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
+                     reduce_range=True, extra_options={"MatMulConstBOnly": True})
+    ours, theirs = (onnx.load(str(tmp_path / f)) for f in ("ours.onnx", "theirs.onnx"))
+    assert [n.op_type for n in ours.graph.node] == [n.op_type for n in theirs.graph.node]
+    assert sum(n.op_type == "MatMulInteger" for n in ours.graph.node) >= 4  # quantised, not copied
+    weights = {i.name: onnx.numpy_helper.to_array(i) for i in theirs.graph.initializer}
+    assert all(np.array_equal(onnx.numpy_helper.to_array(i), weights[i.name]) for i in ours.graph.initializer)
+    assert len(ours.graph.initializer) == len(weights)
+
+
 def test_auto_measures_once_and_keeps_its_choice(tiny_clip, tmp_path):
     enc = load_encoder(tiny_clip)
     assert pixel_encoder(enc, tmp_path, "auto", images=3)[1] == "torch"  # too few images to bother

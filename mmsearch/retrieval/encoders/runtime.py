@@ -81,22 +81,44 @@ def export(encoder: Encoder, folder: Path, int8: bool = True) -> dict[str, Path]
     if not int8:
         return {"onnx": files["onnx"]}
     if not files["onnx-int8"].exists():
-        from onnxruntime.quantization import QuantType, quantize_dynamic  # (0.5 s to import)
-
         tmp = folder / f"visual.int8.{os.getpid()}.tmp.onnx"
-        # matrix products only: they are where a transformer spends its time, and ONNX Runtime's
-        # integer convolutions are slower than its float ones on CPU
         logging.disable(logging.WARNING)  # its advice to pre-process the graph first, on the root logger
         try:
-            # 7-bit weights (reduce_range): on CPUs without VNNI the u8×s8 products are summed in
-            # pairs into int16 and saturate with full 8-bit weights (measured: ViT-B-32 cosine to
-            # PyTorch 0.983 on an AMD EPYC without VNNI, 0.9996 with reduce_range, same speed)
-            quantize_dynamic(str(files["onnx"]), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
-                             reduce_range=True)
+            _quantise(files["onnx"], tmp)
         finally:
             logging.disable(logging.NOTSET)
         os.replace(tmp, files["onnx-int8"])
     return files
+
+
+def _quantise(src: Path, dst: Path) -> None:
+    """Dynamic int8 weights for the matrix products of `src`, as `quantize_dynamic` makes them,
+    without its two passes of ONNX shape inference over the whole graph: the exporter's graph
+    has the types the quantiser needs, and for ViT-B-32-256 the passes were 1.0 of its 3.5 s
+    (the same nodes and weights either way: tests/test_runtime.py). `quantize_dynamic` itself
+    where its internals differ."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # matrix products only: they are where a transformer spends its time, and ONNX Runtime's
+    # integer convolutions are slower than its float ones on CPU. 7-bit weights (reduce_range):
+    # on CPUs without VNNI the u8×s8 products are summed in pairs into int16 and saturate with
+    # full 8-bit weights (measured: ViT-B-32 cosine to PyTorch 0.983 on an AMD EPYC without
+    # VNNI, 0.9996 with reduce_range, same speed)
+    ops, options = ["MatMul", "Gemm"], {"MatMulConstBOnly": True}
+    try:
+        import onnx
+        from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
+        from onnxruntime.quantization.quant_utils import QuantizationMode
+        from onnxruntime.quantization.quantize import update_opset_version
+
+        model = update_opset_version(onnx.load(str(src)), QuantType.QInt8)
+        quantizer = ONNXQuantizer(model, False, True, QuantizationMode.IntegerOps, False, QuantType.QInt8,
+                                  QuantType.QUInt8, None, None, None, ops, options)
+        quantizer.quantize_model()
+        quantizer.model.save_model_to_file(str(dst), False)
+    except (ImportError, TypeError, AttributeError):  # another onnxruntime's internals
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=ops, reduce_range=True,
+                         extra_options=options)
 
 
 def _trace(module: torch.nn.Module, example: tuple[torch.Tensor, ...], path: Path, axes: dict) -> None:
