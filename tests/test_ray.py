@@ -196,5 +196,38 @@ def test_a_slice_is_a_shard_and_one_that_keeps_ending_its_actor_is_given_up(clus
     assert actor.embed(1)[1].startswith("slice 1 ended its Ray worker 3 times: a file in it may crash a decoder")
 
 
+def test_text_in_images_is_read_on_the_actors(cluster, photos, tmp_path):
+    """With OCR on, the actors read the text where they decode the images (the driver reads
+    nothing after), and what they read is what a local run reads."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import fetch
+
+    font = ImageFont.truetype(str(fetch.fetch("fonts") / "DejaVuSans-Bold.ttf"), 40)
+    d = tmp_path / "scans"
+    d.mkdir()
+    for name, words in (("scan_001.png", "INVOICE 4711 paid"), ("scan_002.png", "Gate B52 closed")):
+        img = Image.new("RGB", (640, 360), "white")
+        ImageDraw.Draw(img).text((30, 150), words, font=font, fill="black")
+        img.save(d / name)
+    shutil.copy2(photos / "coffee.png", d / "coffee.png")
+    stage = RayStage(slice_files=2)
+    summary = index_paths(_fresh(tmp_path), [str(d)], IndexOptions(ocr=True), embed=stage)
+    assert stage.embedded == 3 and summary.ocr_images == 3 and summary.ocr_seconds == 0  # the driver read none after
+    local = Index(tmp_path / "local", create=True)
+    assert index_paths(local, [str(d)], IndexOptions(ocr=True)).ocr_images == 3
+
+    def ocr(path: Path) -> dict[str, str]:
+        with Index(path).session() as s:
+            return dict(s.execute(select(File.path, Item.ocr).join(File)).all())
+
+    ours = ocr(tmp_path / "index")
+    assert ours == ocr(tmp_path / "local") and "4711" in ours[str(d / "scan_001.png")]
+    from mmsearch.api import SearchIndex
+
+    assert SearchIndex(tmp_path / "index").search("INVOICE 4711", k=1)[0].path == str(d / "scan_001.png")
+
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))

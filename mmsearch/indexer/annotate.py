@@ -45,19 +45,13 @@ def captures(s: Session, opts: IndexOptions) -> int:
 
 def ocr(s: Session, opts: IndexOptions) -> tuple[int, float]:
     """Read the text in every image that has not been read; returns (images, seconds)."""
-    from ..media.ocr import MAX_SIDE, read_text
-
     rows = s.execute(select(Item.id, File.path_key).join(File)
                      .where(Item.kind == "image", Item.ocr.is_(None), File.status == "ok")).all()
     start = time.perf_counter()
 
     def read(row) -> tuple[int, list]:
         item_id, key = row
-        try:
-            img = load_image(os.fsdecode(key), opts.max_pixels, draft=MAX_SIDE // 2)
-        except DecodeError:  # changed or gone since it was embedded: the next run sees it
-            return item_id, []
-        return item_id, [line.as_list() for line in read_text(img)]
+        return item_id, read_ocr(os.fsdecode(key), opts.max_pixels)
 
     bar = tqdm(total=len(rows), desc="reading text", unit="image", disable=not opts.progress or not rows)
     # two threads: one decodes and runs Python glue while the other's ONNX sessions compute
@@ -71,3 +65,15 @@ def ocr(s: Session, opts: IndexOptions) -> tuple[int, float]:
             bar.update(len(part))
     bar.close()
     return len(rows), time.perf_counter() - start
+
+
+def read_ocr(path: str, max_pixels: int) -> list:
+    """The text lines read in the image at `path`, as stored (`Line.as_list`); none when it can no
+    longer be decoded (changed or gone since it was embedded: the next run sees it)."""
+    from ..media.ocr import MAX_SIDE, read_text
+
+    try:
+        img = load_image(path, max_pixels, draft=MAX_SIDE // 2)
+    except DecodeError:
+        return []
+    return [line.as_list() for line in read_text(img)]

@@ -39,6 +39,7 @@ from sqlalchemy.orm import Session
 
 from ..errors import UserError
 from ..retrieval.index import Index
+from ..retrieval.store import get_meta
 from .options import IndexOptions
 from .plan import Plan
 from .run import Summary, _export_for_queries, commit_batch
@@ -75,6 +76,7 @@ class Run:
     identity: str  # what the index holds; a shard of any other model is refused
     slices: int
     images: int  # images and videos among the files: `--runtime auto` decides by it, as a local run does
+    ocr: bool = False  # read the text in images too, on the actors (else the driver does, after)
 
     @property
     def manifest(self) -> str:
@@ -84,12 +86,13 @@ class Run:
         return os.path.join(self.folder, f"shard-{i:05d}.parquet")
 
     @classmethod
-    def create(cls, runs: str, model: str, identity: str, todo: list[tuple[Entry, str]], slice_files: int) -> Run:
+    def create(cls, runs: str, model: str, identity: str, todo: list[tuple[Entry, str]], slice_files: int,
+               ocr: bool = False) -> Run:
         h = hashlib.blake2b(identity.encode(), digest_size=8)
         for e, digest in todo:
             h.update(e.key + b"\0" + digest.encode())
         run = cls(os.path.join(runs, h.hexdigest()), model, identity, -(-len(todo) // slice_files),
-                  sum(e.kind != "text" for e, _ in todo))
+                  sum(e.kind != "text" for e, _ in todo), ocr)
         os.makedirs(run.folder, exist_ok=True)
         # keys, not paths: a path need not be UTF-8, a parquet string must be
         table = pa.table({"slice": [i // slice_files for i in range(len(todo))], "key": [e.key for e, _ in todo],
@@ -136,7 +139,10 @@ class RayStage:
 
                 actors = self.actors or max(1, int(ray.cluster_resources().get("CPU", 0)) // ACTOR_CPUS)
                 size = self.slice_files or min(SLICE_FILES, -(-len(todo) // (SLICES_PER_ACTOR * actors)))
-                run = Run.create(runs, model, identity, todo, size)
+                # OCR (~0.4 s an image) is read where the images are decoded anyway; what a shard
+                # lacks (an earlier run's without it) the driver reads after, as a local run does
+                ocr = opts.ocr if opts.ocr is not None else get_meta(s, "ocr") == "on"
+                run = Run.create(runs, model, identity, todo, size, ocr)
                 runtimes = self._embed(s, run, actors, plan, opts, summary, wanted)
             if wanted:  # every slice came back, yet some file is in none: keep the shards for the next run
                 raise UserError(f"{len(wanted)} file(s) came back from the Ray cluster in no shard; run again to embed them")
@@ -217,21 +223,35 @@ class _SliceEmbedder:
                                f"(they are listed in {self.run.manifest})")
         m = pq.read_table(self.run.manifest, filters=[("slice", "=", i)]).to_pylist()
         todo = [(Entry(os.fsdecode(r["key"]), r["kind"], r["size"], r["mtime_ns"]), r["digest"]) for r in m]
-        rows: list[dict] = []
+        files: list[tuple[Any, list[dict]]] = []
         # decode threads: one per CPU the actor holds (the driver's --workers counts the driver's cores)
         for done in embedded(todo, self.encoder, self.opts, batch_size=self.opts.batch_size, workers=ACTOR_CPUS,
                              progress=False, encode_pixels=self.encode_pixels, processes=self.opts.processes):
-            for d in done:
-                items = d.items() if not d.error else []
-                rows.append({"key": d.entry.key, "digest": d.digest, "error": d.error,
-                             "width": d.size[0] if d.size else None, "height": d.size[1] if d.size else None,
-                             "items": json.dumps([{k: v for k, v in it.items() if k != "vector"} for it in items]),
-                             "vectors": b"".join(np.asarray(it["vector"], np.float32).tobytes() for it in items)})
+            files += [(d, d.items() if not d.error else []) for d in done]
             if self.exit_once and _claim(self.exit_once):
                 os._exit(1)
+        if self.run.ocr:
+            self.read_text(files)
+        rows = [{"key": d.entry.key, "digest": d.digest, "error": d.error,
+                 "width": d.size[0] if d.size else None, "height": d.size[1] if d.size else None,
+                 "items": json.dumps([{k: v for k, v in it.items() if k != "vector"} for it in items]),
+                 "vectors": b"".join(np.asarray(it["vector"], np.float32).tobytes() for it in items)}
+                for d, items in files]
         meta = {IDENTITY: self.encoder.identity, "mmsearch.dim": str(self.encoder.dim), "mmsearch.node": self.node}
         _write_atomic(pa.Table.from_pylist(rows, schema=SHARD.with_metadata(meta)), shard)
         return shard, None
+
+
+    def read_text(self, files: list[tuple[Any, list[dict]]]) -> None:
+        """Set the OCR lines of each image item of `files`, as the driver's `annotate.ocr` would."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from .annotate import read_ocr
+
+        images = [(d.entry.path, it) for d, items in files for it in items if it["kind"] == "image"]
+        with ThreadPoolExecutor(ACTOR_CPUS) as pool:  # as annotate.ocr: one decodes while the other reads
+            for (_, it), lines in zip(images, pool.map(lambda job: read_ocr(job[0], self.opts.max_pixels), images)):
+                it["ocr"] = json.dumps(lines, ensure_ascii=False)
 
 
 def _store(s: Session, plan: Plan, summary: Summary, shard: str, identity: str,
@@ -263,6 +283,7 @@ def _store(s: Session, plan: Plan, summary: Summary, shard: str, identity: str,
         vectors = np.frombuffer(r["vectors"], np.float32).reshape(len(fields), dim)
         size = (r["width"], r["height"]) if r["width"] is not None else None
         files.append((job[0], job[1], [{**f, "vector": v} for f, v in zip(fields, vectors)], size, r["error"]))
+        summary.ocr_images += sum(f.get("ocr") is not None for f in fields)
     if files:
         commit_batch(s, plan, summary, files)
     return len(files)

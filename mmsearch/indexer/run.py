@@ -51,8 +51,8 @@ class Summary:
     runtime: str | None = None  # what ran the image tower, when anything was embedded
     processes: bool = False  # whether decode workers were processes
     query_export: bool = False  # whether the model's query export (no PyTorch for searches) is in place
-    ocr_images: int = 0  # images whose text was read (OCR) in this run
-    ocr_seconds: float = 0.0
+    ocr_images: int = 0  # images whose text was read (OCR) in this run (here or on a Ray cluster)
+    ocr_seconds: float = 0.0  # reading it here, after embedding (on Ray it is part of the embedding)
 
     def as_dict(self) -> dict:
         return {**self.__dict__, "files_per_second": round(self.embedded / self.seconds, 2) if self.seconds else 0.0}
@@ -62,7 +62,8 @@ class Summary:
             f"{self.new} new, {self.updated} updated, {self.unchanged} unchanged, {self.removed} removed, "
             f"{self.reused} reused by content, {len(self.skipped)} skipped; embedded {self.embedded} "
             f"in {self.seconds:.1f}s" + (f" (image tower on {self.runtime})" if self.runtime and self.embedded else "")
-            + (f"; read text in {self.ocr_images} image(s) in {self.ocr_seconds:.1f}s" if self.ocr_images else "")
+            + (f"; read text in {self.ocr_images} image(s)" if self.ocr_images else "")
+            + (f" in {self.ocr_seconds:.1f}s" if self.ocr_images and self.ocr_seconds else "")
         )
 
 
@@ -117,7 +118,9 @@ def _update(index: Index, roots: Iterable[str], opts: IndexOptions, embed: Embed
             (embed or _embed_here)(s, index, encoder, plan, opts, summary)
         annotate.captures(s, opts)
         if _ocr_on(s, opts):
-            summary.ocr_images, summary.ocr_seconds = annotate.ocr(s, opts)
+            read, seconds = annotate.ocr(s, opts)  # (what an embed stage on Ray read is counted already)
+            if read:
+                summary.ocr_images, summary.ocr_seconds = summary.ocr_images + read, summary.ocr_seconds + seconds
     if retype and index_type:
         with index.session() as s:
             set_meta(s, "index_type", index_type)
@@ -250,25 +253,28 @@ def _write(s: Session, files: list[tuple[Entry, str, list[dict], tuple[int, int]
     fields = [{"digest": Digest.stored(digest), "status": "ok", "error": None, **({"width": size[0], "height": size[1]} if size else {})}
               for _, digest, _, size in files]
     file_ids = _file_ids(s, [e for e, _, _, _ in files], fields)
-    items = [{"file_id": file_id, **it} for file_id, (_, _, its, _) in zip(file_ids, files) for it in its]
+    items = [(file_id, it) for file_id, (_, _, its, _) in zip(file_ids, files) for it in its]
     first = _fresh_ids(s, len(items))
     if items:  # (a file may have none, e.g. a text file without passages)
         # vectors first, synced, then the rows that refer to them (retrieval/vectors.py)
-        put_vectors(s, first, np.stack([it["vector"] for it in items]))
-        _insert(s, "items", [{"id": first + i, **{k: v for k, v in it.items() if k != "vector"}} for i, it in enumerate(items)])
+        put_vectors(s, first, np.stack([it["vector"] for _, it in items]))
+        columns = sorted(set().union(*(it for _, it in items)) - {"vector"})
+        _many(s, f"INSERT INTO items (id, file_id, {', '.join(f'[{c}]' for c in columns)}) VALUES "
+                 f"({', '.join('?' * (len(columns) + 2))})",
+              [(first + i, file_id, *map(it.get, columns)) for i, (file_id, it) in enumerate(items)])
         # searchable words: the file's name on its first item, each item's text or OCR text
         # (lexical.add_rows without SQLAlchemy's per-row parameter handling: 0.5 s per 200k items)
         names = {file_id: lexical.name_text(e.path) for file_id, (e, _, _, _) in zip(file_ids, files)}
         _many(s, "INSERT OR REPLACE INTO lexical (rowid, name, body) VALUES (?, ?, ?)",
-              [(first + i, lexical.compact(names.pop(it["file_id"], "")),
-                lexical.compact(it.get("text") or lexical.ocr_text(it.get("ocr")))) for i, it in enumerate(items)])
+              [(first + i, lexical.compact(names.pop(file_id, "")),
+                lexical.compact(it.get("text") or lexical.ocr_text(it.get("ocr")))) for i, (file_id, it) in enumerate(items)])
 
 
 def _insert(s: Session, table: str, rows: list[dict]) -> None:
     """Bulk insert on the session's own connection (its transaction), through sqlite3 directly:
     SQLAlchemy's per-row parameter handling cost more than SQLite's work (a bulk merge of new
     files went from ~12k to ~15k items/s, run.py's whole commit path from ~2,300 with ORM objects). Rows may differ in which columns they give; absent ones are NULL."""
-    columns = sorted({c for row in rows for c in row})
+    columns = sorted(set().union(*rows))
     sql = f"INSERT INTO {table} ({', '.join(f'[{c}]' for c in columns)}) VALUES ({', '.join('?' * len(columns))})"
     _many(s, sql, [tuple(map(row.get, columns)) for row in rows])
 
