@@ -12,7 +12,7 @@ import pytest
 
 from mmsearch.api import SearchIndex
 from mmsearch.retrieval.encoders import identity, load_encoder, load_indexer
-from mmsearch.retrieval.encoders.exported import CHOICE, VISUAL, ExportedEncoder, threads
+from mmsearch.retrieval.encoders.exported import AUTO_MIN_IMAGES, CHOICE, VISUAL, ExportedEncoder, threads
 from mmsearch.retrieval.encoders.query import META, model_dir
 from mmsearch.retrieval.encoders.runtime import choose, export_for_queries
 
@@ -90,7 +90,11 @@ def test_the_exports_stand_in_only_when_complete_for_this_machine(cache, tiny_cl
     choice = json.loads((folder / CHOICE).read_text())
     try:
         (folder / CHOICE).write_text(json.dumps({**choice, "threads": threads() + 1}))
-        assert ExportedEncoder.find(tiny_clip) is None  # chosen for another number of cores
+        fallback = ExportedEncoder.find(tiny_clip)  # chosen for another number of cores: none for this one
+        assert fallback is not None and (fallback.runtime, fallback.visual.name) == ("onnx", "visual.query.onnx")
+        assert ExportedEncoder.find(tiny_clip, images=AUTO_MIN_IMAGES) is None  # a job big enough to choose for
+        (folder / CHOICE).write_text(json.dumps({**choice, "runtime": "torch"}))
+        assert ExportedEncoder.find(tiny_clip) is None  # PyTorch was chosen (no export agreed with it)
         (folder / CHOICE).write_text(json.dumps(choice))
         found.visual.rename(folder / "aside.onnx")
         assert ExportedEncoder.find(tiny_clip) is None  # its image tower is gone

@@ -198,7 +198,7 @@ class _SliceEmbedder:
         from ..retrieval.encoders.exported import image_forward
 
         self.run, self.opts, self.exit_once = run, opts, exit_once
-        self.encoder = load_indexer(run.model, opts.runtime)
+        self.encoder = load_indexer(run.model, opts.runtime, run.images)
         self.encode_pixels, self.runtime = image_forward(self.encoder, opts.runtime, run.images)
         self.node = ray.get_runtime_context().get_node_id()
 

@@ -136,8 +136,9 @@ def _embed_here(s: Session, index: Index, encoder, plan: Plan, opts: IndexOption
     from ..retrieval.encoders.exported import image_forward
     from .embed import embedded
 
-    encoder = encoder or index.indexer(opts.runtime)
     images = sum(e.kind != "text" for e, _ in plan.embed)
+    # (chosen again now that the job's size is known: a loaded model is cached, exports are cheap to find)
+    encoder = index.indexer(opts.runtime, images)
     encode_pixels, summary.runtime = image_forward(encoder, opts.runtime, images)
     summary.processes = opts.processes
     for batch in embedded(plan.embed, encoder, opts, batch_size=opts.batch_size, workers=opts.workers,

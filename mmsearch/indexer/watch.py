@@ -149,8 +149,9 @@ class Watch:
 
     def __iter__(self) -> Iterator[Summary | UserError]:
         # load the model now, while watching, not on the first change: after a first run with
-        # nothing to embed, the first update of one image took 8.6 s (lite, 2 cores), later ones 0.1–0.2 s
-        self.index.encoder()
+        # nothing to embed, the first update of one image took 8.6 s (lite, 2 cores), later ones
+        # 0.1–0.2 s. (From its exports, when they are there: no model to load; exported.py.)
+        self.index.indexer(self.opts.runtime, images=1)
         while True:
             self._settle()
             for gone in [p for p in self.paths if not os.path.lexists(p)]:

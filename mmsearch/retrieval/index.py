@@ -153,10 +153,11 @@ class Index:
                 pass
         return enc
 
-    def indexer(self, runtime: str = "auto") -> Encoder | ExportedEncoder:
-        """The index's model as an indexing run with `runtime` needs it (`load_indexer`: its
-        cached exports when complete, no PyTorch), refused like `encoder` when its weights changed."""
-        enc = load_indexer(self.model_spec or DEFAULT_MODEL, runtime)
+    def indexer(self, runtime: str = "auto", images: int | None = None) -> Encoder | ExportedEncoder:
+        """The index's model as an indexing run of `images` images with `runtime` needs it
+        (`load_indexer`: its cached exports when complete, no PyTorch), refused like `encoder`
+        when its weights changed."""
+        enc = load_indexer(self.model_spec or DEFAULT_MODEL, runtime, images)
         self._check(enc, None)
         return enc
 

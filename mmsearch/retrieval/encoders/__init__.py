@@ -34,12 +34,13 @@ def load_encoder(spec: str | None = None) -> Encoder:
         return _load(spec or DEFAULT_MODEL)
 
 
-def load_indexer(spec: str | None = None, runtime: str = "auto") -> Encoder | ExportedEncoder:
-    """The model as an indexing run needs it: its cached exports when they hold everything for
-    `runtime` on this machine (exported.py; no PyTorch), else the model itself."""
+def load_indexer(spec: str | None = None, runtime: str = "auto", images: int | None = None) -> Encoder | ExportedEncoder:
+    """The model as an indexing run of `images` images (None: not known yet) needs it: its
+    cached exports when they hold everything for `runtime` on this machine (exported.py; no
+    PyTorch), else the model itself."""
     from .exported import ExportedEncoder
 
-    found = ExportedEncoder.find(spec or DEFAULT_MODEL, runtime) if runtime != "torch" else None
+    found = ExportedEncoder.find(spec or DEFAULT_MODEL, runtime, images) if runtime != "torch" else None
     return found or load_encoder(spec)
 
 

@@ -40,6 +40,8 @@ INPUT = "input"
 #: the image tower files of each ONNX runtime, in a model's cache folder
 VISUAL = {"onnx": "visual.onnx", "onnx-int8": "visual.int8.onnx"}
 CHOICE = "choice.json"
+#: fewer images to embed than this: not worth a first export and runtime choice (runtime.py)
+AUTO_MIN_IMAGES = 200
 
 
 def threads() -> int:
@@ -114,18 +116,27 @@ class ExportedEncoder:
         return onnx_encoder(self.visual)
 
     @classmethod
-    def find(cls, spec: str, runtime: str = "auto") -> ExportedEncoder | None:
+    def find(cls, spec: str, runtime: str = "auto", images: int | None = None) -> ExportedEncoder | None:
         """The model `spec` names as its exports, when its cache folder holds a sealed query
-        export with the model's picture geometry and a runtime choice for this machine naming
-        an ONNX image tower that is there (`runtime`: auto, or that very runtime); else None."""
+        export with the model's picture geometry, and an image tower that is there: the one the
+        runtime choice for this machine named, else, for a job of fewer `images` than a choice
+        is made for (None: not known yet), the query export's own fp32 tower, which was never
+        slower than PyTorch's forward (`lite` 41 vs 10 images/s). `runtime`: auto, or that very
+        runtime. None where PyTorch was chosen, a choice is still to be made, or anything is
+        missing."""
         stored, ident = identity.of(spec)
         folder = model_dir(ident)
         query = QueryEncoder.read(ident, folder)
-        chosen = saved_choice(folder)
-        if query is None or query.image is None or chosen not in VISUAL or runtime not in ("auto", chosen):
+        if query is None or query.image is None:
             return None
-        visual = folder / VISUAL[chosen]
-        if not visual.is_file():
+        chosen = saved_choice(folder)
+        if chosen is None and (images is None or images < AUTO_MIN_IMAGES):
+            chosen, visual = "onnx", folder / query.image["file"]
+        elif chosen in VISUAL:
+            visual = folder / VISUAL[chosen]
+        else:
+            return None
+        if runtime not in ("auto", chosen) or not visual.is_file():
             return None
         # the sealed geometry makes the model's very pixels (checked at export); the model's input
         # side is its crop, which the decoder is also told (draft decoding), as with the model

@@ -28,14 +28,13 @@ import torch
 from ...errors import UserError
 from ...media.image import geometry
 from .base import Encoder
-from .exported import CHOICE, INPUT, VISUAL, onnx_encoder, saved_choice, threads
+from .exported import AUTO_MIN_IMAGES, CHOICE, INPUT, VISUAL, onnx_encoder, saved_choice, threads
 from .pixels import PixelEncoder
 from .query import EXPORT_FORMAT, META, QueryEncoder, model_dir
 
 MIN_COSINE = 0.99
 CALIBRATION_IMAGES = 8
 INT8_MARGIN = 1.15
-AUTO_MIN_IMAGES = 200  # fewer to embed than this: not worth a first export and measurement
 
 class _ImageForward(torch.nn.Module):
     """The encoder's image forward on uint8 NHWC pixels, as a module torch.onnx can trace. Its
