@@ -231,13 +231,13 @@ def _file_ids(s: Session, entries: list[Entry], fields: list[dict]) -> list[int]
     out, added, changed = [], [], []
     for e, path, f in zip(entries, shown, fields):
         # taken_from NULL: its capture metadata is read again (annotate.py)
-        row = {"size": e.size, "mtime_ns": e.mtime_ns, "taken_from": None, **f}
         if (file_id := found.get(e.key)) is None:
             file_id, next_id = next_id, next_id + 1
             found[e.key] = file_id
-            added.append({"id": file_id, "path": path, "raw_key": raw_key(e.key, path), "kind": e.kind, **row})
+            added.append({"id": file_id, "path": path, "raw_key": raw_key(e.key, path), "kind": e.kind,
+                          "size": e.size, "mtime_ns": e.mtime_ns, "taken_from": None, **f})
         else:
-            changed.append({"id": file_id, **row})
+            changed.append({"id": file_id, "size": e.size, "mtime_ns": e.mtime_ns, "taken_from": None, **f})
         out.append(file_id)
     if added:
         _insert(s, "files", added)

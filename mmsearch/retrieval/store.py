@@ -89,7 +89,8 @@ class Digest(TypeDecorator):
 def raw_key(key: bytes, path: str) -> bytes | None:
     """What `File.raw_key` holds for a path's bytes `key` displayed as `path`: the bytes when
     they are not the display path's UTF-8 (a path that is not UTF-8), else NULL."""
-    return None if path.encode() == key else key
+    # (a path decoded without a replacement character is its bytes' UTF-8: no need to encode it)
+    return None if "\ufffd" not in path or path.encode() == key else key
 
 
 class File(Base):
