@@ -106,3 +106,22 @@ def test_the_exports_stand_in_only_when_complete_for_this_machine(cache, tiny_cl
         assert ExportedEncoder.find(tiny_clip) is not None
     finally:
         (folder / CHOICE).write_text(json.dumps(choice))
+
+
+def test_damaged_exports_cost_speed_never_the_run(cache, tiny_clip, folder, tmp_path, monkeypatch):
+    """A truncated image or text tower in the cache: the run falls back to the model, stores the
+    same vectors, and leaves the query export made anew."""
+    damaged = tmp_path / "cache"
+    shutil.copytree(cache, damaged)
+    monkeypatch.setenv("MMSEARCH_CACHE", str(damaged))
+    found = ExportedEncoder.find(tiny_clip)
+    assert found is not None
+    for f in (found.visual, found.query.folder / found.query.text["file"]):
+        f.write_bytes(f.read_bytes()[:1000])
+    summary = SearchIndex(tmp_path / "index", create=True).add([str(folder)], model=tiny_clip)
+    assert not summary.skipped and summary.embedded == len([p for p in folder.rglob("*") if p.is_file()])
+    assert summary.query_export and ExportedEncoder.find(tiny_clip) is not None  # sealed again, whole
+    reference = SearchIndex(tmp_path / "reference", create=True).add([str(folder)], model=tiny_clip, runtime="torch")
+    assert reference.embedded == summary.embedded
+    ours, theirs = _vectors(tmp_path / "index"), _vectors(tmp_path / "reference")
+    assert ours.keys() == theirs.keys() and min(float(ours[k] @ theirs[k]) for k in ours) > 0.99

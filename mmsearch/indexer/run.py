@@ -180,8 +180,13 @@ def _ocr_on(s: Session, opts: IndexOptions) -> bool:
 def _export_for_queries(encoder) -> bool:
     from ..retrieval.encoders.exported import ExportedEncoder
 
-    if isinstance(encoder, ExportedEncoder):  # (made from the sealed export)
-        return True
+    if isinstance(encoder, ExportedEncoder):  # made from the sealed export, unless it was found damaged
+        from ..retrieval.encoders import load_encoder
+        from ..retrieval.encoders.query import QueryEncoder
+
+        if QueryEncoder.read(encoder.identity) is not None:
+            return True
+        encoder = load_encoder(encoder.spec)
     from ..retrieval.encoders.runtime import export_for_queries
 
     try:

@@ -110,10 +110,12 @@ class ExportedEncoder:
         return self.pixel_prep.image_size
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        return self.query.encode_texts(texts)
+        if self.query.open(texts=True):
+            return self.query.encode_texts(texts)
+        # a damaged text tower (unsealed by `open`; the run's end makes it anew): the model's own
+        from . import load_encoder
 
-    def image_forward(self) -> PixelEncoder:
-        return onnx_encoder(self.visual)
+        return load_encoder(self.spec).encode_texts(texts)
 
     @classmethod
     def find(cls, spec: str, runtime: str = "auto", images: int | None = None) -> ExportedEncoder | None:
@@ -148,7 +150,12 @@ def image_forward(encoder: Encoder | ExportedEncoder, runtime: str, images: int)
     """The image forward an indexing run of `images` images uses, and its runtime's name: the
     exported encoder's own, else the one `runtime.pixel_encoder` picks (loading PyTorch)."""
     if isinstance(encoder, ExportedEncoder):
-        return encoder.image_forward(), encoder.runtime
+        try:
+            return onnx_encoder(encoder.visual), encoder.runtime
+        except Exception:  # a damaged file: the model, which falls back to PyTorch as a first run does
+            from . import load_encoder
+
+            encoder = load_encoder(encoder.spec)
     from .runtime import pixel_encoder
 
     return pixel_encoder(encoder, runtime=runtime, images=images)
