@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "benchmarks" / ".peers"))
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mmsearch.retrieval.policy import RERANK, build, choose_index, exact_topk, search_params  # noqa: E402
+from mmsearch.retrieval.policy import build, choose_index, exact_topk, search_params  # noqa: E402
 
 
 def collection(n: int, d: int, noise: str, scratch: Path) -> np.ndarray:
@@ -98,7 +98,8 @@ def ours(x, q, truth, budget: int, kind: str):
 
 def measure_ours(plan, index, x, q, truth):
     params = search_params(plan)
-    return measure(lambda v: index.search(v, 10 * RERANK[plan.kind], params=params)[1][0], x, q, truth, plan.kind != "flat")
+    return measure(lambda v: index.search(v, 10 * plan.candidates(), params=params)[1][0], x, q, truth,
+                   plan.kind != "flat" and plan.rerank != 0)
 
 
 def match(plan, index, x, q, truth, target: float) -> None:
