@@ -147,9 +147,9 @@ class RayStage:
             if wanted:  # every slice came back, yet some file is in none: keep the shards for the next run
                 raise UserError(f"{len(wanted)} file(s) came back from the Ray cluster in no shard; run again to embed them")
             shutil.rmtree(run.folder, ignore_errors=True)
-            with suppress(OSError):  # no empty runs/ left behind
-                os.rmdir(runs)
             summary.runtime = f"{'/'.join(sorted(runtimes))} on Ray, {len(self.nodes)} node(s)"
+        with suppress(OSError):  # no empty runs/ left behind (also when earlier shards held everything)
+            os.rmdir(runs)
         if encoder is not None:  # loaded here anyway (a new index): leave its query export, as a local run does
             summary.query_export = _export_for_queries(encoder)
         self.seconds = time.perf_counter() - start
