@@ -17,7 +17,7 @@ from tqdm import tqdm
 from ..media.errors import may_pass_later, os_reason
 from ..media.files import file_digest, under
 from ..media.kinds import is_table
-from ..retrieval.store import File, Item, chunks, files_by_key
+from ..retrieval.store import File, Item, chunks, files_by_key, stored_keys
 from .scan import FOLDER, Entry
 
 
@@ -34,32 +34,33 @@ class Plan:
 
 def make_plan(session: Session, entries: list[Entry], roots: list[str], workers: int, progress: bool) -> Plan:
     plan = Plan()
-    stored = files_by_key(session)
     seen: set[bytes] = set()
     todo: list[Entry] = []
     texts: list[Entry] = []  # unchanged text files
-    for e in entries:
-        seen.add(e.key)
-        row = stored.get(e.key)
-        if e.error:
-            if not (row and row.status == "skipped" and row.error == e.error):
-                plan.broken.append(e)
-            else:
+    for part in chunks(entries):  # the stored rows of a chunk of the scan at a time
+        stored = files_by_key(session, [e.key for e in part])
+        for e in part:
+            seen.add(e.key)
+            row = stored.get(e.key)  # (id, size, mtime_ns, status, error)
+            if e.error:
+                if not (row and row[3] == "skipped" and row[4] == e.error):
+                    plan.broken.append(e)
+                else:
+                    plan.unchanged += 1
+            elif row and row[1] == e.size and row[2] == e.mtime_ns and not may_pass_later(row[4]):
                 plan.unchanged += 1
-        elif row and row.size == e.size and row.mtime_ns == e.mtime_ns and not may_pass_later(row.error):
-            plan.unchanged += 1
-            if e.kind == "text":
-                texts.append(e)
-        else:
-            todo.append(e)
-            if not row:
-                plan.new_paths.add(e.key)
+                if e.kind == "text":
+                    texts.append(e)
+            else:
+                todo.append(e)
+                if not row:
+                    plan.new_paths.add(e.key)
     for e in _relinked(session, texts, entries):
         plan.unchanged -= 1
         todo.append(e)
     # files under a folder that could not be listed are kept as they are, not swept
     unlisted = [e.path for e in entries if e.kind == FOLDER]
-    plan.remove = [f.id for k, f in stored.items() if k not in seen and under(k, roots) and not under(k, unlisted)]
+    plan.remove = [i for k, i in stored_keys(session) if k not in seen and under(k, roots) and not under(k, unlisted)]
 
     def digest(e: Entry) -> tuple[Entry, str | None, str | None]:
         try:

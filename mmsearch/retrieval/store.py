@@ -378,9 +378,24 @@ def vectors_to_file(session: Session, path: str, n: int, dim: int, chunk: int = 
     return ids, vecs[: len(ids)]
 
 
-def files_by_key(session: Session) -> dict[bytes, Any]:
-    """What the file plan compares with the disk, by path key: (id, size, mtime_ns, status,
-    error) rows, streamed in chunks. Plain rows, not ORM objects: ~5× less memory per file."""
-    rows = session.execute(select(File.path_key, File.id, File.size, File.mtime_ns, File.status, File.error)
-                           .execution_options(yield_per=SQL_CHUNK))
-    return {r.path_key: r for part in rows.partitions() for r in part}
+def files_by_key(session: Session, keys: Sequence[bytes]) -> dict[bytes, tuple[int, int, int, str, str | None]]:
+    """What the file plan compares with the disk, for the files at path keys `keys`: (id, size,
+    mtime_ns, status, error) by path key, found by display path (indexed). Asked a chunk of the
+    scan at a time, so that the plan never holds every stored row: it did, ~440 B a file (1M
+    files: 440 → 59 MiB). Plain tuples through sqlite3: SQLAlchemy rows and its handling of 30k
+    parameters doubled the plan's time."""
+    wanted: set[bytes] = set(keys)
+    out: dict[bytes, tuple[int, int, int, str, str | None]] = {}
+    dbapi = session.connection().connection.driver_connection
+    assert dbapi is not None
+    for part in chunks(sorted({k.decode("utf-8", errors="replace") for k in wanted})):
+        sql = f"SELECT path_key, id, size, mtime_ns, status, error FROM files WHERE path IN ({', '.join('?' * len(part))})"
+        out |= {r[0]: r[1:] for r in dbapi.execute(sql, part) if r[0] in wanted}
+    return out
+
+
+def stored_keys(session: Session) -> Iterator[tuple[bytes, int]]:
+    """Every stored file's (path key, id), streamed."""
+    dbapi = session.connection().connection.driver_connection
+    assert dbapi is not None
+    yield from dbapi.execute("SELECT path_key, id FROM files")
