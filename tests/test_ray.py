@@ -196,9 +196,9 @@ def test_a_slice_is_a_shard_and_one_that_keeps_ending_its_actor_is_given_up(clus
     assert actor.embed(1)[1].startswith("slice 1 ended its Ray worker 3 times: a file in it may crash a decoder")
 
 
-def test_text_in_images_is_read_on_the_actors(cluster, photos, tmp_path):
-    """With OCR on, the actors read the text where they decode the images (the driver reads
-    nothing after), and what they read is what a local run reads."""
+def test_text_and_capture_metadata_are_read_on_the_actors(cluster, photos, tmp_path, monkeypatch):
+    """The actors read capture metadata, and with OCR on the text in images, where they decode
+    the files (the driver reads nothing after), and what they read is what a local run reads."""
     from PIL import Image, ImageDraw, ImageFont
 
     sys.path.insert(0, str(Path(__file__).parent))
@@ -211,19 +211,26 @@ def test_text_in_images_is_read_on_the_actors(cluster, photos, tmp_path):
         img = Image.new("RGB", (640, 360), "white")
         ImageDraw.Draw(img).text((30, 150), words, font=font, fill="black")
         img.save(d / name)
-    shutil.copy2(photos / "coffee.png", d / "coffee.png")
-    stage = RayStage(slice_files=2)
-    summary = index_paths(_fresh(tmp_path), [str(d)], IndexOptions(ocr=True), embed=stage)
+    exif = Image.Exif()
+    exif[271], exif[272] = "Canon", "Canon EOS 5D"
+    exif.get_ifd(0x8769).update({36867: "2019:07:14 15:22:01", 36881: "+02:00"})
+    Image.open(photos / "coffee.png").convert("RGB").save(d / "coffee.jpg", exif=exif)
+    with monkeypatch.context() as mp:  # nothing is left for the driver to read
+        mp.setattr("mmsearch.indexer.annotate.read_capture", lambda *a: pytest.fail("the driver read capture metadata"))
+        stage = RayStage(slice_files=2)
+        summary = index_paths(_fresh(tmp_path), [str(d)], IndexOptions(ocr=True), embed=stage)
     assert stage.embedded == 3 and summary.ocr_images == 3 and summary.ocr_seconds == 0  # the driver read none after
     local = Index(tmp_path / "local", create=True)
     assert index_paths(local, [str(d)], IndexOptions(ocr=True)).ocr_images == 3
 
-    def ocr(path: Path) -> dict[str, str]:
+    def read(path: Path) -> dict[str, tuple]:
         with Index(path).session() as s:
-            return dict(s.execute(select(File.path, Item.ocr).join(File)).all())
+            return {p: rest for p, *rest in s.execute(select(File.path, Item.ocr, File.taken_ns, File.offset_min, File.taken_from,
+                                                             File.camera).join(File))}
 
-    ours = ocr(tmp_path / "index")
-    assert ours == ocr(tmp_path / "local") and "4711" in ours[str(d / "scan_001.png")]
+    ours = read(tmp_path / "index")
+    assert ours == read(tmp_path / "local") and "4711" in ours[str(d / "scan_001.png")][0]
+    assert list(ours[str(d / "coffee.jpg")][2:]) == [120, "exif", "Canon EOS 5D"]
     from mmsearch.api import SearchIndex
 
     assert SearchIndex(tmp_path / "index").search("INVOICE 4711", k=1)[0].path == str(d / "scan_001.png")

@@ -20,7 +20,7 @@ from ..media.capture import Capture, read_capture
 from ..media.errors import DecodeError
 from ..media.image import load_image
 from ..retrieval import lexical
-from ..retrieval.store import File, Item, chunks
+from ..retrieval.store import File, Item, chunks, files_by_key
 from .options import IndexOptions
 
 BATCH = 64
@@ -33,14 +33,25 @@ def captures(s: Session, opts: IndexOptions) -> int:
 
     def read(row) -> dict:
         file_id, key, kind, mtime_ns = row
-        cap = read_capture(os.fsdecode(key), kind) if kind != "text" else Capture()
-        return {"id": file_id, **cap.with_fallback(mtime_ns).__dict__}
+        return {"id": file_id, **capture_fields(os.fsdecode(key), kind, mtime_ns)}
 
     with ThreadPoolExecutor(opts.workers) as pool:
         for part in chunks(rows, BATCH):
             s.execute(update(File), list(pool.map(read, part)))
             s.commit()
     return len(rows)
+
+
+def capture_fields(path: str, kind: str, mtime_ns: int) -> dict:
+    """The capture columns of one file (`File.taken_ns` ...), the file time where it has none."""
+    cap = read_capture(path, kind) if kind != "text" else Capture()
+    return cap.with_fallback(mtime_ns).__dict__
+
+
+def store_captures(s: Session, by_key: dict[bytes, dict]) -> None:
+    """Set the capture columns `capture_fields` gave for the stored files at these path keys."""
+    ids = files_by_key(s, list(by_key))
+    s.execute(update(File), [{"id": ids[key][0], **fields} for key, fields in by_key.items() if key in ids])
 
 
 def ocr(s: Session, opts: IndexOptions) -> tuple[int, float]:

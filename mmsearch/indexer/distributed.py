@@ -27,6 +27,7 @@ import os
 import shutil
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,7 @@ from sqlalchemy.orm import Session
 from ..errors import UserError
 from ..retrieval.index import Index
 from ..retrieval.store import get_meta
+from .annotate import capture_fields, read_ocr, store_captures
 from .options import IndexOptions
 from .plan import Plan
 from .run import Summary, _export_for_queries, commit_batch
@@ -62,7 +64,7 @@ RUNS = "runs"
 IDENTITY = b"mmsearch.model_identity"
 #: a shard: one row per file; its items' fields as JSON, their vectors as one float32 blob
 SHARD = pa.schema([("key", pa.binary()), ("digest", pa.string()), ("error", pa.string()), ("width", pa.int32()),
-                   ("height", pa.int32()), ("items", pa.string()), ("vectors", pa.binary())])
+                   ("height", pa.int32()), ("items", pa.string()), ("vectors", pa.binary()), ("capture", pa.string())])
 
 
 @dataclass(frozen=True)
@@ -227,16 +229,21 @@ class _SliceEmbedder:
         # decode threads: one per CPU the actor holds (the driver's --workers counts the driver's cores)
         for done in embedded(todo, self.encoder, self.opts, batch_size=self.opts.batch_size, workers=ACTOR_CPUS,
                              progress=False, encode_pixels=self.encode_pixels, processes=self.opts.processes):
-            files += [(d, d.items() if not d.error else []) for d in done]
+            for d in done:
+                files.append((d, d.items() if not d.error else []))
+                d.units = []  # its pixels: kept, a slice held every decoded image (256 files of lite: ~52 MB)
             if self.exit_once and _claim(self.exit_once):
                 os._exit(1)
         if self.run.ocr:
             self.read_text(files)
+        with ThreadPoolExecutor(ACTOR_CPUS) as pool:  # capture metadata: headers, read where the files are
+            captures = list(pool.map(lambda d: None if d.error else json.dumps(
+                capture_fields(d.entry.path, d.entry.kind, d.entry.mtime_ns)), [d for d, _ in files]))
         rows = [{"key": d.entry.key, "digest": d.digest, "error": d.error,
                  "width": d.size[0] if d.size else None, "height": d.size[1] if d.size else None,
                  "items": json.dumps([{k: v for k, v in it.items() if k != "vector"} for it in items]),
-                 "vectors": b"".join(np.asarray(it["vector"], np.float32).tobytes() for it in items)}
-                for d, items in files]
+                 "vectors": b"".join(np.asarray(it["vector"], np.float32).tobytes() for it in items), "capture": capture}
+                for (d, items), capture in zip(files, captures)]
         meta = {IDENTITY: self.encoder.identity, "mmsearch.dim": str(self.encoder.dim), "mmsearch.node": self.node}
         _write_atomic(pa.Table.from_pylist(rows, schema=SHARD.with_metadata(meta)), shard)
         return shard, None
@@ -244,10 +251,6 @@ class _SliceEmbedder:
 
     def read_text(self, files: list[tuple[Any, list[dict]]]) -> None:
         """Set the OCR lines of each image item of `files`, as the driver's `annotate.ocr` would."""
-        from concurrent.futures import ThreadPoolExecutor
-
-        from .annotate import read_ocr
-
         images = [(d.entry.path, it) for d, items in files for it in items if it["kind"] == "image"]
         with ThreadPoolExecutor(ACTOR_CPUS) as pool:  # as annotate.ocr: one decodes while the other reads
             for (_, it), lines in zip(images, pool.map(lambda job: read_ocr(job[0], self.opts.max_pixels), images)):
@@ -273,7 +276,7 @@ def _store(s: Session, plan: Plan, summary: Summary, shard: str, identity: str,
                             "install the same mmsearch and model on every node")
         return 0
     dim = int((table.schema.metadata or {}).get(b"mmsearch.dim", b"0"))
-    files = []
+    files, captures = [], {}
     for r in table.to_pylist():
         job = wanted.get(r["key"])
         if job is None or job[1] != r["digest"]:  # stored already (a slice delivered twice), or changed since
@@ -284,8 +287,13 @@ def _store(s: Session, plan: Plan, summary: Summary, shard: str, identity: str,
         size = (r["width"], r["height"]) if r["width"] is not None else None
         files.append((job[0], job[1], [{**f, "vector": v} for f, v in zip(fields, vectors)], size, r["error"]))
         summary.ocr_images += sum(f.get("ocr") is not None for f in fields)
+        if r.get("capture"):  # (a shard of an earlier version has none: the driver reads it after)
+            captures[r["key"]] = json.loads(r["capture"])
     if files:
         commit_batch(s, plan, summary, files)
+    if captures:  # (a crash before this commit leaves them unread: the driver reads them after)
+        store_captures(s, captures)
+        s.commit()
     return len(files)
 
 
