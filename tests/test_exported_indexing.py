@@ -12,7 +12,7 @@ import pytest
 
 from mmsearch.api import SearchIndex
 from mmsearch.retrieval.encoders import identity, load_encoder, load_indexer
-from mmsearch.retrieval.encoders.exported import AUTO_MIN_IMAGES, CHOICE, VISUAL, ExportedEncoder, threads
+from mmsearch.retrieval.encoders.exported import AUTO_MIN_IMAGES, CHOICE, VISUAL, ExportedEncoder, onnx_encoder, threads
 from mmsearch.retrieval.encoders.query import META, model_dir
 from mmsearch.retrieval.encoders.runtime import choose, export_for_queries
 
@@ -120,7 +120,10 @@ def test_damaged_exports_cost_speed_never_the_run(cache, tiny_clip, folder, tmp_
         f.write_bytes(f.read_bytes()[:1000])
     summary = SearchIndex(tmp_path / "index", create=True).add([str(folder)], model=tiny_clip)
     assert not summary.skipped and summary.embedded == len([p for p in folder.rglob("*") if p.is_file()])
-    assert summary.query_export and ExportedEncoder.find(tiny_clip) is not None  # sealed again, whole
+    again = ExportedEncoder.find(tiny_clip)  # made anew: both towers whole, the export sealed again
+    assert summary.query_export and again is not None and again.visual == found.visual
+    onnx_encoder(again.visual)
+    assert again.encode_texts(["a red bicycle"]).shape == (1, again.dim)
     reference = SearchIndex(tmp_path / "reference", create=True).add([str(folder)], model=tiny_clip, runtime="torch")
     assert reference.embedded == summary.embedded
     ours, theirs = _vectors(tmp_path / "index"), _vectors(tmp_path / "reference")

@@ -35,6 +35,7 @@ class TextExport:
     max_length: int
     pad_id: int = 0
     pad_to: int | None = None  # pad every text to this many tokens (a tower that reads a fixed context)
+    clean: str | None = None  # cleaning before the tokenizer (`query.CLEANERS`): what it cannot express
 
 
 class Encoder(ABC):

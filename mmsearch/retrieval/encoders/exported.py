@@ -23,7 +23,7 @@ import numpy as np
 from ...media.image import geometry
 from . import identity
 from .pixels import PixelEncoder, PixelPrep
-from .query import QueryEncoder, model_dir, unit
+from .query import META, QueryEncoder, model_dir, unit
 
 if TYPE_CHECKING:
     from .base import Encoder
@@ -45,12 +45,22 @@ AUTO_MIN_IMAGES = 200
 
 
 def threads() -> int:
-    """Threads the image tower may use: ``OMP_NUM_THREADS`` when set, else the CPUs this process
-    may run on. The runtime choice is recorded with it and reused only on the same count."""
+    """Threads the image tower may use: ``OMP_NUM_THREADS`` when set, else the physical cores
+    among the CPUs this process may run on (as PyTorch counts by default: hyperthread siblings
+    share one core's arithmetic units). The runtime choice is recorded with it and reused only
+    on the same count."""
     try:
         return max(1, int(os.environ["OMP_NUM_THREADS"]))
     except (KeyError, ValueError):
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        pass
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    cores = set()
+    for cpu in cpus:
+        try:
+            cores.add(Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list").read_text().strip())
+        except OSError:  # (no sysfs: count the CPU as a core)
+            cores.add(str(cpu))
+    return max(1, len(cores))
 
 
 def session(path: Path, n_threads: int):
@@ -152,9 +162,12 @@ def image_forward(encoder: Encoder | ExportedEncoder, runtime: str, images: int)
     if isinstance(encoder, ExportedEncoder):
         try:
             return onnx_encoder(encoder.visual), encoder.runtime
-        except Exception:  # a damaged file: the model, which falls back to PyTorch as a first run does
+        except Exception:  # a damaged file: removed (a query tower unsealed), for the model to make anew
             from . import load_encoder
 
+            encoder.visual.unlink(missing_ok=True)
+            if encoder.visual.name == (encoder.query.image or {}).get("file"):
+                (encoder.query.folder / META).unlink(missing_ok=True)
             encoder = load_encoder(encoder.spec)
     from .runtime import pixel_encoder
 

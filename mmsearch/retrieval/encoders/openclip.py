@@ -119,19 +119,21 @@ class OpenClipEncoder(Encoder):
     def text_export(self) -> TextExport | None:
         """CLIP's own BPE tokenizer rebuilt for the `tokenizers` library (what `query.py` runs), kept
         only when it gives open_clip's token ids on every check text; other tokenizers: None."""
-        from open_clip.tokenizer import SimpleTokenizer
+        from open_clip.tokenizer import SimpleTokenizer, _clean_lower
+
+        from .query import clean_open_clip
 
         tk = self.tokenizer
-        if not isinstance(tk, SimpleTokenizer) or tk.reduction_fn is not None:
+        if not isinstance(tk, SimpleTokenizer) or tk.reduction_fn is not None or tk.clean_fn is not _clean_lower:
             return None
         rebuilt = clip_tokenizer(tk)
         from .runtime import CHECK_TEXTS
 
-        ids = np.array([e.ids for e in rebuilt.encode_batch(CHECK_TEXTS)])
+        ids = np.array([e.ids for e in rebuilt.encode_batch([clean_open_clip(t) for t in CHECK_TEXTS])])
         if not np.array_equal(ids, tk(CHECK_TEXTS).numpy()):
             return None
         return TextExport(_ClipText(self.model), ("input_ids",), rebuilt, tk.context_length, pad_id=0,
-                          pad_to=tk.context_length)
+                          pad_to=tk.context_length, clean="open_clip")
 
 
 class _ClipText(torch.nn.Module):

@@ -30,7 +30,7 @@ from ...media.image import geometry
 from .base import Encoder
 from .exported import AUTO_MIN_IMAGES, CHOICE, INPUT, VISUAL, onnx_encoder, saved_choice, threads
 from .pixels import PixelEncoder
-from .query import EXPORT_FORMAT, META, QueryEncoder, model_dir
+from .query import EXPORT_FORMAT, META, TEXT_VERSION, QueryEncoder, model_dir
 
 MIN_COSINE = 0.99
 CALIBRATION_IMAGES = 8
@@ -111,8 +111,10 @@ def _quantise(src: Path, dst: Path) -> None:
         from onnxruntime.quantization.quantize import update_opset_version
 
         model = update_opset_version(onnx.load(str(src)), QuantType.QInt8)
-        quantizer = ONNXQuantizer(model, False, True, QuantizationMode.IntegerOps, False, QuantType.QInt8,
-                                  QuantType.QUInt8, None, None, None, ops, options)
+        quantizer = ONNXQuantizer(model, per_channel=False, reduce_range=True, mode=QuantizationMode.IntegerOps, static=False,
+                                  weight_qType=QuantType.QInt8, activation_qType=QuantType.QUInt8, tensors_range=None,
+                                  nodes_to_quantize=None, nodes_to_exclude=None, op_types_to_quantize=ops,
+                                  extra_options=options)
         quantizer.quantize_model()
         quantizer.model.save_model_to_file(str(dst), False)
     except (ImportError, TypeError, AttributeError):  # another onnxruntime's internals
@@ -171,8 +173,15 @@ def choose(encoder: Encoder, folder: Path) -> tuple[dict, PixelEncoder | None]:
     # int8 must win clearly to be worth its small loss of precision (a tie is timing noise)
     runtime = max(ok, key=lambda k: ok[k]["images_per_s"] / (INT8_MARGIN if k == "onnx-int8" else 1)) if ok else "torch"
     choice = {"model": encoder.identity, "threads": threads(), "measured": measured, "runtime": runtime}
-    (folder / CHOICE).write_text(json.dumps(choice, indent=1))
+    _write_choice(folder, choice)
     return choice, encoders.get(runtime)
+
+
+def _write_choice(folder: Path, choice: dict) -> None:
+    """`choice.json`, written aside and renamed: a reader (another run) sees it whole or not at all."""
+    tmp = folder / f"{CHOICE}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(choice, indent=1))
+    os.replace(tmp, folder / CHOICE)
 
 
 def _auto(encoder: Encoder, folder: Path, images: int) -> tuple[str, PixelEncoder | None]:
@@ -188,7 +197,7 @@ def _auto(encoder: Encoder, folder: Path, images: int) -> tuple[str, PixelEncode
         return choice["runtime"], winner
     except Exception as e:  # an architecture the exporter cannot trace still indexes, on PyTorch
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / CHOICE).write_text(json.dumps({"runtime": "torch", "threads": threads(), "error": f"{type(e).__name__}: {e}"[:500]}))
+        _write_choice(folder, {"runtime": "torch", "threads": threads(), "error": f"{type(e).__name__}: {e}"[:500]})
         return "torch", None
 
 
@@ -214,15 +223,20 @@ def pixel_encoder(encoder: Encoder, folder: Path | None = None, runtime: str = "
         return on_torch
     try:
         return opened or onnx_encoder(export(encoder, folder)[runtime]), runtime
-    except Exception:
-        if not auto:
-            raise
-        return on_torch  # a damaged cached export: index on PyTorch rather than fail
+    except Exception:  # a damaged cached file: made anew (once), else PyTorch rather than fail
+        (folder / VISUAL[runtime]).unlink(missing_ok=True)
+        try:
+            return onnx_encoder(export(encoder, folder)[runtime]), runtime
+        except Exception:
+            if not auto:
+                raise
+            return on_torch
 
 
 #: texts the text export is checked on against PyTorch before it is sealed
 CHECK_TEXTS = ["a dog on a beach", "a cup of coffee", "x", "Ein Fahrrad lehnt an einer Wand, 2019.",
-               "a very long caption " * 60, "émoji 🙂 and symbols #42 & co."]
+               "a very long caption " * 60, "émoji 🙂 and symbols #42 & co.",
+               "Tom &amp; Jerry don’t say “hi” in ＦＵＬＬ width, cafÃ©\x07 ﬁne"]
 QUERY_MIN_COSINE = 0.999
 
 
@@ -243,7 +257,7 @@ def export_for_queries(encoder: Encoder, folder: Path | None = None) -> bool:
         return False
     (folder / META).unlink(missing_ok=True)  # unsealed while it is written
     text: dict[str, Any] = {"file": "text.onnx", "tokenizer": "tokenizer.json", "inputs": list(spec.inputs),
-                            "max_length": spec.max_length, "pad_id": spec.pad_id, "pad_to": spec.pad_to}
+                            "max_length": spec.max_length, "pad_id": spec.pad_id, "pad_to": spec.pad_to, "clean": spec.clean}
     if isinstance(spec.tokenizer, Path):
         shutil.copyfile(spec.tokenizer, folder / text["tokenizer"])
     else:
@@ -258,7 +272,7 @@ def export_for_queries(encoder: Encoder, folder: Path | None = None) -> bool:
     image = _image_export(encoder, folder)
     query = QueryEncoder(folder, encoder.identity, encoder.dim, text, image, prepack=False)  # one run each
     agree = float((query.encode_texts(CHECK_TEXTS) * encoder.encode_texts(CHECK_TEXTS)).sum(1).min())
-    seal = {"identity": encoder.identity, "format": EXPORT_FORMAT, "min_cosine": round(agree, 6)}
+    seal = {"identity": encoder.identity, "format": EXPORT_FORMAT, "text_version": TEXT_VERSION, "min_cosine": round(agree, 6)}
     if agree < QUERY_MIN_COSINE:  # sealed as rejected, so that it is not measured again
         seal["rejected"] = f"vectors disagree with PyTorch's (cosine {agree:.4f} < {QUERY_MIN_COSINE})"
     else:
