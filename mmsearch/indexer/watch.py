@@ -36,8 +36,6 @@ MAX_DELAY = 3.0
 #: seconds to wait before trying again after an update could not run (another process holds
 #: the writer lock) or failed on the file system
 RETRY = 3.0
-#: longest the main thread sleeps while nothing happens, so that it notices a signal (see `_settle`)
-IDLE_WAKE = 1.0
 
 #: event kinds that can change what scan finds. Not "opened" and "closed_no_write": the
 #: indexer's own reading of a file raises those, and an update would trigger the next forever
@@ -146,7 +144,7 @@ class Watch:
     def __exit__(self, *exc: object) -> None:
         if self._observer is not None:
             self._observer.stop()
-            self._observer.join(timeout=5)  # (its threads are daemons: one stuck in the OS cannot hold the exit)
+            self._observer.join()
             self._observer = None
 
     def __iter__(self) -> Iterator[Summary | UserError]:
@@ -186,11 +184,7 @@ class Watch:
         """Wait until a burst of changes is over (or has gone on for the maximum delay). Events
         during an update mark the index stale again: the update may have scanned past them."""
         while (wait := self.debounce.due_in(time.monotonic())) != 0:
-            # never an unbounded wait: Python runs a signal's handler (Ctrl-C, SIGTERM) in the main
-            # thread between bytecodes, and a main thread asleep on a lock with no timeout may not
-            # wake for a signal the kernel handed to another thread (the watch test, run in the
-            # full suite, now and then found the process still running 30 s after its SIGINT)
-            if self._changed.wait(IDLE_WAKE if wait is None else min(wait, IDLE_WAKE)):
+            if self._changed.wait(wait):
                 self._changed.clear()
                 self.debounce.add(time.monotonic())
         self.debounce.clear()
