@@ -115,10 +115,6 @@ class ExportedEncoder:
     visual: Path
     query: QueryEncoder
 
-    @property
-    def image_size(self) -> int:
-        return self.pixel_prep.image_size
-
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         if self.query.open(texts=True):
             return self.query.encode_texts(texts)
