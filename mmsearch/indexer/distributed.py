@@ -62,7 +62,8 @@ ATTEMPTS = 3
 RUNS = "runs"
 #: shard metadata key: the identity of the model that embedded it
 IDENTITY = b"mmsearch.model_identity"
-#: a shard: one row per file; its items' fields as JSON, their vectors as one float32 blob
+#: a shard: one row per file; its items' fields as JSON (OCR lines included), their vectors as one float32
+#: blob, its capture metadata as JSON (None: the driver reads it)
 SHARD = pa.schema([("key", pa.binary()), ("digest", pa.string()), ("error", pa.string()), ("width", pa.int32()),
                    ("height", pa.int32()), ("items", pa.string()), ("vectors", pa.binary()), ("capture", pa.string())])
 
