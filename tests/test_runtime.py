@@ -9,7 +9,8 @@ import torch
 
 from mmsearch.media.image import load_image
 from mmsearch.retrieval.encoders import load_encoder
-from mmsearch.retrieval.encoders.exported import RUN_BATCH, threads
+from mmsearch.retrieval.encoders import runtime as choosing
+from mmsearch.retrieval.encoders.exported import AUTO_MIN_IMAGES, BF16, RUN_BATCH, threads
 from mmsearch.retrieval.encoders.runtime import MIN_COSINE, pixel_encoder
 
 
@@ -72,7 +73,8 @@ def test_the_quantiser_makes_what_onnxruntimes_quantize_dynamic_makes(tiny_clip,
     assert len(ours.graph.initializer) == len(weights)
 
 
-def test_auto_measures_once_and_keeps_its_choice(tiny_clip, tmp_path):
+def test_auto_measures_once_and_keeps_its_choice(tiny_clip, tmp_path, monkeypatch):
+    monkeypatch.setattr(choosing, "bf16_hardware", lambda: False)  # (bfloat16: the next test)
     enc = load_encoder(tiny_clip)
     assert pixel_encoder(enc, tmp_path, "auto", images=3)[1] == "torch"  # too few images to bother
     assert not (tmp_path / "choice.json").exists()
@@ -86,6 +88,40 @@ def test_auto_measures_once_and_keeps_its_choice(tiny_clip, tmp_path):
     assert choice_file.stat().st_mtime_ns == stamp
 
 
+def test_bfloat16_wins_without_exporting_anything_and_small_jobs_keep_the_query_tower(tiny_clip, tmp_path, monkeypatch):
+    """Where PyTorch bf16 outruns float32 by BF16_MIN_SPEEDUP (here: made to), it is chosen for a
+    job of any size with no image tower traced; a later big job runs it (loading PyTorch), a
+    small one the query export's tower (no PyTorch)."""
+    from mmsearch.retrieval.encoders.exported import ExportedEncoder
+    from mmsearch.retrieval.encoders.query import model_dir
+
+    monkeypatch.setenv("MMSEARCH_CACHE", str(tmp_path))
+    monkeypatch.setattr(choosing, "bf16_hardware", lambda: True)
+    monkeypatch.setattr(choosing, "BF16_MIN_SPEEDUP", 0.0)
+    enc = load_encoder(tiny_clip)
+    folder = model_dir(enc.identity)
+    encode, used = pixel_encoder(enc, runtime="auto", images=3)
+    choice = json.loads((folder / "choice.json").read_text())
+    assert used == choice["runtime"] == BF16 and set(choice["measured"]) == {"torch", BF16}
+    assert choice["measured"][BF16]["min_cosine"] >= MIN_COSINE and not list(folder.glob("visual*"))
+    assert pixel_encoder(enc, runtime="auto", images=1000)[1] == BF16  # the saved choice
+    assert choosing.export_for_queries(enc)
+    assert ExportedEncoder.find(tiny_clip, images=AUTO_MIN_IMAGES) is None  # a big job: PyTorch bf16
+    small = ExportedEncoder.find(tiny_clip, images=AUTO_MIN_IMAGES - 1)
+    assert small is not None and small.runtime == "onnx" and small.visual.name == "visual.query.onnx"
+
+
+def test_bfloat16_vectors_agree_with_float32_on_real_photos(tiny_clip, photos, tmp_path):
+    enc = load_encoder(tiny_clip)
+    encode, used = pixel_encoder(enc, tmp_path, BF16)
+    pixels = _pixels(enc, photos)
+    ours, ref = encode(pixels), enc.encode_pixels(enc.pixel_prep.normalise(pixels))
+    assert used == BF16 and ours.dtype == np.float32 and np.allclose(np.linalg.norm(ours, axis=1), 1, atol=1e-5)
+    cos = (ours * ref).sum(1)
+    assert cos.min() >= MIN_COSINE and cos.min() < 1 - 1e-7  # faithful, and really another arithmetic
+    assert not list(tmp_path.iterdir())  # nothing exported
+
+
 def test_index_on_onnx_runtime_searches_with_pytorch_queries(cli, tiny_clip, image_set):
     out = cli("index", str(image_set), "--model", tiny_clip, "--runtime", "onnx-int8").stdout
     assert "image tower on onnx-int8" in out
@@ -96,7 +132,7 @@ def test_index_on_onnx_runtime_searches_with_pytorch_queries(cli, tiny_clip, ima
 
 def test_unknown_runtime_is_a_one_line_error(cli, image_set):
     r = cli("index", str(image_set), "--runtime", "tensorrt", ok=False)
-    assert r.exit_code != 0 and "--runtime: Input should be 'auto', 'torch', 'onnx' or 'onnx-int8'" in r.output and "Traceback" not in r.output
+    assert r.exit_code != 0 and "--runtime: Input should be 'auto', 'torch', 'torch-bf16', 'onnx' or 'onnx-int8'" in r.output and "Traceback" not in r.output
 
 
 @pytest.mark.quality
@@ -107,6 +143,7 @@ def test_lite_on_onnx_agrees_with_pytorch(photos, tmp_path):
         pixels = _pixels(enc, photos)
         ref = enc.encode_pixels(enc.pixel_prep.normalise(pixels))
         assert (encode(pixels) * ref).sum(1).min() >= MIN_COSINE
+    assert pixel_encoder(enc, tmp_path, BF16)[1] == "torch"  # lite has no bfloat16 forward (base.py)
 
 
 def test_decode_in_worker_processes_gives_the_same_index(tiny_clip, image_set, tmp_path):

@@ -38,8 +38,8 @@ class IndexOptions(Validated):
     path_column: str | None = Field(None, description="Caption tables: a column naming the image each caption describes.")
     index_type: Literal["auto"] | IndexType | None = Field(None, description="FAISS index: auto (by size and memory), "
                                                            "flat (exact), hnsw, ivfsq (8-bit codes) or ivfpq (PQ codes); remembered.")
-    runtime: Runtime = Field("auto", description="Image tower while indexing: auto (fastest of PyTorch / ONNX Runtime "
-                             "fp32 / int8 whose vectors agree with PyTorch's, measured once per model), torch, onnx or onnx-int8.")
+    runtime: Runtime = Field("auto", description="Image tower while indexing: auto (fastest of PyTorch bf16 / ONNX Runtime "
+                             "fp32 / int8 whose vectors agree with PyTorch's, measured once per model), torch, torch-bf16, onnx or onnx-int8.")
     ocr: bool | None = Field(None, description="Read text in images (OCR, English and Chinese) so that words in "
                              "screenshots, signs and scans are searchable; costs ~0.5-1.5 s per image on 2 cores. "
                              "Remembered by the index; default: as before (off for a new index).")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -81,6 +81,14 @@ class Encoder(ABC):
     @abstractmethod
     def _forward_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         """Batch of preprocessed images -> raw embeddings."""
+
+    def bf16_forward(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """`_forward_pixels` with the image tower's weights in bfloat16 (a copy: the model keeps
+        its float32 weights for queries and exports), float32 in and out; None: not offered. On
+        CPUs with AMX it ran ViT-B-32 4.2× as fast as float32 (runtime.py: when it is used).
+        `lite` offers none: its ConSE block follows the top ImageNet classes, which bfloat16's
+        rounding reorders (cosine to float32 0.92 on calibration images, 0.977 on a photo)."""
+        return None
 
     @abstractmethod
     def _forward_texts(self, texts: list[str]) -> torch.Tensor:

@@ -40,6 +40,8 @@ INPUT = "input"
 #: the image tower files of each ONNX runtime, in a model's cache folder
 VISUAL = {"onnx": "visual.onnx", "onnx-int8": "visual.int8.onnx"}
 CHOICE = "choice.json"
+#: the runtime that is PyTorch with the image tower in bfloat16 (runtime.py)
+BF16 = "torch-bf16"
 #: fewer images to embed than this: not worth a first export and runtime choice (runtime.py)
 AUTO_MIN_IMAGES = 200
 
@@ -128,17 +130,18 @@ class ExportedEncoder:
         """The model `spec` names as its exports, when its cache folder holds a sealed query
         export with the model's picture geometry, and an image tower that is there: the one the
         runtime choice for this machine named, else, for a job of fewer `images` than a choice
-        is made for (None: not known yet), the query export's own fp32 tower, which was never
-        slower than PyTorch's forward (`lite` 41 vs 10 images/s). `runtime`: auto, or that very
-        runtime. None where PyTorch was chosen, a choice is still to be made, or anything is
-        missing."""
+        is made for (None: not known yet) or where PyTorch bfloat16 was chosen, the query export's own
+        fp32 tower, which was never slower than PyTorch's float32 forward (`lite` 41 vs 10
+        images/s). `runtime`: auto, or that very runtime. None where PyTorch was chosen for a
+        bigger job, a choice is still to be made, or anything is missing."""
         stored, ident = identity.of(spec)
         folder = model_dir(ident)
         query = QueryEncoder.read(ident, folder)
         if query is None or query.image is None:
             return None
         chosen = saved_choice(folder)
-        if chosen is None and (images is None or images < AUTO_MIN_IMAGES):
+        if chosen in (None, BF16) and (images is None or images < AUTO_MIN_IMAGES):
+            # a small job: PyTorch's start-up (~6 s for ViT-B-32-256) would cost more than bf16 saves
             chosen, visual = "onnx", folder / query.image["file"]
         elif chosen in VISUAL:
             visual = folder / VISUAL[chosen]

@@ -6,10 +6,11 @@ JSON, for custom architectures.
 """
 from __future__ import annotations
 
+import copy
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -115,6 +116,10 @@ class OpenClipEncoder(Encoder):
 
     def _forward_texts(self, texts: list[str]) -> torch.Tensor:
         return self.model.encode_text(self.tokenizer(texts))
+
+    def bf16_forward(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        visual = copy.deepcopy(self.model.visual).to(torch.bfloat16)  # (what encode_image runs)
+        return lambda pixels: visual(pixels.to(torch.bfloat16)).float()
 
     def text_export(self) -> TextExport | None:
         """CLIP's own BPE tokenizer rebuilt for the `tokenizers` library (what `query.py` runs), kept
