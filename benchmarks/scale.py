@@ -2,6 +2,7 @@
 """The store and index at scale: N synthetic items merged, indexed and searched.
 
     python benchmarks/scale.py --items 10000000 [--dim 512] [--batch 20000] [--dir /big/disk/tmp]
+    python benchmarks/scale.py --items 1000000 --index-type ivfsq --build local,ray [--ray ADDRESS]
 
 Items are merged through `commit_batch` (indexer/run.py), the path by which a run's embedded
 batches — local, or shards from a Ray cluster — enter the store: file rows, item rows, lexical
@@ -14,16 +15,26 @@ Reports: merge wall time and items/s; FAISS build wall time and kind; bytes on d
 segments, FAISS) and per item; peak RSS; search p50/p99 over `--queries` queries through
 `Index.search_vector` (FAISS, plus the exact re-rank from the segments where the plan needs it),
 and recall@10 against an exact scan of every stored vector. CPU flags printed beside the figures.
+
+`--build local,ray` builds the FAISS index twice from the same store, each in a fresh process
+(its own peak RSS): on this machine, and as `index --ray` does (indexer/distributed.py
+`RayAdder`: trained here, vectors added by Ray tasks, merged here); the two must hold the same
+lists (ids and codes, in order), the same plan and the same top-10 for the queries. The Ray
+build reports its cluster's start apart (`--ray local` starts one; `auto` / HOST:PORT join one).
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import resource
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -40,9 +51,9 @@ from mmsearch.retrieval.store import bump_generation, segments, set_meta  # noqa
 
 
 def cpu() -> str:
-    flags = open("/proc/cpuinfo").read()
-    return f"{os.cpu_count()} cores; " + ", ".join(f"{f} {'yes' if f' {f} ' in flags else 'no'}"
-                                                  for f in ("avx2", "avx512f", "avx512_vnni"))
+    flags = set(open("/proc/cpuinfo").read().split())
+    return f"{os.cpu_count()} cores; " + ", ".join(f"{f} {'yes' if f in flags else 'no'}"
+                                                  for f in ("avx2", "avx512f", "avx512_vnni", "amx_bf16"))
 
 
 def vectors(rng: np.random.Generator, centres: np.ndarray, n: int) -> np.ndarray:
@@ -100,6 +111,66 @@ def exact_top(idx: Index, queries: np.ndarray, n: int, k: int = 10) -> np.ndarra
     return best_i
 
 
+def rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def build_here(path: Path, where: str, address: str, queries: np.ndarray) -> dict:
+    """The policy's FAISS build of the index at `path` in this (fresh) process: `local`, or with
+    its vectors added on the Ray cluster at `address`. What it took, and what it built."""
+    import faiss
+
+    from mmsearch.indexer.distributed import RayAdder, connected
+
+    idx = Index(path)
+    adder = idx.adder = RayAdder(address, idx) if where == "ray" else None
+    t = time.perf_counter()
+    with connected(address) if adder else nullcontext():  # (the adder keeps the connection it finds)
+        out: dict = {"cluster_s": time.perf_counter() - t}  # starting a local cluster, or joining one
+        t = time.perf_counter()
+        loaded = idx.faiss_index(rebuild=True)
+        out["build_s"] = time.perf_counter() - t
+    if adder:
+        out |= {"tasks": adder.tasks, "nodes": len(adder.nodes), "task_rss_gib": adder.task_rss / 2**30,
+                "adding_s": adder.seconds, "merging_s": adder.merging}
+    lists = faiss.extract_index_ivf(loaded.index).invlists if loaded.plan.kind.startswith("ivf") else None
+    h = hashlib.blake2b(faiss.serialize_index(loaded.index).tobytes() if lists is None else b"")
+    for i in range(lists.nlist if lists else 0):
+        n = lists.list_size(i)
+        h.update(faiss.rev_swig_ptr(lists.get_ids(i), n).tobytes() + faiss.rev_swig_ptr(lists.get_codes(i), n * lists.code_size).tobytes())
+    top = [[i for i, _ in idx.search_vector(q, 10, loaded=loaded)] for q in queries]
+    return out | {"rss_gib": rss_gib(), "plan": loaded.plan.as_dict(), "digest": h.hexdigest(), "top": top}
+
+
+def builds(path: Path, how: list[str], address: str, queries: np.ndarray) -> None:
+    """Each build of `how` in a fresh process from the same store, compared; the last one's file stays."""
+    np.save(path.parent / "queries.npy", queries)
+    results = []
+    for where in how:
+        for f in path.glob("vectors-*.faiss*"):
+            f.unlink()
+        r = subprocess.run([sys.executable, __file__, "--build-in", str(path), "--build", where, "--ray", address],
+                           capture_output=True, text=True)
+        if r.returncode:
+            sys.exit(f"{where} build failed:\n{r.stderr[-3000:]}")
+        res = json.loads(r.stdout.splitlines()[-1])
+        results.append(res)
+        plan = res["plan"]
+        extra = (f" (of which adding on the cluster and merging {res['adding_s']:.1f} s, merging alone "
+                 f"{res['merging_s']:.2f} s); cluster start {res['cluster_s']:.1f} s, {res['tasks']} tasks on "
+                 f"{res['nodes']} node(s), a task's worker peak RSS {res['task_rss_gib']:.2f} GiB") if where == "ray" else ""
+        print(f"FAISS build ({where}): {res['build_s']:.1f} s, driver peak RSS {res['rss_gib']:.2f} GiB{extra}; "
+              f"{plan['factory']} {plan['param']}={plan['value']} recall@10 {plan['recall']} [{cpu()}]", flush=True)
+    if len(results) > 1:
+        first, *rest = results
+        same = all((r["digest"], r["plan"], r["top"]) == (first["digest"], first["plan"], first["top"]) for r in rest)
+        print(f"builds {', '.join(how)}: {'the same lists, plan and top-10' if same else 'DIFFER'} "
+              f"({len(queries)} queries)")
+        if not same:
+            sys.exit(1)
+
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--items", type=int, default=10_000_000)
@@ -110,7 +181,14 @@ def main() -> None:
     ap.add_argument("--dir", default=None, help="where the index is built (needs ~2.6 KB per item)")
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--index-type", default=None, help="force a FAISS index kind (default: the policy's choice for N)")
+    ap.add_argument("--build", default="local", help="FAISS builds to make and compare, each in a fresh process: local, ray or local,ray")
+    ap.add_argument("--ray", default="local", help="the Ray cluster of a `ray` build: local, auto or HOST:PORT")
+    ap.add_argument("--build-in", default=None, help=argparse.SUPPRESS)  # (a build's own process)
     a = ap.parse_args()
+    if a.build_in:
+        queries = np.load(Path(a.build_in).parent / "queries.npy")
+        print(json.dumps(build_here(Path(a.build_in), a.build, a.ray, queries)))
+        return
     print(f"CPU: {cpu()}; {a.items:,} items of {a.dim}-d")
     path = Path(tempfile.mkdtemp(dir=a.dir)) / "index"
     idx = Index(path, create=True)
@@ -119,11 +197,13 @@ def main() -> None:
     merge_s, commit_s = merge(idx, a.items, a.dim, a.batch, centres, a.index_type)
     print(f"merge: {merge_s:.0f} s, {a.items / merge_s:,.0f} items/s with making the items; in commit_batch "
           f"{commit_s:.0f} s, {a.items / commit_s:,.0f} items/s")
-    t = time.perf_counter()
+    print(f"merge peak RSS {rss_gib():.2f} GiB")
+    rng = np.random.default_rng(2)
+    queries = vectors(rng, centres, a.queries)
+    builds(path, a.build.split(","), a.ray, queries[: a.recall_queries])
     loaded = idx.faiss_index()
-    build_s = time.perf_counter() - t
     plan = loaded.plan
-    print(f"FAISS build: {build_s:.0f} s, {plan.factory} ({plan.reason}); {plan.param}={plan.value}, tuned recall@10 "
+    print(f"FAISS: {plan.factory} ({plan.reason}); {plan.param}={plan.value}, tuned recall@10 "
           f"{plan.recall}, {'ranked by its codes alone' if plan.rerank == 0 else 'exact re-rank from the segments'}")
 
     with idx.session() as s:  # the write-ahead log folded into the database, as it is at rest
@@ -133,10 +213,8 @@ def main() -> None:
              "faiss": sum(f.stat().st_size for f in path.glob("vectors-*.faiss"))}
     for name, size in sizes.items():
         print(f"  {name:9} {size / 2**30:7.2f} GiB  {size / a.items:7.0f} B/item")
-    print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
+    print(f"peak RSS of this process (merge, search; each build's above): {rss_gib():.2f} GiB")
 
-    rng = np.random.default_rng(2)
-    queries = vectors(rng, centres, a.queries)
     times, found = [], []
     for q in queries:
         t = time.perf_counter()

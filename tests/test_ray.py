@@ -26,6 +26,8 @@ from mmsearch.indexer.distributed import RayStage
 from mmsearch.indexer.options import IndexOptions
 from mmsearch.indexer.run import index_paths
 from mmsearch.indexer.scan import Entry
+from mmsearch.retrieval import index as index_module
+from mmsearch.retrieval import policy
 from mmsearch.retrieval.index import Index
 from mmsearch.retrieval.store import File, Item, set_meta, vectors_by_id
 
@@ -234,6 +236,76 @@ def test_text_and_capture_metadata_are_read_on_the_actors(cluster, photos, tmp_p
     from mmsearch.api import SearchIndex
 
     assert SearchIndex(tmp_path / "index").search("INVOICE 4711", k=1)[0].path == str(d / "scan_001.png")
+
+
+def _synthetic(path: Path, n: int, kind: str) -> np.ndarray:
+    """An index of `n` clustered 64-d vectors stored by `commit_batch` (as shards are), every
+    tenth file removed again so that the item ids have gaps, `kind` forced; its vectors."""
+    from mmsearch.indexer.plan import Plan
+    from mmsearch.indexer.run import Summary, commit_batch
+    from mmsearch.retrieval.store import bump_generation
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 64)).astype(np.float32)[rng.integers(0, 64, n)] + 0.5 * rng.standard_normal((n, 64)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    with Index(path, create=True).session() as s:
+        for key, value in [("model_spec", "synthetic"), ("model_identity", "synthetic-64"), ("dim", "64"), ("index_type", kind)]:
+            set_meta(s, key, value)
+        commit_batch(s, Plan(), Summary(), [(Entry(f"/lib/{i:05}.jpg", "image", 1, 1), f"{i:032x}",
+                                             [{"kind": "image", "vector": v}], None, None) for i, v in enumerate(x)])
+        s.execute(File.__table__.delete().where(File.id % 10 == 0))
+        bump_generation(s)
+        s.commit()
+    return x
+
+
+def _lists(index) -> list[tuple[bytes, bytes]]:
+    """Each inverted list's ids and codes, in order."""
+    import faiss
+
+    lists = faiss.extract_index_ivf(index).invlists
+    return [(faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).tobytes(),
+             faiss.rev_swig_ptr(lists.get_codes(i), lists.list_size(i) * lists.code_size).tobytes()) for i in range(lists.nlist)]
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_an_ivf_index_built_on_the_cluster_is_the_local_build(cluster, tmp_path, monkeypatch, in_memory):
+    """The driver trains, tasks add ranges of item ids, the driver merges: the same lists (ids,
+    codes, order), plan (tuned nprobe, recall, re-rank) and top-10 as the build on this machine —
+    from vectors in RAM, and rounded through float16 as a large build reads them. (IVF-PQ merges
+    alike, but training its codebooks takes 14 s here: left to benchmarks/scale.py.)"""
+    n, kind = 5_000, "ivfsq"
+    if not in_memory:
+        monkeypatch.setattr(index_module, "IN_MEMORY_LIMIT", 100)
+    x = _synthetic(tmp_path / "local", n, kind)
+    shutil.copytree(tmp_path / "local", tmp_path / "ray")
+    here, there = Index(tmp_path / "local"), Index(tmp_path / "ray")
+    there.adder = adder = distributed.RayAdder("local", there, group=700)
+    ours, theirs = there.faiss_index(rebuild=True), here.faiss_index(rebuild=True)
+    assert ours.plan.kind == kind and ours.plan == theirs.plan
+    assert adder.tasks == math.ceil((ours.index.ntotal - 200) / 700)  # all but the 200 tuning queries, 700 a task
+    assert _lists(ours.index) == _lists(theirs.index)
+    for q in x[1::n // 20]:
+        assert there.search_vector(q, 10, loaded=ours) == here.search_vector(q, 10, loaded=theirs)
+    assert sorted(p.name for p in (tmp_path / "ray").iterdir() if "faiss" in p.name or p.suffix == ".f16") == [
+        f"vectors-{there.generation()}.faiss", f"vectors-{there.generation()}.faiss.json"]  # written aside, renamed
+
+
+def test_index_ray_builds_its_ivf_index_on_the_cluster(cluster, cli, folder, local, monkeypatch):
+    """`index --ray` hands its IVF build to the cluster, also when nothing is embedded (here: a
+    change of --index-type on an indexed folder); the results are a local index's."""
+    shutil.copytree(local, cli.index)
+    monkeypatch.setitem(policy.MIN_VECTORS, "ivfsq", 10)  # the folder's 27 items make an IVF index
+    calls = []
+    add = distributed.RayAdder.__call__
+    monkeypatch.setattr(distributed.RayAdder, "__call__", lambda self, *a: (calls.append(self), add(self, *a)))
+    cli("index", str(folder), "--ray", "local", "--index-type", "ivfsq")
+    assert len(calls) == 1 and calls[0].tasks >= 1
+    from mmsearch.api import SearchIndex
+
+    assert SearchIndex(cli.index).index.faiss_index().plan.kind == "ivfsq"
+    for q in QUERIES:
+        assert [h.path for h in SearchIndex(cli.index).search(q, k=3)] == [h.path for h in SearchIndex(local).search(q, k=3)]
 
 
 if __name__ == "__main__":

@@ -116,10 +116,13 @@ def index(
 
 def _on_ray(idx, paths: list[str], opts: IndexOptions, address: str):
     """`index --ray`: the run with its embed stage on a Ray cluster (indexer/distributed.py)."""
-    from ..indexer.distributed import RayStage
+    from ..indexer.distributed import RayAdder, RayStage
     from ..indexer.run import index_paths
 
     stage = RayStage(address)
+    # an IVF index the run builds is built on the cluster too; set for the run, not only when
+    # something is embedded: a retype (--index-type) or a rebuild after removals builds as well
+    idx.index.adder = RayAdder(address, idx.index)
     summary = index_paths(idx.index, [os.path.expanduser(p) for p in paths], opts, embed=stage)
     if stage.resumed:
         typer.echo(f"resumed {stage.resumed} file(s) embedded by an interrupted run", err=True)

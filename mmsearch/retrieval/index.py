@@ -27,7 +27,7 @@ from ..media.kinds import ITEM_KINDS
 from ..paths import default_index_dir
 from .encoders import DEFAULT_MODEL, load_encoder, load_indexer
 from .encoders.query import QueryEncoder, preloaded
-from .policy import MIN_VECTORS, IndexPlan, build, choose_index, extend, search_params
+from .policy import MIN_VECTORS, Adder, IndexPlan, build, choose_index, extend, search_params
 from .store import (
     DB_NAME,
     File,
@@ -94,6 +94,9 @@ class Index:
         self._loaded: Loaded | None = None
         self._queries: dict[str, QueryEncoder] = {}  # the model's query export, once loaded
         self._lock = threading.Lock()
+        # adds the vectors of an IVF build elsewhere: set by `index --ray` (indexer/distributed.py),
+        # whose cluster then builds it; None: here (policy.build)
+        self.adder: Adder | None = None
 
     def session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
@@ -243,12 +246,12 @@ class Index:
             elif len(ids) > IN_MEMORY_LIMIT:
                 scratch = os.path.join(self.path, f"build-{os.getpid()}.f16")
                 try:
-                    index = build(plan, *vectors_to_file(s, scratch, len(ids), dim))
+                    index = build(plan, *vectors_to_file(s, scratch, len(ids), dim), add=self.adder)
                 finally:
                     os.remove(scratch)
             else:
                 ids, vecs = load_vectors(s)
-                index = build(plan, ids, vecs if len(vecs) else np.zeros((0, dim), np.float32))
+                index = build(plan, ids, vecs if len(vecs) else np.zeros((0, dim), np.float32), add=self.adder)
         try:  # a read-only index directory still answers from memory
             tmp = f"{fn}.{os.getpid()}.tmp"
             faiss.write_index(index, tmp)
