@@ -107,30 +107,35 @@ def embedded(todo: list[tuple[Entry, str]], encoder: Encoder | ExportedEncoder, 
     # the model runs ahead of the caller, in its own threads (one per lane of the image forward):
     # while it embeds the next batches (native code, GIL released) the caller commits this one
     with pool, ThreadPoolExecutor(encode_pixels.lanes) as model:
-        jobs = iter(todo)
-        pending: deque[Future] = deque()
+        try:
+            jobs = iter(todo)
+            pending: deque[Future] = deque()
 
-        def refill() -> None:
-            while len(pending) < batch_size * 2 and (job := next(jobs, None)) is not None:
-                pending.append(pool.submit(decode, *job, prep, opts))
+            def refill() -> None:
+                while len(pending) < batch_size * 2 and (job := next(jobs, None)) is not None:
+                    pending.append(pool.submit(decode, *job, prep, opts))
 
-        refill()
-        embedding: deque[tuple[list[Decoded], Future]] = deque()
-        left = len(todo)  # files not yet in a batch
-        while pending or embedding:
-            if pending:
-                # the last batches shrink (halving) so that every lane has work until the end, rather
-                # than one lane embedding a whole last batch while the others sit idle
-                target = min(batch_size, -(-left // encode_pixels.lanes))
-                done: list[Decoded] = []
-                while pending and sum(len(d.units) for d in done) < target:
-                    done.append(pending.popleft().result())
-                    refill()
-                left -= len(done)
-                embedding.append((done, model.submit(_embed_units, done, encoder, encode_pixels, batch_size)))
-            if len(embedding) > encode_pixels.lanes or not pending:
-                done, future = embedding.popleft()
-                future.result()
-                yield done
-                bar.update(len(done))
+            refill()
+            embedding: deque[tuple[list[Decoded], Future]] = deque()
+            left = len(todo)  # files not yet in a batch
+            while pending or embedding:
+                if pending:
+                    # the last batches shrink (halving) so that every lane has work until the end, rather
+                    # than one lane embedding a whole last batch while the others sit idle
+                    target = min(batch_size, -(-left // encode_pixels.lanes))
+                    done: list[Decoded] = []
+                    while pending and sum(len(d.units) for d in done) < target:
+                        done.append(pending.popleft().result())
+                        refill()
+                    left -= len(done)
+                    embedding.append((done, model.submit(_embed_units, done, encoder, encode_pixels, batch_size)))
+                if len(embedding) > encode_pixels.lanes or not pending:
+                    done, future = embedding.popleft()
+                    future.result()
+                    yield done
+                    bar.update(len(done))
+        except BaseException:  # interrupted or failed: decoding not begun is dropped, not waited for
+            pool.shutdown(wait=False, cancel_futures=True)
+            model.shutdown(wait=False, cancel_futures=True)
+            raise
     bar.close()

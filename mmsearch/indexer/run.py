@@ -146,19 +146,26 @@ def _embed_here(s: Session, index: Index, encoder, plan: Plan, opts: IndexOption
     # PyTorch forward embeds the files (a first run of 300 images with ViT-B-32-256 on PyTorch
     # bf16, 2 cores: 16.8-18.3 s vs 20.4-22.0 s one after the other: tracing is mostly one thread,
     # the forward leaves the GIL), after ONNX Runtime's (beside it: 27.6-28.5 s vs 26.2-27.2 s).
-    # A daemon thread: a Ctrl-C is not kept waiting for it (its files are written aside and
-    # renamed into place, so an abandoned export leaves nothing half made)
+    # A run that fails or is interrupted stops it at its next step (a Ctrl-C exited 1.8-5.4 s
+    # later, as long as a trace in progress takes; a daemon thread instead, left in torch's
+    # native code, aborted the interpreter's exit: "terminate called", SIGABRT)
     exported: list[bool] = []
-    side = threading.Thread(target=lambda: exported.append(_export_for_queries(encoder)), daemon=True)
+    stop = threading.Event()
+    side = threading.Thread(target=lambda: exported.append(_export_for_queries(encoder, stop)))
     beside = summary.runtime.startswith("torch")
     if beside:
         side.start()
-    for batch in embedded(plan.embed, encoder, opts, batch_size=opts.batch_size, workers=opts.workers,
-                          progress=opts.progress, encode_pixels=encode_pixels, processes=opts.processes):
-        commit_batch(s, plan, summary, [(d.entry, d.digest, d.items(), d.size, d.error) for d in batch])
-    if beside:
-        side.join()
-    else:
+    try:
+        for batch in embedded(plan.embed, encoder, opts, batch_size=opts.batch_size, workers=opts.workers,
+                              progress=opts.progress, encode_pixels=encode_pixels, processes=opts.processes):
+            commit_batch(s, plan, summary, [(d.entry, d.digest, d.items(), d.size, d.error) for d in batch])
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        if beside:
+            side.join()
+    if not beside:
         side.run()
     summary.query_export = bool(exported and exported[0])
 
@@ -190,7 +197,7 @@ def _ocr_on(s: Session, opts: IndexOptions) -> bool:
     return get_meta(s, "ocr") == "on"
 
 
-def _export_for_queries(encoder) -> bool:
+def _export_for_queries(encoder, stop: threading.Event | None = None) -> bool:
     from ..retrieval.encoders.exported import ExportedEncoder
 
     if isinstance(encoder, ExportedEncoder):  # made from the sealed export, unless it was found damaged
@@ -203,8 +210,8 @@ def _export_for_queries(encoder) -> bool:
     from ..retrieval.encoders.runtime import export_for_queries
 
     try:
-        return export_for_queries(encoder)
-    except Exception:  # an exporter failure costs the next query its speed, never the run
+        return export_for_queries(encoder, stop=stop)
+    except Exception:  # an exporter failure (or `Stopped`) costs the next query its speed, never the run
         return False
 
 

@@ -18,10 +18,11 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -304,10 +305,21 @@ CHECK_TEXTS = ["a dog on a beach", "a cup of coffee", "x", "Ein Fahrrad lehnt an
 QUERY_MIN_COSINE = 0.999
 
 
-def export_for_queries(encoder: Encoder, folder: Path | None = None) -> bool:
+class Stopped(Exception):
+    """A query export was asked to stop (the run that made it beside its work is ending)."""
+
+
+def export_for_queries(encoder: Encoder, folder: Path | None = None, stop: threading.Event | None = None) -> bool:
     """Write and seal the model's query export (text tower, and image tower where its geometry
     allows) in `folder` (default: its folder in the user cache), unless a sealed one is there.
-    False when the model has no text export or its export does not agree with PyTorch."""
+    False when the model has no text export or its export does not agree with PyTorch. Once
+    `stop` is set, `Stopped` is raised before the next step (a trace or an optimisation, ~1-3 s),
+    leaving the folder unsealed."""
+
+    def step() -> None:
+        if stop is not None and stop.is_set():
+            raise Stopped
+
     folder = folder or model_dir(encoder.identity)
     if QueryEncoder.read(encoder.identity, folder) is not None:  # (whether its files load, a query finds out)
         return True
@@ -327,9 +339,13 @@ def export_for_queries(encoder: Encoder, folder: Path | None = None) -> bool:
     else:
         spec.tokenizer.save(str(folder / text["tokenizer"]))
     example = tuple(torch.ones((2, spec.pad_to or 8), dtype=torch.int64) for _ in spec.inputs)
-    optimise(_trace(spec.module, example, {name: {0: "batch", 1: "tokens"} for name in spec.inputs}, fold=False),
-             folder / text["file"])
-    image = _image_export(encoder, folder)
+    step()
+    traced = _trace(spec.module, example, {name: {0: "batch", 1: "tokens"} for name in spec.inputs}, fold=False)
+    step()
+    optimise(traced, folder / text["file"])
+    del traced
+    image = _image_export(encoder, folder, step)
+    step()
     query = QueryEncoder(folder, encoder.identity, encoder.dim, text, image, prepack=False)  # one run each
     agree = float((query.encode_texts(CHECK_TEXTS) * encoder.encode_texts(CHECK_TEXTS)).sum(1).min())
     seal = {"identity": encoder.identity, "format": EXPORT_FORMAT, "text_version": TEXT_VERSION, "min_cosine": round(agree, 6)}
@@ -369,7 +385,7 @@ def _seal(folder: Path, seal: dict) -> None:
     os.replace(folder / f"{META}.tmp", folder / META)
 
 
-def _image_export(encoder: Encoder, folder: Path) -> dict | None:
+def _image_export(encoder: Encoder, folder: Path, step: Callable[[], None]) -> dict | None:
     """The image side of the query export: its geometry and the fp32 image tower (optimised from
     the indexer's visual.onnx), when PIL makes the model's very pixels (checked on odd-sized
     pictures) and the tower agrees with PyTorch on them."""
@@ -383,12 +399,19 @@ def _image_export(encoder: Encoder, folder: Path) -> dict | None:
     if not all(np.array_equal(np.asarray(shape(p.convert("RGB"))), encoder.pixel_prep(p)) for p in pictures):
         return None
     image["file"] = "visual.query.onnx"  # beside the indexer's visual.onnx, if any (ViT-B-32: +352 MB)
-    indexers = folder / VISUAL["onnx"]
-    try:
-        optimise(indexers if indexers.exists() else _trace_image(encoder, fold=False), folder / image["file"])
-    except Exception:  # a damaged visual.onnx (the indexer's too): traced anew
-        indexers.unlink(missing_ok=True)
-        optimise(_trace_image(encoder, fold=False), folder / image["file"])
+    indexers, made = folder / VISUAL["onnx"], False
+    if indexers.exists():
+        step()
+        try:
+            optimise(indexers, folder / image["file"])
+            made = True
+        except Exception:  # a damaged visual.onnx (the indexer's too): traced anew
+            indexers.unlink(missing_ok=True)
+    if not made:
+        step()
+        traced = _trace_image(encoder, fold=False)
+        step()
+        optimise(traced, folder / image["file"])
     tower = QueryEncoder(folder, encoder.identity, encoder.dim, {}, image, prepack=False)
     measured = float((tower.encode_images(pictures) * encoder.encode_images(pictures)).sum(1).min())
     return image if measured >= QUERY_MIN_COSINE else None
