@@ -9,8 +9,9 @@ import json
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 from sqlalchemy import delete, func, select, update
@@ -28,7 +29,6 @@ from ..retrieval.store import (
     chunks,
     get_meta,
     next_item_id,
-    put_vectors,
     raw_key,
     segments,
     set_meta,
@@ -170,13 +170,18 @@ def _embed_here(s: Session, index: Index, encoder, plan: Plan, opts: IndexOption
     summary.query_export = bool(exported and exported[0])
 
 
-def commit_batch(s: Session, plan: Plan, summary: Summary,
-                 files: list[tuple[Entry, str, list[dict], tuple[int, int] | None, str | None]]) -> None:
-    """Store one batch of embedded files — (entry, digest, item fields with a float32 `vector`,
-    pixel size, error or None) — in one transaction: files with an error are recorded as skipped."""
+#: an embedded file: (entry, content digest, item fields with a float32 `vector`, pixel size, error or None)
+Embedded = tuple[Entry, str, list[dict], tuple[int, int] | None, str | None]
+
+
+def commit_batch(s: Session, plan: Plan, summary: Summary, files: list[Embedded]) -> None:
+    """Store one batch of embedded files in one transaction: files with an error are recorded as
+    skipped."""
+    _bulk(s)
     ok = [f for f in files if not f[4]]
-    _skip(s, [(e, err) for e, _, _, _, err in files if err], summary)
-    _write(s, [(e, digest, items, size) for e, digest, items, size, _ in ok])
+    if len(ok) < len(files):
+        _skip(s, [(f[0], f[4]) for f in files if f[4]], summary)
+    _write(s, ok)
     for f in ok:
         _count(summary, f[0], plan.new_paths)
     summary.embedded += len(ok)
@@ -222,13 +227,13 @@ def _count(summary: Summary, e: Entry, new_paths: set[bytes]) -> None:
         summary.updated += 1
 
 
-def _reused(s: Session, plan: Plan) -> list[tuple[Entry, str, list[dict], tuple[int, int] | None]]:
+def _reused(s: Session, plan: Plan) -> list[Embedded]:
     """The files whose content the store holds, with copies of its items and vectors. Read from
     the segments directly: a renamed file's source rows were swept in this very transaction, and
     rows on disk are never overwritten while an id may still refer to them."""
     sources = [item for _, _, items in plan.reuse for item in items]
     vecs = dict(zip((i.id for i in sources), segments(s).get([i.id for i in sources]))) if sources else {}
-    return [(e, digest, [_copy(i, vecs[i.id]) for i in items], None) for e, digest, items in plan.reuse]
+    return [(e, digest, [_copy(i, vecs[i.id]) for i in items], None, None) for e, digest, items in plan.reuse]
 
 
 def _copy(item: Item, vector) -> dict:
@@ -236,80 +241,123 @@ def _copy(item: Item, vector) -> dict:
                 offset=item.offset, link_path=item.link_path, ocr=item.ocr, vector=vector)
 
 
-def _file_ids(s: Session, entries: list[Entry], fields: list[dict]) -> list[int]:
-    """Each entry's file id: its row, found by path or added, set to size, mtime and `fields`,
-    with its old items gone. A batch in a few bulk statements, no ORM objects: the ORM's unit
-    of work held a bulk merge to ~2,300 files/s."""
+def _file_ids(s: Session, entries: list[Entry], status: str, digests: list, errors: list[str | None],
+              sizes: list[tuple[int, int] | None]) -> list[int]:
+    """Each entry's file id: its row, found by path or added, set to size, mtime, `status` and the
+    entry's digest (as stored), error and pixel size (None leaves a found row's size as it was),
+    with its old items gone. A batch in a few bulk statements, no ORM objects: the ORM's unit of
+    work held a bulk merge to ~2,300 files/s."""
+    if not entries:
+        return []
     # looked up by display path (indexed), then matched by exact bytes (schema v5: the bytes of a
     # UTF-8 path are not stored apart, nor indexed)
-    keys = {e.key for e in entries}
-    shown = [e.key.decode("utf-8", errors="replace") for e in entries]  # (display_path, from the key)
-    found: dict[bytes, int] = {}
+    keys = [e.key for e in entries]
+    shown = [k.decode("utf-8", errors="replace") for k in keys]  # (display_path, from the key)
+    wanted, found = set(keys), dict[bytes, int]()
     dbapi = s.connection().connection.driver_connection
     assert dbapi is not None
     for paths in chunks(sorted(set(shown))):  # (through sqlite3: SQLAlchemy's IN took 0.3 s per 200k)
         sql = f"SELECT path_key, id FROM files WHERE path IN ({', '.join('?' * len(paths))})"
-        found |= {key: i for key, i in dbapi.execute(sql, paths) if key in keys}
+        found |= {key: i for key, i in dbapi.execute(sql, paths) if key in wanted}
     for ids in chunks(list(found.values())):
         s.execute(delete(Item).where(Item.file_id.in_(ids)))
     next_id = (s.scalar(select(func.max(File.id))) or 0) + 1
     out, added, changed = [], [], []
-    for e, path, f in zip(entries, shown, fields):
-        # taken_from NULL: its capture metadata is read again (annotate.py)
-        if (file_id := found.get(e.key)) is None:
-            file_id, next_id = next_id, next_id + 1
-            found[e.key] = file_id
-            added.append({"id": file_id, "path": path, "raw_key": raw_key(e.key, path), "kind": e.kind,
-                          "size": e.size, "mtime_ns": e.mtime_ns, "taken_from": None, **f})
+    for i, key in enumerate(keys):
+        if (file_id := found.get(key)) is None:
+            file_id = found[key] = next_id
+            next_id += 1
+            added.append(i)
         else:
-            changed.append({"id": file_id, "size": e.size, "mtime_ns": e.mtime_ns, "taken_from": None, **f})
+            size = sizes[i]
+            changed.append({"id": file_id, "size": entries[i].size, "mtime_ns": entries[i].mtime_ns, "taken_from": None,
+                            "digest": digests[i], "status": status, "error": errors[i],
+                            **({"width": size[0], "height": size[1]} if size else {})})
         out.append(file_id)
-    if added:
-        _insert(s, "files", added)
+    if added:  # as columns: rows of tuples built in Python cost more than SQLite's inserts (_insert)
+        pick = (lambda col: col) if len(added) == len(keys) else (lambda col: [col[i] for i in added])
+        new, sized = pick(entries), pick(sizes)
+        # taken_from NULL: its capture metadata is read later (annotate.py)
+        _insert(s, "files", {"id": pick(out), "path": pick(shown), "kind": [e.kind for e in new],
+                             "raw_key": [raw_key(k, p) for k, p in zip(pick(keys), pick(shown))],
+                             "size": [e.size for e in new], "mtime_ns": [e.mtime_ns for e in new],
+                             "digest": pick(digests), "status": [status] * len(added), "error": pick(errors),
+                             "width": [z and z[0] for z in sized], "height": [z and z[1] for z in sized],
+                             "taken_from": [None] * len(added)})
     if changed:
         s.execute(update(File), changed)
     return out
 
 
-def _write(s: Session, files: list[tuple[Entry, str, list[dict], tuple[int, int] | None]]) -> None:
-    """Store (entry, content digest, item fields, pixel size) for each file, replacing what it had."""
+def _write(s: Session, files: list[Embedded]) -> None:
+    """Store each file (its error unread: None) with its items, replacing what it had."""
     if not files:
         return
     # digests as stored (`Digest`): the rows of new files bypass SQLAlchemy's types (`_insert`)
-    fields = [{"digest": Digest.stored(digest), "status": "ok", "error": None, **({"width": size[0], "height": size[1]} if size else {})}
-              for _, digest, _, size in files]
-    file_ids = _file_ids(s, [e for e, _, _, _ in files], fields)
-    items = [(file_id, it) for file_id, (_, _, its, _) in zip(file_ids, files) for it in its]
+    file_ids = _file_ids(s, [f[0] for f in files], "ok", [Digest.stored(f[1]) for f in files], [None] * len(files),
+                         [f[3] for f in files])
+    items = [it for f in files for it in f[2]]
+    if not items:  # (a file may have none, e.g. a text file without passages)
+        return
     first = _fresh_ids(s, len(items))
-    if items:  # (a file may have none, e.g. a text file without passages)
-        # vectors first, synced, then the rows that refer to them (retrieval/vectors.py)
-        put_vectors(s, first, np.stack([it["vector"] for _, it in items]))
-        columns = sorted(set().union(*(it for _, it in items)) - {"vector"})
-        _many(s, f"INSERT INTO items (id, file_id, {', '.join(f'[{c}]' for c in columns)}) VALUES "
-                 f"({', '.join('?' * (len(columns) + 2))})",
-              [(first + i, file_id, *map(it.get, columns)) for i, (file_id, it) in enumerate(items)])
+    ids = range(first, first + len(items))
+    owners = [file_id for file_id, f in zip(file_ids, files) for _ in f[2]]
+    # vectors first, synced, then the rows that refer to them (retrieval/vectors.py): written by a
+    # thread while SQLite inserts the rows (writing and syncing leave the GIL), joined before the
+    # commit. The thread has the segment store, not the session (a session is not thread-safe)
+    store, vectors = segments(s), [it["vector"] for it in items]
+    with ThreadPoolExecutor(1) as pool:
+        synced = pool.submit(lambda: store.put(first, np.stack(vectors)))
+        columns = {c: [it.get(c) for it in items] for c in sorted(set().union(*items) - {"vector"})}
+        _insert(s, "items", {"id": ids, "file_id": owners, **columns})
         # searchable words: the file's name on its first item, each item's text or OCR text
-        # (lexical.add_rows without SQLAlchemy's per-row parameter handling: 0.5 s per 200k items)
-        names = {file_id: lexical.name_text(e.path) for file_id, (e, _, _, _) in zip(file_ids, files)}
+        named = {file_id: lexical.compact(lexical.name_text(f[0].path)) for file_id, f in zip(file_ids, files)}
+        names = [named.pop(file_id, "") for file_id in owners]
         _many(s, "INSERT OR REPLACE INTO lexical (rowid, name, body) VALUES (?, ?, ?)",
-              [(first + i, lexical.compact(names.pop(file_id, "")),
-                lexical.compact(it.get("text") or lexical.ocr_text(it.get("ocr")))) for i, (file_id, it) in enumerate(items)])
+              zip(ids, names, _bodies(columns.get("text"), columns.get("ocr"), len(items))))
+        synced.result()
 
 
-def _insert(s: Session, table: str, rows: list[dict]) -> None:
-    """Bulk insert on the session's own connection (its transaction), through sqlite3 directly:
-    SQLAlchemy's per-row parameter handling cost more than SQLite's work (a bulk merge of new
-    files went from ~12k to ~15k items/s, run.py's whole commit path from ~2,300 with ORM objects). Rows may differ in which columns they give; absent ones are NULL."""
-    columns = sorted(set().union(*rows))
-    sql = f"INSERT INTO {table} ({', '.join(f'[{c}]' for c in columns)}) VALUES ({', '.join('?' * len(columns))})"
-    _many(s, sql, [tuple(map(row.get, columns)) for row in rows])
+def _bodies(texts: list[str | None] | None, ocr: list[str | None] | None, n: int) -> list[str]:
+    """The lexical body of each of `n` items: its text, else its OCR text, compacted."""
+    if texts is None and ocr is None:
+        return [""] * n  # (images not read by OCR: the bulk of a merge)
+    texts, ocr = texts or [None] * n, ocr or [None] * n
+    return [lexical.compact(t or lexical.ocr_text(o)) if t or o else "" for t, o in zip(texts, ocr)]
 
 
-def _many(s: Session, sql: str, rows: list[tuple]) -> None:
+def _insert(s: Session, table: str, columns: dict[str, Sequence]) -> None:
+    """Bulk insert of rows given as columns (equal lengths), on the session's own connection (its
+    transaction), through sqlite3 directly: SQLAlchemy's per-row parameter handling cost more than
+    SQLite's work (a bulk merge of new files went from ~12k to ~15k items/s, run.py's whole commit
+    path from ~2,300 with ORM objects). A column that is None in every row is written as a NULL in
+    the statement, not bound: sqlite3 binds None (and bytes) through its adapter lookup."""
+    names = list(columns)
+    bound = [c for c in names if columns[c].count(None) != len(columns[c])]
+    values = ", ".join("?" if c in bound else "NULL" for c in names)
+    _many(s, f"INSERT INTO {table} ({', '.join(f'[{c}]' for c in names)}) VALUES ({values})",
+          zip(*(columns[c] for c in bound)))
+
+
+def _many(s: Session, sql: str, rows: Iterable[tuple]) -> None:
     """`sql` once per row, on the session's own connection (its transaction), through sqlite3."""
     dbapi = s.connection().connection.driver_connection
     assert dbapi is not None
     dbapi.executemany(sql, rows)
+
+
+def _bulk(s: Session) -> None:
+    """Settings of the writing connection for bulk merges; neither touches what a commit makes
+    durable (journal and synchronous stay as `open_engine` sets them). Content digests are
+    random: each new file's digest lands on a random page of their index (~290 MB at 10M files),
+    and with SQLite's default 2 MB cache a 20k-file batch spilled dirty pages mid-transaction and
+    read them back. A 256 MiB cache (allocated as pages are used) and a WAL checkpoint every
+    ~80 MB instead of ~4 MB (a page written by several batches is copied back once): 1M files,
+    37k → 44k items/s."""
+    dbapi = s.connection().connection.driver_connection
+    assert dbapi is not None
+    dbapi.execute("PRAGMA cache_size=-262144")
+    dbapi.execute("PRAGMA wal_autocheckpoint=20000")
 
 
 def _fresh_ids(s: Session, n: int) -> int:
@@ -331,5 +379,6 @@ def _commit(s: Session) -> None:
 
 def _skip(s: Session, skipped: list[tuple[Entry, str]], summary: Summary) -> None:
     """Record each (entry, reason) as skipped, without items."""
-    _file_ids(s, [e for e, _ in skipped], [{"digest": None, "status": "skipped", "error": reason} for _, reason in skipped])
+    _file_ids(s, [e for e, _ in skipped], "skipped", [None] * len(skipped), [reason for _, reason in skipped],
+              [None] * len(skipped))
     summary.skipped += [{"path": display_path(e.path), "reason": reason} for e, reason in skipped]
