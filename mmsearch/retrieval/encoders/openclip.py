@@ -105,6 +105,7 @@ class OpenClipEncoder(Encoder):
                 raise ModelLoadError(f"checkpoint {weights} does not fit architecture {name} ({detail}); pass the ARCH it was trained as") from None
             raise ModelLoadError(f"could not load {spec}: {detail}") from None
         self.model = model.eval()
+        self._bf16: torch.nn.Module | None = None
         self.transform = preprocess
         size = getattr(self.model.visual, "image_size", 224)
         self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
@@ -118,7 +119,9 @@ class OpenClipEncoder(Encoder):
         return self.model.encode_text(self.tokenizer(texts))
 
     def bf16_forward(self) -> Callable[[torch.Tensor], torch.Tensor]:
-        visual = copy.deepcopy(self.model.visual).to(torch.bfloat16)  # (what encode_image runs)
+        if self._bf16 is None:  # made once (0.2 s, 176 MB for ViT-B-32): `index --watch` asks each update
+            self._bf16 = copy.deepcopy(self.model.visual).to(torch.bfloat16)  # (what encode_image runs)
+        visual = self._bf16
         return lambda pixels: visual(pixels.to(torch.bfloat16)).float()
 
     def text_export(self) -> TextExport | None:
