@@ -114,7 +114,9 @@ def main() -> None:
             rounds.append((fwd, rate, steady, s, s_part))
         fwd, rate, steady, s, s_part = sorted(rounds, key=lambda x: x[2] / x[0])[len(rounds) // 2]  # the median round
         s2 = index_paths(Index(Path(tmp) / "full0"), [str(folder)], IndexOptions())
-        print(f"model {enc.identity}, {len(files)} images, torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}")
+        from rclip_compare import cpu_flags
+
+        print(f"model {enc.identity}, {len(files)} images, torch threads {torch.get_num_threads()}; {cpu_flags()}")
         print(f"model load                 {load_s:8.2f} s  (+ {choose_s:.1f} s choosing the runtime: {runtime})")
         print(f"decode + resize/crop       {decode_ms:8.2f} + {geometry_ms:.2f} ms an image, one thread "
               f"(the model's own transform per image: geometry, to-tensor, normalise: {transform_ms:.2f} ms)")

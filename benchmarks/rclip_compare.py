@@ -106,7 +106,8 @@ def cpu_flags() -> str:
     flags = set(Path("/proc/cpuinfo").read_text().split("flags")[1].split("\n")[0].split())
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), "?")
-    return f"{model}; {os.cpu_count()} cpus; " + " ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni") if f in flags)
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+    return f"{model}; {os.cpu_count()} cpus; " + " ".join(f for f in wanted if f in flags)
 
 
 def main() -> None:
