@@ -3,6 +3,7 @@
 
     python benchmarks/scale.py --items 10000000 [--dim 512] [--batch 20000] [--dir /big/disk/tmp]
     python benchmarks/scale.py --items 1000000 --index-type ivfsq --build local,ray [--ray ADDRESS]
+    python benchmarks/scale.py --items 1000000 --merge-only --shards 256 [--merge-items 1]
 
 Items are merged through `commit_batch` (indexer/run.py), the path by which a run's embedded
 batches — local, or shards from a Ray cluster — enter the store: file rows, item rows, lexical
@@ -15,6 +16,12 @@ Reports: merge wall time and items/s; FAISS build wall time and kind; bytes on d
 segments, FAISS) and per item; peak RSS; search p50/p99 over `--queries` queries through
 `Index.search_vector` (FAISS, plus the exact re-rank from the segments where the plan needs it),
 and recall@10 against an exact scan of every stored vector. CPU flags printed beside the figures.
+
+`--shards FILES` merges as the Ray driver does instead (indexer/distributed.py `Merger`): the
+items are written as parquet shards of FILES files each (a shard as an actor writes it, capture
+metadata included) and stored by the driver's own loop, several shards a transaction
+(`--merge-items 1`: one a shard, as before 2026-12-04). The rate counts the driver's reading and
+storing, not the making and writing of the shards.
 
 `--build local,ray` builds the FAISS index twice from the same store, each in a fresh process
 (its own peak RSS): on this machine, and as `index --ray` does (indexer/distributed.py
@@ -95,6 +102,54 @@ def merge(idx: Index, n: int, dim: int, batch: int, centres: np.ndarray, index_t
         bump_generation(s)
         s.commit()
     return time.perf_counter() - start, committing
+
+
+def merge_shards(idx: Index, n: int, dim: int, shard_files: int, centres: np.ndarray) -> tuple[float, float]:
+    """(wall seconds of the whole loop, seconds in the driver's `Merger`): `n` one-image files
+    written as shards of `shard_files`, each stored as it is written (then removed: the Merger
+    has read it whole)."""
+    import pyarrow as pa
+
+    from mmsearch.indexer import distributed
+    from mmsearch.media.capture import Capture
+
+    identity = f"synthetic-{dim}"
+    with idx.session() as s:
+        for k, v in (("model_spec", "synthetic"), ("model_identity", identity), ("dim", str(dim))):
+            set_meta(s, k, v)
+        s.commit()
+    rng, folder = np.random.default_rng(1), Path(idx.path) / "runs" / "bench"
+    folder.mkdir(parents=True)
+    meta = {distributed.IDENTITY: identity, "mmsearch.dim": str(dim), "mmsearch.node": "bench"}
+    wanted: dict[bytes, tuple[Entry, str]] = {}
+    start, storing = time.perf_counter(), 0.0
+    with idx.session() as s:
+        merger = distributed.Merger(s, Plan(), Summary(), identity, wanted, refuse=True)
+        for first in range(0, n, shard_files):
+            m = min(shard_files, n - first)
+            v = vectors(rng, centres, m)
+            rows = []
+            for i in range(m):
+                k = first + i
+                e = Entry(f"/archive/{k // 100_000:04}/{k // 1000 % 100:02}/IMG_{k:08}.jpg", "image",
+                          2_000_000 + k % 1000, 1_600_000_000_000_000_000 + k)
+                digest = hashlib.blake2b(k.to_bytes(8, "little"), digest_size=16).hexdigest()  # random, as real ones
+                wanted[e.key] = (e, digest)
+                rows.append({"key": e.key, "digest": digest, "error": None, "width": 4032, "height": 3024,
+                             "items": json.dumps([{"kind": "image"}]), "vectors": v[i].tobytes(),
+                             "capture": json.dumps(Capture().with_fallback(e.mtime_ns).__dict__)})
+            shard = str(folder / f"shard-{first // shard_files:05d}.parquet")
+            distributed._write_atomic(pa.Table.from_pylist(rows, schema=distributed.SHARD.with_metadata(meta)), shard)
+            t = time.perf_counter()
+            merger.add(shard)
+            storing += time.perf_counter() - t
+            os.unlink(shard)
+            if (first // shard_files) % max(1, 250_000 // shard_files) == 0:
+                print(f"  read {first + m:,} ({(first + m) / storing:,.0f} items/s in the Merger)", flush=True)
+        t = time.perf_counter()
+        merger.flush()
+        storing += time.perf_counter() - t
+    return time.perf_counter() - start, storing
 
 
 def exact_top(idx: Index, queries: np.ndarray, n: int, k: int = 10) -> np.ndarray:
@@ -188,6 +243,8 @@ def main() -> None:
     ap.add_argument("--ray", default="local", help="the Ray cluster of a `ray` build: local, auto or HOST:PORT")
     ap.add_argument("--build-in", default=None, help=argparse.SUPPRESS)  # (a build's own process)
     ap.add_argument("--merge-only", action="store_true", help="stop after the merge (its rate, without the FAISS build)")
+    ap.add_argument("--shards", type=int, default=0, help="merge as the Ray driver does, from shards of this many files")
+    ap.add_argument("--merge-items", type=int, default=0, help="with --shards: items a transaction (default: the driver's)")
     a = ap.parse_args()
     if a.build_in:
         queries = np.load(Path(a.build_in).parent / "queries.npy")
@@ -198,9 +255,18 @@ def main() -> None:
     idx = Index(path, create=True)
     centres = np.random.default_rng(0).standard_normal((4096, a.dim)).astype(np.float32)
 
-    merge_s, commit_s = merge(idx, a.items, a.dim, a.batch, centres, a.index_type)
-    print(f"merge: {merge_s:.0f} s, {a.items / merge_s:,.0f} items/s with making the items; in commit_batch "
-          f"{commit_s:.0f} s, {a.items / commit_s:,.0f} items/s")
+    if a.shards:
+        from mmsearch.indexer import distributed
+
+        distributed.MERGE_ITEMS = a.merge_items or distributed.MERGE_ITEMS
+        merge_s, commit_s = merge_shards(idx, a.items, a.dim, a.shards, centres)
+        print(f"merge from {a.shards}-file shards, {distributed.MERGE_ITEMS:,} items a transaction: "
+              f"{a.items / commit_s:,.0f} items/s in the driver's Merger ({commit_s:.0f} s; {merge_s:.0f} s with "
+              f"making the shards) [{cpu()}]")
+    else:
+        merge_s, commit_s = merge(idx, a.items, a.dim, a.batch, centres, a.index_type)
+        print(f"merge: {merge_s:.0f} s, {a.items / merge_s:,.0f} items/s with making the items; in commit_batch "
+              f"{commit_s:.0f} s, {a.items / commit_s:,.0f} items/s")
     print(f"merge peak RSS {rss_gib():.2f} GiB")
     if a.merge_only:
         shutil.rmtree(path.parent)

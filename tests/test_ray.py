@@ -143,11 +143,13 @@ def test_ray_local_run_matches_a_local_run(folder, local, tmp_path):
 def test_resume_after_a_driver_crash_embeds_only_the_rest(cluster, folder, local, tmp_path, monkeypatch):
     index = _fresh(tmp_path)
 
-    def crash(*args):  # the driver dies as the first shard comes back, before storing it
+    def crash(*args):  # the driver dies committing its first transaction, before it is stored
         raise KeyboardInterrupt
 
     with monkeypatch.context() as mp:
         mp.setattr(distributed, "commit_batch", crash)
+        mp.setattr(distributed, "MERGE_ITEMS", 2 * SLICE)  # a transaction of two shards
+        mp.setattr(distributed, "MERGE_SECONDS", math.inf)
         with pytest.raises(KeyboardInterrupt):
             index_paths(index, [str(folder)], IndexOptions(), embed=RayStage(slice_files=SLICE))
     left = list((tmp_path / "index" / distributed.RUNS).glob("*/shard-*.parquet"))
@@ -155,7 +157,7 @@ def test_resume_after_a_driver_crash_embeds_only_the_rest(cluster, folder, local
 
     stage = RayStage(slice_files=SLICE)
     summary = index_paths(index, [str(folder)], IndexOptions(), embed=stage)
-    assert SLICE <= stage.resumed and stage.resumed + stage.embedded == 28  # each file from one place
+    assert 2 * SLICE <= stage.resumed and stage.resumed + stage.embedded == 28  # each file from one place
     assert stage.slices == math.ceil(stage.embedded / SLICE)  # only the missing files went to the cluster
     assert summary.embedded == 27 and len(summary.skipped) == 1
     _same_as_local(tmp_path / "index", local)

@@ -7,6 +7,7 @@ OCR text along. Each batch commits alone: a killed run keeps what it read.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -49,9 +50,15 @@ def capture_fields(path: str, kind: str, mtime_ns: int) -> dict:
 
 
 def store_captures(s: Session, by_key: dict[bytes, dict]) -> None:
-    """Set the capture columns `capture_fields` gave for the stored files at these path keys."""
+    """Set the capture columns `capture_fields` gave for the stored files at these path keys.
+    Plain sqlite3: SQLAlchemy's bulk update by primary key took as long as storing the files
+    themselves (Ray driver, 100k files: 2.4 of 5.3 s)."""
     ids = files_by_key(s, list(by_key))
-    s.execute(update(File), [{"id": ids[key][0], **fields} for key, fields in by_key.items() if key in ids])
+    columns = [f.name for f in dataclasses.fields(Capture)]
+    dbapi = s.connection().connection.driver_connection
+    assert dbapi is not None
+    dbapi.executemany(f"UPDATE files SET {', '.join(f'{c} = ?' for c in columns)} WHERE id = ?",
+                      [(*(fields.get(c) for c in columns), ids[key][0]) for key, fields in by_key.items() if key in ids])
 
 
 def ocr(s: Session, opts: IndexOptions) -> tuple[int, float]:

@@ -4,8 +4,9 @@ on a pool of Ray actors; scanning, planning, the store and the FAISS index stay 
 The driver writes the files to embed as a manifest under ``<index>/runs/<run id>/``, cut into
 slices. A Ray Data actor pool (each actor loads the model once) decodes and embeds a slice with
 mmsearch's own code (embed.py) and writes it as one parquet shard beside the manifest (a tmp file,
-renamed: a shard is whole or absent). The driver stores each shard as it arrives (`commit_batch`,
-one transaction a shard) and removes the run folder when every file is stored. Vectors travel
+renamed: a shard is whole or absent). The driver reads each shard as it arrives and stores
+several in one transaction (`Merger`, `commit_batch`) and removes the run folder when every file
+is stored. Vectors travel
 through the shared folder, not Ray's object store: a shard outlives the driver, so nothing
 embedded is lost when the driver dies. Workers on other nodes read the media and write the
 shards by the driver's absolute paths: the index and the media must be on a filesystem every
@@ -24,6 +25,7 @@ ids to copies of the trained index, the driver merges them and tunes, as a local
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -53,9 +55,17 @@ from .plan import Plan
 from .run import Summary, _export_for_queries, commit_batch
 from .scan import Entry
 
-#: most files in a slice (one actor call, one shard, one transaction when stored): ~6 s of
-#: embedding for `lite` on two cores, small enough that a crash or a slow node loses little
+#: most files in a slice (one actor call, one shard): ~6 s of embedding for `lite` on two cores,
+#: small enough that a crash or a slow node loses little
 SLICE_FILES = 256
+#: most items the driver stores in one transaction, from as many arrived shards as they fill: a
+#: transaction a shard (≤ 256 files) paid its WAL frames, FTS5 flush, meta rows and a capture
+#: commit each time (benchmarks/scale.py --shards 256, 1M: 11.8k → 24.0k items/s). 20k: the size
+#: commit_batch was tuned at (docs/scaling.md); ~40 MB of 512-d vectors held
+MERGE_ITEMS = 20_000
+#: ...or what has arrived once this long has passed since the last commit, so that a slow
+#: cluster's files still show in the index shard by shard
+MERGE_SECONDS = 10.0
 #: slices an actor gets at least, when there are files enough: a fast node takes more of them,
 #: and none waits long at the end for the slowest one (300 files on 2 actors: slices of 38)
 SLICES_PER_ACTOR = 4
@@ -185,15 +195,17 @@ class RayStage:
         runtimes: set[str] = set()
         bar = tqdm(total=len(wanted), desc="embedding on Ray", unit="file", disable=not opts.progress)
         rows = ds.iter_rows()
+        merger = Merger(s, plan, summary, run.identity, wanted, refuse=True)
         try:
             for row in rows:
-                if row["failed"]:
+                if row["failed"]:  # (what was read but not committed is stored from its shard by the next run)
                     raise UserError(f"{row['failed']} (what the cluster finished is kept for the next run)")
-                n = _store(s, plan, summary, row["shard"], run.identity, wanted, refuse=True)
+                n = merger.add(row["shard"])
                 self.slices, self.embedded = self.slices + 1, self.embedded + n
                 self.nodes.add(row["node"])
                 runtimes.add(row["runtime"])
                 bar.update(n)
+            merger.flush()
         finally:
             getattr(rows, "close", lambda: None)()  # ends the Dataset, and its actors, also on an error
             bar.close()
@@ -335,54 +347,87 @@ def _add_range(trained: np.ndarray, where: tuple[str, int, int], ids: np.ndarray
     return faiss.serialize_index(index), ray.get_runtime_context().get_node_id(), rss
 
 
-def _store(s: Session, plan: Plan, summary: Summary, shard: str, identity: str,
-           wanted: dict[bytes, tuple[Entry, str]], refuse: bool) -> int:
-    """Commit the files of `shard` that are still `wanted` (same path and content digest) in one
-    transaction, and take them off `wanted`; how many. A shard of another model than `identity`
-    is refused (`refuse`: one of this run's nodes has other weights) or left unused (an earlier
+class Merger:
+    """Stores the files of arrived shards that are still `wanted` (same path and content digest),
+    several shards a transaction: `add` reads a shard and takes its files off `wanted`; they are
+    committed once MERGE_ITEMS wait or MERGE_SECONDS have passed since the last commit, and by
+    `flush`. Shards stay on disk until the run ends, so what a killed driver had read but not
+    committed is stored from them by the next run. A shard of another model than `identity` is
+    refused (`refuse`: one of this run's nodes has other weights) or left unused (an earlier
     run's, before a --reindex with another model)."""
-    try:
-        table = pq.read_table(shard)
-    except (OSError, pa.ArrowException):
-        if refuse:
-            raise
-        return 0  # an earlier run's shard is only a cache
-    theirs = (table.schema.metadata or {}).get(IDENTITY, b"").decode()
-    if theirs != identity:
-        if refuse:
-            raise UserError(f"a Ray node embedded with model {theirs or '(unknown)'} but the index holds {identity}: "
-                            "install the same mmsearch and model on every node")
-        return 0
-    dim = int((table.schema.metadata or {}).get(b"mmsearch.dim", b"0"))
-    files, captures = [], {}
-    for r in table.to_pylist():
-        job = wanted.get(r["key"])
-        if job is None or job[1] != r["digest"]:  # stored already (a slice delivered twice), or changed since
-            continue
-        del wanted[r["key"]]
-        fields = json.loads(r["items"])
-        vectors = np.frombuffer(r["vectors"], np.float32).reshape(len(fields), dim)
-        size = (r["width"], r["height"]) if r["width"] is not None else None
-        files.append((job[0], job[1], [{**f, "vector": v} for f, v in zip(fields, vectors)], size, r["error"]))
-        summary.ocr_images += sum(f.get("ocr") is not None for f in fields)
-        if r.get("capture"):  # (a shard of an earlier version has none: the driver reads it after)
-            captures[r["key"]] = json.loads(r["capture"])
-    if files:
-        commit_batch(s, plan, summary, files)
-    if captures:  # (a crash before this commit leaves them unread: the driver reads them after)
-        store_captures(s, captures)
-        s.commit()
-    return len(files)
+
+    def __init__(self, s: Session, plan: Plan, summary: Summary, identity: str,
+                 wanted: dict[bytes, tuple[Entry, str]], refuse: bool):
+        self.s, self.plan, self.summary, self.identity, self.wanted, self.refuse = s, plan, summary, identity, wanted, refuse
+        self.files: list[tuple] = []
+        self.captures: dict[bytes, dict] = {}
+        self.items, self.last = 0, time.monotonic()
+
+    def add(self, shard: str) -> int:
+        """Read `shard` (committing what waits when it is due); how many of its files were wanted."""
+        n = self._read(shard)
+        if self.items >= MERGE_ITEMS or time.monotonic() - self.last >= MERGE_SECONDS:
+            self.flush()
+        return n
+
+    def flush(self) -> None:
+        if self.files:
+            commit_batch(self.s, self.plan, self.summary, self.files)
+        if self.captures:  # (a crash before this commit leaves them unread: the driver reads them after)
+            store_captures(self.s, self.captures)
+            self.s.commit()
+        self.files, self.captures, self.items, self.last = [], {}, 0, time.monotonic()
+
+    def _read(self, shard: str) -> int:
+        try:
+            table = pq.read_table(shard)
+        except (OSError, pa.ArrowException):
+            if self.refuse:
+                raise
+            return 0  # an earlier run's shard is only a cache
+        theirs = (table.schema.metadata or {}).get(IDENTITY, b"").decode()
+        if theirs != self.identity:
+            if self.refuse:
+                raise UserError(f"a Ray node embedded with model {theirs or '(unknown)'} but the index holds "
+                                f"{self.identity}: install the same mmsearch and model on every node")
+            return 0
+        dim = int((table.schema.metadata or {}).get(b"mmsearch.dim", b"0"))
+        # column by column, not a dict a row; (a shard of an earlier version has no capture column)
+        columns = [table.column(c).to_pylist() if c in table.column_names else [None] * len(table) for c in SHARD.names]
+        n = 0
+        for key, digest, error, width, height, items, blob, capture in zip(*columns):
+            job = self.wanted.get(key)
+            if job is None or job[1] != digest:  # stored already (a slice delivered twice), or changed since
+                continue
+            del self.wanted[key]
+            fields = _fields(items)
+            vectors = np.frombuffer(blob, np.float32).reshape(len(fields), dim)
+            size = (width, height) if width is not None else None
+            self.files.append((job[0], digest, [{**f, "vector": v} for f, v in zip(fields, vectors)], size, error))
+            self.items += max(1, len(fields))
+            self.summary.ocr_images += sum(f.get("ocr") is not None for f in fields)
+            if capture:  # (None: the driver reads it after)
+                self.captures[key] = json.loads(capture)
+            n += 1
+        return n
+
+
+@functools.lru_cache(maxsize=256)
+def _fields(items: str) -> list[dict]:
+    """A shard row's item fields: cached, as most files' are alike (an image: `[{"kind": "image"}]`);
+    each is copied before it gets its vector."""
+    return json.loads(items)
 
 
 def _resume(s: Session, plan: Plan, summary: Summary, runs: str, identity: str,
             wanted: dict[bytes, tuple[Entry, str]]) -> int:
     """Store what the plan still needs from the shards of earlier runs (a driver that died while
     embedding or storing), then remove them: the writer lock is ours, so no run is using them."""
-    resumed = 0
-    for folder in sorted(Path(runs).glob("*")) if os.path.isdir(runs) else []:
-        for shard in sorted(folder.glob("shard-*.parquet")):
-            resumed += _store(s, plan, summary, str(shard), identity, wanted, refuse=False)
+    folders = sorted(Path(runs).glob("*")) if os.path.isdir(runs) else []
+    merger = Merger(s, plan, summary, identity, wanted, refuse=False)
+    resumed = sum(merger.add(str(shard)) for folder in folders for shard in sorted(folder.glob("shard-*.parquet")))
+    merger.flush()
+    for folder in folders:  # only once everything taken from them is committed
         shutil.rmtree(folder, ignore_errors=True)
     return resumed
 
