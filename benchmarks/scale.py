@@ -20,7 +20,7 @@ and recall@10 against an exact scan of every stored vector. CPU flags printed be
 `--shards FILES` merges as the Ray driver does instead (indexer/distributed.py `Merger`): the
 items are written as parquet shards of FILES files each (a shard as an actor writes it, capture
 metadata included) and stored by the driver's own loop, several shards a transaction
-(`--merge-items 1`: one a shard, as before 2026-12-04). The rate counts the driver's reading and
+(`--merge-items 1`: one a shard, as before 43f7391). The rate counts the driver's reading and
 storing, not the making and writing of the shards.
 
 `--build local,ray` builds the FAISS index twice from the same store, each in a fresh process
