@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mmsearch.api import SearchIndex
-from mmsearch.retrieval.encoders import identity, load_encoder, load_indexer, runtime
+from mmsearch.retrieval.encoders import exported, identity, load_encoder, load_indexer
 from mmsearch.retrieval.encoders.exported import AUTO_MIN_IMAGES, CHOICE, VISUAL, ExportedEncoder, onnx_encoder, threads
 from mmsearch.retrieval.encoders.query import META, model_dir
 from mmsearch.retrieval.encoders.runtime import choose, export_for_queries
@@ -32,7 +32,7 @@ def cache(tiny_clip, tmp_path_factory):
     path = tmp_path_factory.mktemp("exports")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MMSEARCH_CACHE", str(path))
-        mp.setattr(runtime, "bf16_hardware", lambda: False)  # an ONNX choice, whatever the CPU
+        mp.setattr(exported, "bf16_hardware", lambda: False)  # an ONNX choice, whatever the CPU
         enc = load_encoder(tiny_clip)
         choice, _ = choose(enc, model_dir(enc.identity))
         assert choice["runtime"] in VISUAL and export_for_queries(enc)

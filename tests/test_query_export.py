@@ -188,3 +188,35 @@ def test_preload_embeds_the_query_ahead(cli, tiny_clip, photos, monkeypatch):
     monkeypatch.undo()
     assert np.allclose(ahead, QueryEncoder.load(identity).encode_texts(["a rocket"]), atol=1e-5)
     assert query.encode_texts(["a rocket", "a cat"]).shape == (2, query.dim)  # not all ahead: embedded
+
+
+def test_a_stopped_export_leaves_the_folder_unsealed_and_is_made_whole_next_time(tiny_clip, tmp_path):
+    """An indexing run that fails or is interrupted stops the export it makes beside its work
+    (run.py): the folder stays unsealed, so the next run or query makes it again."""
+    import threading
+
+    from mmsearch.retrieval.encoders.runtime import Stopped
+
+    enc = load_encoder(tiny_clip)
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(Stopped):
+        export_for_queries(enc, tmp_path, stop=stop)
+    assert not (tmp_path / META).exists() and QueryEncoder.read(enc.identity, tmp_path) is None
+    (tmp_path / f".text.onnx.{2**22 + 7}.tmp").mkdir()  # what a killed run's optimise leaves (no such pid)
+    assert export_for_queries(enc, tmp_path) and QueryEncoder.read(enc.identity, tmp_path) is not None
+    assert not list(tmp_path.glob("*.tmp*"))  # swept
+
+
+def test_a_tower_too_big_to_trace_in_memory_goes_through_a_scratch_file(tiny_clip, tmp_path, monkeypatch):
+    """Towers over protobuf's 2 GiB (ViT-H-14's image tower) cannot be traced into memory: they
+    go through a scratch folder, removed after, with the same result."""
+    from mmsearch.retrieval.encoders import runtime
+
+    enc = load_encoder(tiny_clip)
+    assert export_for_queries(enc, tmp_path / "memory")
+    monkeypatch.setattr(runtime, "IN_MEMORY_MAX", 0)
+    assert export_for_queries(enc, tmp_path / "file")
+    a, b = (QueryEncoder.load(enc.identity, tmp_path / d, images=True) for d in ("memory", "file"))
+    assert a is not None and b is not None and not list((tmp_path / "file").glob("*.tmp*"))
+    assert np.allclose(a.encode_texts(["a rocket"]), b.encode_texts(["a rocket"]), atol=1e-6)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mmsearch.media.image import load_image
-from mmsearch.retrieval.encoders import load_encoder
+from mmsearch.retrieval.encoders import exported, load_encoder
 from mmsearch.retrieval.encoders import runtime as choosing
 from mmsearch.retrieval.encoders.exported import AUTO_MIN_IMAGES, BF16, RUN_BATCH, threads
 from mmsearch.retrieval.encoders.runtime import MIN_COSINE, pixel_encoder
@@ -74,7 +74,7 @@ def test_the_quantiser_makes_what_onnxruntimes_quantize_dynamic_makes(tiny_clip,
 
 
 def test_auto_measures_once_and_keeps_its_choice(tiny_clip, tmp_path, monkeypatch):
-    monkeypatch.setattr(choosing, "bf16_hardware", lambda: False)  # (bfloat16: the next test)
+    monkeypatch.setattr(exported, "bf16_hardware", lambda: False)  # (bfloat16: the next test)
     enc = load_encoder(tiny_clip)
     assert pixel_encoder(enc, tmp_path, "auto", images=3)[1] == "torch"  # too few images to bother
     assert not (tmp_path / "choice.json").exists()
@@ -96,19 +96,38 @@ def test_bfloat16_wins_without_exporting_anything_and_small_jobs_keep_the_query_
     from mmsearch.retrieval.encoders.query import model_dir
 
     monkeypatch.setenv("MMSEARCH_CACHE", str(tmp_path))
-    monkeypatch.setattr(choosing, "bf16_hardware", lambda: True)
+    monkeypatch.setattr(exported, "bf16_hardware", lambda: True)
     monkeypatch.setattr(choosing, "BF16_MIN_SPEEDUP", 0.0)
     enc = load_encoder(tiny_clip)
     folder = model_dir(enc.identity)
     encode, used = pixel_encoder(enc, runtime="auto", images=3)
     choice = json.loads((folder / "choice.json").read_text())
-    assert used == choice["runtime"] == BF16 and set(choice["measured"]) == {"torch", BF16}
+    # saved as PyTorch with a dtype: an older mmsearch, which knows no torch-bf16, runs float32
+    assert used == BF16 and (choice["runtime"], choice["dtype"]) == ("torch", "bfloat16")
+    assert set(choice["measured"]) == {"torch", BF16}
     assert choice["measured"][BF16]["min_cosine"] >= MIN_COSINE and not list(folder.glob("visual*"))
     assert pixel_encoder(enc, runtime="auto", images=1000)[1] == BF16  # the saved choice
     assert choosing.export_for_queries(enc)
     assert ExportedEncoder.find(tiny_clip, images=AUTO_MIN_IMAGES) is None  # a big job: PyTorch bf16
     small = ExportedEncoder.find(tiny_clip, images=AUTO_MIN_IMAGES - 1)
     assert small is not None and small.runtime == "onnx" and small.visual.name == "visual.query.onnx"
+
+
+def test_a_failing_bfloat16_forward_leaves_the_onnx_runtimes_to_compete(tiny_clip, tmp_path, monkeypatch):
+    """(CoCa's tower returned a tuple the bf16 forward did not expect: the whole choice fell to
+    PyTorch float32, for good.)"""
+    monkeypatch.setattr(exported, "bf16_hardware", lambda: True)
+    enc = load_encoder(tiny_clip)
+
+    def broken(pixels):
+        raise AttributeError("'tuple' object has no attribute 'float'")
+
+    monkeypatch.setattr(enc, "bf16_forward", lambda: broken)
+    assert pixel_encoder(enc, tmp_path, "auto", images=3)[1] == "torch"  # a small job: nothing saved
+    assert not (tmp_path / "choice.json").exists()
+    _, used = pixel_encoder(enc, tmp_path, "auto", images=1000)
+    choice = json.loads((tmp_path / "choice.json").read_text())
+    assert used == choice["runtime"] in ("onnx", "onnx-int8") and "AttributeError" in choice["measured"][BF16]["error"]
 
 
 def test_bfloat16_vectors_agree_with_float32_on_real_photos(tiny_clip, photos, tmp_path):
@@ -187,6 +206,24 @@ def test_last_batches_shrink_so_every_lane_works_to_the_end(tiny_clip, image_set
     single = np.concatenate([forward(decode(d.entry, d.digest, enc.pixel_prep, IndexOptions()).units[0][1][None])
                              for d in out])
     assert np.allclose(np.concatenate([d.vectors for d in out]), single, atol=1e-5)
+
+
+def test_an_interrupted_embed_stage_drops_the_decoding_it_has_not_begun(tiny_clip, image_set, monkeypatch):
+    """A Ctrl-C (here: the caller stopping) does not wait for the files queued ahead to decode."""
+    from mmsearch.indexer import embed
+    from mmsearch.indexer.options import IndexOptions
+    from mmsearch.indexer.scan import scan
+
+    calls, decode = [], embed.decode
+    monkeypatch.setattr(embed, "decode", lambda *a: calls.append(1) or decode(*a))
+    enc = load_encoder(tiny_clip)
+    todo = [(e, str(i)) for i, e in enumerate(scan([str(image_set)]))]
+    run = embed.embedded(todo, enc, IndexOptions(), batch_size=4, workers=1, progress=False,
+                         encode_pixels=enc.pixel_prep.torch_encoder(enc))
+    next(run)
+    begun = len(calls)
+    run.close()
+    assert len(calls) <= begun + 1 < len(todo)  # at most the one decoding when it stopped
 
 
 @pytest.mark.quality

@@ -153,17 +153,19 @@ def _embed_here(s: Session, index: Index, encoder, plan: Plan, opts: IndexOption
     stop = threading.Event()
     side = threading.Thread(target=lambda: exported.append(_export_for_queries(encoder, stop)))
     beside = summary.runtime.startswith("torch")
-    if beside:
-        side.start()
     try:
+        if beside:
+            side.start()
         for batch in embedded(plan.embed, encoder, opts, batch_size=opts.batch_size, workers=opts.workers,
                               progress=opts.progress, encode_pixels=encode_pixels, processes=opts.processes):
             commit_batch(s, plan, summary, [(d.entry, d.digest, d.items(), d.size, d.error) for d in batch])
+        if beside:
+            side.join()  # (a Ctrl-C while it waits stops the export too)
     except BaseException:
         stop.set()
         raise
     finally:
-        if beside:
+        if side.is_alive():
             side.join()
     if not beside:
         side.run()

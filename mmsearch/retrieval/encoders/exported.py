@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from ...media.image import geometry
-from . import identity
+from . import RUNTIMES, identity
 from .pixels import PixelEncoder, PixelPrep
 from .query import META, QueryEncoder, model_dir, unit
 
@@ -42,6 +42,9 @@ VISUAL = {"onnx": "visual.onnx", "onnx-int8": "visual.int8.onnx"}
 CHOICE = "choice.json"
 #: the runtime that is PyTorch with the image tower in bfloat16 (runtime.py)
 BF16 = "torch-bf16"
+#: choice.json's format: 2 from when bf16 is a contender, saved as PyTorch with a dtype (an older
+#: mmsearch, which knows no torch-bf16, then runs float32 rather than fail)
+CHOICE_VERSION = 2
 #: fewer images to embed than this: not worth a first export and runtime choice (runtime.py)
 AUTO_MIN_IMAGES = 200
 
@@ -95,13 +98,34 @@ def onnx_encoder(path: Path) -> PixelEncoder:
     return PixelEncoder(encode, lanes)
 
 
+def bf16_hardware() -> bool:
+    """Whether the CPU has bfloat16 arithmetic (AMX, or AVX-512 BF16), by Linux's CPU flags:
+    elsewhere PyTorch emulates it, 5-10 × slower than float32 (ViT-B-32 with oneDNN held to
+    AVX-512 VNNI: 7 vs 38 images/s)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split("\nflags", 1)[1].split("\n", 1)[0].split()
+    except (OSError, IndexError):
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
 def saved_choice(folder: Path) -> str | None:
-    """The runtime the choice saved in `folder` picked for this thread count, if any."""
+    """The runtime the choice saved in `folder` picked for this thread count and CPU, if any.
+    A cache folder can be shared (a home directory on NFS, a cache volume, Ray nodes): a bf16
+    choice is not taken on a CPU without bf16, nor a choice made before bf16 was a contender
+    (version 1) on one with it; either is measured again."""
     try:
         saved = json.loads((folder / CHOICE).read_text())
-        return saved["runtime"] if saved.get("threads") == threads() else None
+        if saved.get("threads") != threads():
+            return None
+        runtime = BF16 if saved.get("dtype") == "bfloat16" and saved["runtime"] == "torch" else saved["runtime"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    if runtime == BF16 and not bf16_hardware():
+        return None
+    if saved.get("version", 1) < CHOICE_VERSION and runtime != BF16 and bf16_hardware():
+        return None
+    return runtime if runtime in RUNTIMES and runtime != "auto" else None
 
 
 @dataclass

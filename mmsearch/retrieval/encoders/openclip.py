@@ -122,7 +122,12 @@ class OpenClipEncoder(Encoder):
         if self._bf16 is None:  # made once (0.2 s, 176 MB for ViT-B-32): `index --watch` asks each update
             self._bf16 = copy.deepcopy(self.model.visual).to(torch.bfloat16)  # (what encode_image runs)
         visual = self._bf16
-        return lambda pixels: visual(pixels.to(torch.bfloat16)).float()
+
+        def forward(pixels: torch.Tensor) -> torch.Tensor:
+            out = visual(pixels.to(torch.bfloat16))
+            return (out[0] if isinstance(out, tuple) else out).float()  # (CoCa: pooled, tokens; as its encode_image)
+
+        return forward
 
     def text_export(self) -> TextExport | None:
         """CLIP's own BPE tokenizer rebuilt for the `tokenizers` library (what `query.py` runs), kept

@@ -1,14 +1,18 @@
-"""Which runtime embeds images while indexing: PyTorch, or ONNX Runtime in fp32 or dynamic int8.
+"""Which runtime embeds images while indexing: PyTorch in float32 or bfloat16, or ONNX Runtime
+in fp32 or dynamic int8.
 
-Indexing spends nearly all its time in the image tower, and on CPU ONNX Runtime with int8
-weights runs a ViT about twice as fast as PyTorch (1.8–3× measured, with or without VNNI integer
-instructions). The first index run with a model exports its image forward (uint8 pixels -> raw
-embedding, normalisation and head included; see pixels.py) to ONNX, quantises a copy, and times
-both on a calibration batch; the fastest whose vectors agree with PyTorch's (cosine >=
-`MIN_COSINE` on every calibration image) is used from then on. Everything lands in the model's
-folder of the user cache (`query.model_dir`), with a ``choice.json`` saying what was measured,
-so the cost is paid once per model and machine; later runs index from those files without
-loading the model at all (exported.py). This module also writes the query export (text tower,
+Indexing spends nearly all its time in the image tower. On CPU, ONNX Runtime with int8 weights
+runs a ViT about twice as fast as PyTorch float32 (1.8–3× measured, with or without VNNI integer
+instructions), and on CPUs with AMX PyTorch in bfloat16 runs it about four times as fast. The
+first index run with a model measures: bfloat16 against float32 where the CPU has it (taken at
+once when it wins clearly: nothing is exported), else the image forward (uint8 pixels -> raw
+embedding, normalisation and head included; see pixels.py) exported to ONNX, a quantised copy,
+both timed on a calibration batch; the fastest whose vectors agree with PyTorch's float32
+(cosine >= `MIN_COSINE` on every calibration image) is used from then on. Everything lands in
+the model's folder of the user cache (`query.model_dir`), with a ``choice.json`` saying what was
+measured, for this core count and CPU, so the cost is paid once per model and machine; later
+runs index from the ONNX files without loading the model (exported.py), or, with bfloat16
+chosen and 200 images or more, load it. This module also writes the query export (text tower,
 and image tower where it can; query.py), checked against PyTorch before it is sealed.
 """
 from __future__ import annotations
@@ -17,20 +21,24 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
+import tempfile
 import threading
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 
 from ...errors import UserError
 from ...media.image import geometry
+from . import exported
 from .base import Encoder
-from .exported import AUTO_MIN_IMAGES, BF16, CHOICE, INPUT, VISUAL, onnx_encoder, saved_choice, threads
+from .exported import AUTO_MIN_IMAGES, BF16, CHOICE, CHOICE_VERSION, INPUT, VISUAL, onnx_encoder, saved_choice, threads
 from .pixels import PixelEncoder
 from .query import EXPORT_FORMAT, META, TEXT_VERSION, QueryEncoder, model_dir, unit
 
@@ -78,13 +86,32 @@ def calibration_pixels(encoder: Encoder, n: int = CALIBRATION_IMAGES) -> np.ndar
     return np.stack([prep(im) for im in images])
 
 
+def _sweep(folder: Path) -> None:
+    """Remove what exports of processes no longer running left half written (``*.<pid>.tmp*``: a
+    killed first index run; an optimised ViT-B-32 image tower is 350 MB)."""
+    for leftover in folder.glob("*.tmp*"):
+        found = re.search(r"\.(\d+)\.tmp", leftover.name)
+        if found is None or int(found[1]) == os.getpid():
+            continue
+        try:
+            os.kill(int(found[1]), 0)
+        except ProcessLookupError:  # (PermissionError: alive, another user's)
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+        except (OSError, OverflowError):
+            pass
+
+
 def export(encoder: Encoder, folder: Path, int8: bool = True) -> dict[str, Path]:
     """visual.onnx (fp32) and, with `int8`, visual.int8.onnx (dynamic int8 weights) for `encoder`."""
     folder.mkdir(parents=True, exist_ok=True)
+    _sweep(folder)
     files = {name: folder / fn for name, fn in VISUAL.items()}
     if not files["onnx"].exists():
         tmp = files["onnx"].with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_bytes(_trace_image(encoder))
+        _trace_image(encoder, str(tmp))
         os.replace(tmp, files["onnx"])
     if not int8:
         return {"onnx": files["onnx"]}
@@ -131,28 +158,54 @@ def _quantise(src: Path, dst: Path) -> None:
                          extra_options=options)
 
 
-def _trace_image(encoder: Encoder, fold: bool = True) -> bytes:
-    return _trace(_ImageForward(encoder), (torch.from_numpy(calibration_pixels(encoder, 2)),), {INPUT: {0: "batch"}}, fold)
+#: a model traced in memory must stay under protobuf's 2 GiB; bigger ones (weights beyond this,
+#: e.g. ViT-H-14's image tower) are traced to a scratch folder, their weights in files beside
+IN_MEMORY_MAX = 1_500_000_000
+#: one trace at a time: concurrent torch.onnx.export calls trip over the exporter's global state
+#: (an assertion on GLOBALS.in_onnx_export; the MHA fastpath flag restored wrongly)
+_TRACING = threading.Lock()
 
 
-def _trace(module: torch.nn.Module, example: tuple[torch.Tensor, ...], axes: dict, fold: bool = True) -> bytes:
-    """`module` as an ONNX model; `axes` names each input's dynamic dimensions, the output's first
-    dimension is the batch. Not `fold`: constants are left for `optimise` to fold (ONNX Runtime
-    does it anyway; the exporter's own folding took 0.5 of ViT-B-32's 2.6 s), which suits graphs
-    that go through it, not the quantiser (it quantises only constant weights)."""
-    out = io.BytesIO()
-    fastpath = torch.backends.mha.get_fastpath_enabled()
-    try:  # the tracer cannot export fused attention kernels
-        torch.backends.mha.set_fastpath_enabled(False)
-        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
-            torch.onnx.export(module.eval(), example, out,  # type: ignore[arg-type]  # (a file object works)
-                              input_names=list(axes), output_names=["output"],
-                              dynamic_axes={**axes, "output": {0: "batch"}}, dynamo=False, opset_version=17,
-                              do_constant_folding=fold)
+def _trace_image(encoder: Encoder, target: str | io.BytesIO, fold: bool = True) -> None:
+    _trace(_ImageForward(encoder), (torch.from_numpy(calibration_pixels(encoder, 2)),), {INPUT: {0: "batch"}}, target, fold)
+
+
+def _trace(module: torch.nn.Module, example: tuple[torch.Tensor, ...], axes: dict, target: str | io.BytesIO,
+           fold: bool = True) -> None:
+    """Export `module` to ONNX into `target` (a path, or memory); `axes` names each input's
+    dynamic dimensions, the output's first dimension is the batch. Not `fold`: constants are left
+    for `optimise` to fold (ONNX Runtime does it anyway; the exporter's own folding took 0.5 of
+    ViT-B-32's 2.6 s), which suits graphs that go through it, not the quantiser (it quantises
+    only constant weights)."""
+    with _TRACING:
+        fastpath = torch.backends.mha.get_fastpath_enabled()
+        try:  # the tracer cannot export fused attention kernels
+            torch.backends.mha.set_fastpath_enabled(False)
+            with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
+                torch.onnx.export(module.eval(), example, target,  # type: ignore[arg-type]  # (a file object works)
+                                  input_names=list(axes), output_names=["output"],
+                                  dynamic_axes={**axes, "output": {0: "batch"}}, dynamo=False, opset_version=17,
+                                  do_constant_folding=fold)
+        finally:
+            torch.backends.mha.set_fastpath_enabled(fastpath)
+
+
+@contextmanager
+def _traced(trace: Callable[[str | io.BytesIO], None], module: torch.nn.Module, scratch: Path) -> Iterator[bytes | Path]:
+    """What `trace` writes, for `optimise` to read: in memory, or for a `module` with more than
+    `IN_MEMORY_MAX` bytes of weights, a file in a scratch folder in `scratch` (removed after)."""
+    if sum(p.numel() * p.element_size() for p in module.parameters()) <= IN_MEMORY_MAX:
+        out = io.BytesIO()
+        trace(out)
+        yield out.getvalue()
+        return
+    folder = Path(tempfile.mkdtemp(dir=scratch, prefix=f".trace.{os.getpid()}.tmp"))
+    try:
+        trace(str(folder / "model.onnx"))
+        yield folder / "model.onnx"
     finally:
-        torch.backends.mha.set_fastpath_enabled(fastpath)
-    return out.getvalue()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _measure(encoders: dict[str, PixelEncoder], pixels: np.ndarray, repeats: int = 3) -> dict[str, tuple[float, np.ndarray]]:
@@ -181,27 +234,39 @@ def choose(encoder: Encoder, folder: Path, onnx: bool = True) -> tuple[dict | No
     the same arithmetic and was never slower (lite 41 vs 10 images/s, ViT-B-32 15.6 vs 8.2), and
     timing it took two thirds of the choice (ViT-B-32: 12 of 18 s); it is timed only to judge
     bfloat16 (8 images)."""
+    measured: dict[str, dict] = {"torch": {"min_cosine": 1.0, "role": "reference"}}
+    bf16 = None
+    if exported.bf16_hardware():
+        try:
+            bf16 = bf16_encoder(encoder)
+        except Exception as e:  # a tower whose bf16 copy fails: the other runtimes still compete
+            measured[BF16] = {"error": f"{type(e).__name__}: {e}"[:300]}
+    if bf16 is None and not onnx:
+        return None, None
     pixels = calibration_pixels(encoder)
     torch_forward = encoder.pixel_prep.torch_encoder(encoder)
-    measured: dict[str, dict] = {"torch": {"min_cosine": 1.0, "role": "reference"}}
-    bf16 = bf16_encoder(encoder) if bf16_hardware() else None
+    timed = {}
     if bf16 is not None:
-        timed = _measure({"torch": torch_forward, BF16: bf16}, pixels, repeats=2)
+        try:
+            timed = _measure({"torch": torch_forward, BF16: bf16}, pixels, repeats=2)
+        except Exception as e:
+            measured[BF16], bf16 = {"error": f"{type(e).__name__}: {e}"[:300]}, None
+    if timed:
         reference = timed["torch"][1]
         measured["torch"]["images_per_s"] = round(timed["torch"][0], 2)
         measured[BF16] = _judged(*timed[BF16], reference)
         if measured[BF16]["min_cosine"] >= MIN_COSINE and timed[BF16][0] >= BF16_MIN_SPEEDUP * timed["torch"][0]:
             return _chosen(encoder, folder, measured, BF16), bf16
-    else:
-        reference = torch_forward(pixels)
     if not onnx:
         return None, None
+    if not timed:
+        reference = torch_forward(pixels)
     files = export(encoder, folder)
     encoders: dict[str, PixelEncoder] = {name: onnx_encoder(path) for name, path in files.items()}
     measured |= {name: _judged(speed, out, reference) for name, (speed, out) in _measure(encoders, pixels).items()}
     if bf16 is not None:
         encoders[BF16] = bf16
-    ok = {k: v for k, v in measured.items() if k != "torch" and v["min_cosine"] >= MIN_COSINE}
+    ok = {k: v for k, v in measured.items() if k != "torch" and v.get("min_cosine", 0) >= MIN_COSINE}
     # int8 must win clearly to be worth its small loss of precision (a tie is timing noise)
     runtime = max(ok, key=lambda k: ok[k]["images_per_s"] / (INT8_MARGIN if k == "onnx-int8" else 1)) if ok else "torch"
     return _chosen(encoder, folder, measured, runtime), encoders.get(runtime)
@@ -212,19 +277,11 @@ def _judged(speed: float, vectors: np.ndarray, reference: np.ndarray) -> dict:
 
 
 def _chosen(encoder: Encoder, folder: Path, measured: dict, runtime: str) -> dict:
-    choice = {"model": encoder.identity, "threads": threads(), "measured": measured, "runtime": runtime}
-    _write_choice(folder, choice)
+    choice = {"version": CHOICE_VERSION, "model": encoder.identity, "threads": threads(), "measured": measured,
+              "runtime": runtime}
+    # bf16 saved as PyTorch with a dtype (exported.CHOICE_VERSION): an older mmsearch runs float32
+    _write_choice(folder, {**choice, "runtime": "torch", "dtype": "bfloat16"} if runtime == BF16 else choice)
     return choice
-
-
-def bf16_hardware() -> bool:
-    """Whether the CPU has bfloat16 arithmetic (AMX, or AVX-512 BF16), by Linux's CPU flags:
-    elsewhere PyTorch emulates it, slower than float32, and measuring it would be wasted."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split("\nflags", 1)[1].split("\n", 1)[0].split()
-    except (OSError, IndexError):
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def bf16_encoder(encoder: Encoder) -> PixelEncoder | None:
@@ -259,7 +316,8 @@ def _auto(encoder: Encoder, folder: Path, images: int) -> tuple[str, PixelEncode
         choice, winner = choose(encoder, folder, onnx=images >= AUTO_MIN_IMAGES)
         return (choice["runtime"] if choice else "torch"), winner
     except Exception as e:  # an architecture the exporter cannot trace still indexes, on PyTorch
-        _write_choice(folder, {"runtime": "torch", "threads": threads(), "error": f"{type(e).__name__}: {e}"[:500]})
+        _write_choice(folder, {"version": CHOICE_VERSION, "runtime": "torch", "threads": threads(),
+                               "error": f"{type(e).__name__}: {e}"[:500]})
         return "torch", None
 
 
@@ -327,6 +385,7 @@ def export_for_queries(encoder: Encoder, folder: Path | None = None, stop: threa
         return False
     spec = encoder.text_export()
     folder.mkdir(parents=True, exist_ok=True)
+    _sweep(folder)
     if spec is None:  # sealed as rejected too: building and checking a tokenizer costs ~1 s a query
         _seal(folder, {"identity": encoder.identity, "format": EXPORT_FORMAT,
                        "rejected": "no text export (its tokenizer has no `tokenizers` equivalent)"})
@@ -340,10 +399,10 @@ def export_for_queries(encoder: Encoder, folder: Path | None = None, stop: threa
         spec.tokenizer.save(str(folder / text["tokenizer"]))
     example = tuple(torch.ones((2, spec.pad_to or 8), dtype=torch.int64) for _ in spec.inputs)
     step()
-    traced = _trace(spec.module, example, {name: {0: "batch", 1: "tokens"} for name in spec.inputs}, fold=False)
-    step()
-    optimise(traced, folder / text["file"])
-    del traced
+    axes = {name: {0: "batch", 1: "tokens"} for name in spec.inputs}
+    with _traced(lambda target: _trace(spec.module, example, axes, target, fold=False), spec.module, folder) as traced:
+        step()
+        optimise(traced, folder / text["file"])
     image = _image_export(encoder, folder, step)
     step()
     query = QueryEncoder(folder, encoder.identity, encoder.dim, text, image, prepack=False)  # one run each
@@ -409,9 +468,9 @@ def _image_export(encoder: Encoder, folder: Path, step: Callable[[], None]) -> d
             indexers.unlink(missing_ok=True)
     if not made:
         step()
-        traced = _trace_image(encoder, fold=False)
-        step()
-        optimise(traced, folder / image["file"])
+        with _traced(lambda target: _trace_image(encoder, target, fold=False), _ImageForward(encoder), folder) as traced:
+            step()
+            optimise(traced, folder / image["file"])
     tower = QueryEncoder(folder, encoder.identity, encoder.dim, {}, image, prepack=False)
     measured = float((tower.encode_images(pictures) * encoder.encode_images(pictures)).sum(1).min())
     return image if measured >= QUERY_MIN_COSINE else None
