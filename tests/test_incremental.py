@@ -153,3 +153,21 @@ def test_caption_links_follow_their_images(cli, tiny_clip, photos, tmp_path):
     assert (s["updated"], s["unchanged"], s["reused"], s["removed"]) == (2, 0, 1, 1)
     assert links() == {"coffee.txt": None, "later.txt": str(lib / "later.png")}
     assert cli.json("index", str(lib))["embedded"] == 0  # settled: the next run re-embeds nothing
+
+
+def test_a_run_rebuilds_the_approximate_index_an_earlier_run_failed_to_build(cli, tiny_clip, image_set, monkeypatch):
+    """A run whose FAISS build failed at its end (a Ray cluster lost then) leaves no file for its
+    generation; the next run, though nothing changed, builds it rather than leave readers on an
+    older one for good."""
+    from mmsearch.retrieval import policy
+    from mmsearch.retrieval.index import Index
+
+    monkeypatch.setitem(policy.MIN_VECTORS, "hnsw", 10)
+    cli("index", str(image_set), "--model", tiny_clip, "--index-type", "hnsw")
+    current = Index(str(cli.index)).faiss_file()
+    older = os.path.join(os.path.dirname(current), "vectors-0.faiss")
+    assert os.path.exists(current) and current != older
+    for suffix in ("", ".json"):  # (the index and its plan) what readers find: an older generation's
+        os.replace(current + suffix, older + suffix)
+    cli("index", str(image_set))
+    assert os.path.exists(current)

@@ -127,3 +127,26 @@ def test_v4_files_table_migrates_to_one_path_and_byte_digests(image_set, tmp_pat
     assert old.remove([os.fsdecode(odd)]) == 1  # and its items go with it: foreign keys are on again
     with sqlite3.connect(db) as c:
         assert c.execute("SELECT count(*) FROM items WHERE file_id NOT IN (SELECT id FROM files)").fetchone()[0] == 0
+
+
+def test_bulk_settings_are_put_back_after_a_batch(tmp_path):
+    """commit_batch's bulk-merge cache and checkpoint interval stay with its batch: the pooled
+    connection a later session reads through has SQLite's own again."""
+    from mmsearch.indexer.plan import Plan
+    from mmsearch.indexer.run import Summary, commit_batch
+    from mmsearch.indexer.scan import Entry
+    from mmsearch.retrieval.index import Index
+    from mmsearch.retrieval.store import set_meta
+
+    idx = Index(str(tmp_path / "ix"), create=True)
+
+    def pragmas() -> tuple:
+        with idx.session() as s:
+            dbapi = s.connection().connection.driver_connection
+            return tuple(dbapi.execute(f"PRAGMA {p}").fetchone()[0] for p in ("cache_size", "wal_autocheckpoint"))
+
+    before = pragmas()
+    with idx.session() as s:
+        set_meta(s, "dim", "4")
+        commit_batch(s, Plan(), Summary(), [(Entry("/x/a.jpg", "image", 1, 1), "d" * 32, [{"kind": "image", "vector": np.ones(4, np.float32)}], None, None)])
+    assert pragmas() == before != (-262144, 20000)

@@ -412,10 +412,15 @@ class Merger:
         return n
 
 
-@functools.lru_cache(maxsize=256)
 def _fields(items: str) -> list[dict]:
-    """A shard row's item fields: cached, as most files' are alike (an image: `[{"kind": "image"}]`);
-    each is copied before it gets its vector."""
+    """A shard row's item fields: short ones cached, as most files' are alike (an image:
+    `[{"kind": "image"}]`; each is copied before it gets its vector); long ones (a text file's
+    passages, OCR lines: 256 of ~1 MB each held 737 MiB) not."""
+    return _alike(items) if len(items) < 256 else json.loads(items)
+
+
+@functools.lru_cache(maxsize=256)
+def _alike(items: str) -> list[dict]:
     return json.loads(items)
 
 

@@ -10,8 +10,9 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 from sqlalchemy import delete, func, select, update
@@ -126,8 +127,11 @@ def _update(index: Index, roots: Iterable[str], opts: IndexOptions, embed: Embed
         with index.session() as s:
             set_meta(s, "index_type", index_type)
             s.commit()
-    # leave the FAISS index of this generation behind, built by the policy, so queries are fast
-    index.faiss_index(rebuild=retype or index.generation() != generation)
+    # leave the FAISS index of this generation behind, built by the policy, so queries are fast;
+    # also when it is missing though nothing changed: an earlier run's build failed (a Ray
+    # cluster lost at the end), and readers would otherwise keep an older file for good
+    missing = not os.path.exists(index.faiss_file())
+    index.faiss_index(rebuild=retype or index.generation() != generation or missing)
     summary.seconds = time.perf_counter() - start
     return summary
 
@@ -179,16 +183,16 @@ Embedded = tuple[Entry, str, list[dict], tuple[int, int] | None, str | None]
 def commit_batch(s: Session, plan: Plan, summary: Summary, files: list[Embedded]) -> None:
     """Store one batch of embedded files in one transaction: files with an error are recorded as
     skipped."""
-    _bulk(s)
-    ok = [f for f in files if not f[4]]
-    if len(ok) < len(files):
-        _skip(s, [(f[0], f[4]) for f in files if f[4]], summary)
-    _write(s, ok)
-    for f in ok:
-        _count(summary, f[0], plan.new_paths)
-    summary.embedded += len(ok)
-    bump_generation(s)
-    _commit(s)
+    with _bulk(s):
+        ok = [f for f in files if not f[4]]
+        if len(ok) < len(files):
+            _skip(s, [(f[0], f[4]) for f in files if f[4]], summary)
+        _write(s, ok)
+        for f in ok:
+            _count(summary, f[0], plan.new_paths)
+        summary.embedded += len(ok)
+        bump_generation(s)
+        _commit(s)
 
 
 #: an embed stage: (session, index, loaded encoder or None, plan, options, summary) → None; it
@@ -348,18 +352,28 @@ def _many(s: Session, sql: str, rows: Iterable[tuple]) -> None:
     dbapi.executemany(sql, rows)
 
 
-def _bulk(s: Session) -> None:
+@contextmanager
+def _bulk(s: Session) -> Iterator[None]:
     """Settings of the writing connection for bulk merges; neither touches what a commit makes
     durable (journal and synchronous stay as `open_engine` sets them). Content digests are
     random: each new file's digest lands on a random page of their index (~290 MB at 10M files),
     and with SQLite's default 2 MB cache a 20k-file batch spilled dirty pages mid-transaction and
     read them back. A 256 MiB cache (allocated as pages are used) and a WAL checkpoint every
     ~80 MB instead of ~4 MB (a page written by several batches is copied back once): 1M files,
-    37k → 44k items/s."""
+    37k → 44k items/s. Both are put back after the batch: the connection returns to the pool, and
+    a session that later only read (a watch run's plan, a search) kept the big cache (+60 MiB on
+    a 110 MB store) and the ~80 MB WAL."""
     dbapi = s.connection().connection.driver_connection
     assert dbapi is not None
-    dbapi.execute("PRAGMA cache_size=-262144")
-    dbapi.execute("PRAGMA wal_autocheckpoint=20000")
+    settings = {"cache_size": "-262144", "wal_autocheckpoint": "20000"}
+    saved = {name: dbapi.execute(f"PRAGMA {name}").fetchone()[0] for name in settings}
+    for name, value in settings.items():
+        dbapi.execute(f"PRAGMA {name}={value}")
+    try:
+        yield
+    finally:  # (a smaller cache_size releases the pages beyond it)
+        for name, value in saved.items():
+            dbapi.execute(f"PRAGMA {name}={int(value)}")
 
 
 def _fresh_ids(s: Session, n: int) -> int:

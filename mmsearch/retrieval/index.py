@@ -197,6 +197,10 @@ class Index:
     def generation(self) -> str:
         return self.meta("generation") or "0"
 
+    def faiss_file(self) -> str:
+        """The FAISS file of the current generation (built or not)."""
+        return os.path.join(self.path, f"vectors-{self.generation()}.faiss")
+
     def faiss_index(self, rebuild: bool = False) -> Loaded:
         """The FAISS index of the current generation with its plan, loaded or built from the
         stored vectors.
@@ -206,7 +210,7 @@ class Index:
         until then readers keep using the newest file there is — results stay correct, since
         candidates are re-ranked from the store and deleted items dropped."""
         with self._lock:
-            fn = os.path.join(self.path, f"vectors-{self.generation()}.faiss")
+            fn = self.faiss_file()
             loaded = self._loaded
             if loaded and not rebuild and (loaded.file == fn or (not os.path.exists(fn) and loaded.plan.kind != "flat")):
                 return loaded  # current, or still the newest built: the indexer has not finished yet
