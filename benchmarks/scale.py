@@ -68,6 +68,15 @@ def vectors(rng: np.random.Generator, centres: np.ndarray, n: int) -> np.ndarray
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
+def synthetic_file(k: int) -> tuple[Entry, str]:
+    """The `k`-th synthetic photo: its entry and content digest. The digest is random, as a real one
+    (blake2b) is: its index takes each new file on a random page (counting digests, appended in
+    order, flattered the merge)."""
+    e = Entry(f"/archive/{k // 100_000:04}/{k // 1000 % 100:02}/IMG_{k:08}.jpg", "image", 2_000_000 + k % 1000,
+              1_600_000_000_000_000_000 + k)
+    return e, hashlib.blake2b(k.to_bytes(8, "little"), digest_size=16).hexdigest()
+
+
 def merge(idx: Index, n: int, dim: int, batch: int, centres: np.ndarray, index_type: str | None) -> tuple[float, float]:
     """(wall seconds of the whole loop, seconds inside `commit_batch`): the loop also makes the
     synthetic vectors and file rows, which a real merge reads from shards instead."""
@@ -87,13 +96,8 @@ def merge(idx: Index, n: int, dim: int, batch: int, centres: np.ndarray, index_t
             v = vectors(rng, centres, m)
             files = []
             for i in range(m):
-                k = first + i
-                path = f"/archive/{k // 100_000:04}/{k // 1000 % 100:02}/IMG_{k:08}.jpg"
-                # a content digest is random, as a real one (blake2b) is: its index takes each new
-                # file on a random page (counting digests, appended in order, flattered the merge)
-                digest = hashlib.blake2b(k.to_bytes(8, "little"), digest_size=16).hexdigest()
-                files.append((Entry(path, "image", 2_000_000 + k % 1000, 1_600_000_000_000_000_000 + k),
-                              digest, [{"kind": "image", "vector": v[i]}], (4032, 3024), None))
+                e, digest = synthetic_file(first + i)
+                files.append((e, digest, [{"kind": "image", "vector": v[i]}], (4032, 3024), None))
             t = time.perf_counter()
             commit_batch(s, plan, summary, files)
             committing += time.perf_counter() - t
@@ -130,10 +134,7 @@ def merge_shards(idx: Index, n: int, dim: int, shard_files: int, centres: np.nda
             v = vectors(rng, centres, m)
             rows = []
             for i in range(m):
-                k = first + i
-                e = Entry(f"/archive/{k // 100_000:04}/{k // 1000 % 100:02}/IMG_{k:08}.jpg", "image",
-                          2_000_000 + k % 1000, 1_600_000_000_000_000_000 + k)
-                digest = hashlib.blake2b(k.to_bytes(8, "little"), digest_size=16).hexdigest()  # random, as real ones
+                e, digest = synthetic_file(first + i)
                 wanted[e.key] = (e, digest)
                 rows.append({"key": e.key, "digest": digest, "error": None, "width": 4032, "height": 3024,
                              "items": json.dumps([{"kind": "image"}]), "vectors": v[i].tobytes(),
