@@ -33,6 +33,7 @@ import os
 import shutil
 import socket
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -315,11 +316,17 @@ class RayAdder:
             size = max(1, self.group or min(BUILD_GROUP, -(-len(ids) // (SLICES_PER_ACTOR * slots))))
             task = ray.remote(num_cpus=ACTOR_CPUS)(_add_range)
             copy = ray.put(faiss.serialize_index(trained))
-            parts = [task.remote(copy, where, ids[i : i + size], dtype == np.float16) for i in range(0, len(ids), size)]
-            self.tasks, self.nodes, self.task_rss, self.merging = len(parts), set(), 0, 0.0
+            ranges = [ids[i : i + size] for i in range(0, len(ids), size)]
+            # a bounded number ahead of the merge: finished parts (~1 GB per 1M float16 codes) wait in
+            # the object stores until merged in id order, and one slow first task would hold them all
+            ahead = iter(ranges[2 * slots :])
+            parts = deque(task.remote(copy, where, r, dtype == np.float16) for r in ranges[: 2 * slots])
+            self.tasks, self.nodes, self.task_rss, self.merging = len(ranges), set(), 0, 0.0
             while parts:  # in id order; each part let go once merged, so the object store can free it
+                if (more := next(ahead, None)) is not None:
+                    parts.append(task.remote(copy, where, more, dtype == np.float16))
                 try:
-                    data, node, rss = ray.get(parts.pop(0))
+                    data, node, rss = ray.get(parts.popleft())
                 except ray.exceptions.RayError as e:
                     raise UserError(f"building the FAISS index on the Ray cluster failed: {_first_line(e)}") from None
                 t = time.perf_counter()

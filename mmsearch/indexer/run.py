@@ -176,6 +176,8 @@ def _embed_here(s: Session, index: Index, encoder, plan: Plan, opts: IndexOption
     summary.query_export = bool(exported and exported[0])
 
 
+#: what an item's fields may set in its row (its id and file are given, its vector goes to a segment)
+ITEM_FIELDS = {c.name for c in Item.__table__.columns} - {"id", "file_id"}
 #: an embedded file: (entry, content digest, item fields with a float32 `vector`, pixel size, error or None)
 Embedded = tuple[Entry, str, list[dict], tuple[int, int] | None, str | None]
 
@@ -314,7 +316,8 @@ def _write(s: Session, files: list[Embedded]) -> None:
     store, vectors = segments(s), [it["vector"] for it in items]
     with ThreadPoolExecutor(1) as pool:
         synced = pool.submit(lambda: store.put(first, np.stack(vectors)))
-        columns = {c: [it.get(c) for it in items] for c in sorted(set().union(*items) - {"vector"})}
+        # (the items table's own fields only: a shard from another mmsearch may carry others)
+        columns = {c: [it.get(c) for it in items] for c in sorted(set().union(*items) & ITEM_FIELDS)}
         _insert(s, "items", {"id": ids, "file_id": owners, **columns})
         # searchable words: the file's name on its first item, each item's text or OCR text
         named = {file_id: lexical.compact(lexical.name_text(f[0].path)) for file_id, f in zip(file_ids, files)}

@@ -85,7 +85,8 @@ def _read_index(fn: str, flags: int = 0) -> faiss.Index | None:
 
 class Index:
     def __init__(self, path: str | os.PathLike | None = None, create: bool = False):
-        self.path = str(Path(path or default_index_dir()).expanduser())
+        # absolute: segment and shard folders go to Ray tasks, which may run in another directory
+        self.path = os.path.abspath(Path(path or default_index_dir()).expanduser())
         if not os.path.exists(os.path.join(self.path, DB_NAME)):
             if not create:
                 raise UserError(f"no index at {self.path}; run `mmsearch index PATH...` first (or pass --index DIR)")
