@@ -111,7 +111,7 @@ def export(encoder: Encoder, folder: Path, int8: bool = True) -> dict[str, Path]
     files = {name: folder / fn for name, fn in VISUAL.items()}
     if not files["onnx"].exists():
         tmp = files["onnx"].with_suffix(f".{os.getpid()}.tmp")
-        _trace_image(encoder, str(tmp))
+        _trace(*_image_graph(encoder), str(tmp))
         os.replace(tmp, files["onnx"])
     if not int8:
         return {"onnx": files["onnx"]}
@@ -166,8 +166,9 @@ IN_MEMORY_MAX = 1_500_000_000
 _TRACING = threading.Lock()
 
 
-def _trace_image(encoder: Encoder, target: str | io.BytesIO, fold: bool = True) -> None:
-    _trace(_ImageForward(encoder), (torch.from_numpy(calibration_pixels(encoder, 2)),), {INPUT: {0: "batch"}}, target, fold)
+def _image_graph(encoder: Encoder) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...], dict]:
+    """What `_trace` exports for the image tower: the module, an example batch, its dynamic axes."""
+    return _ImageForward(encoder), (torch.from_numpy(calibration_pixels(encoder, 2)),), {INPUT: {0: "batch"}}
 
 
 def _trace(module: torch.nn.Module, example: tuple[torch.Tensor, ...], axes: dict, target: str | io.BytesIO,
@@ -192,19 +193,20 @@ def _trace(module: torch.nn.Module, example: tuple[torch.Tensor, ...], axes: dic
 
 
 @contextmanager
-def _traced(trace: Callable[[str | io.BytesIO], None], module: torch.nn.Module, scratch: Path) -> Iterator[bytes | Path]:
-    """What `trace` writes, for `optimise` to read: in memory, or for a `module` with more than
-    `IN_MEMORY_MAX` bytes of weights, a file in a scratch folder in `scratch` (removed after)."""
+def _traced(module: torch.nn.Module, example: tuple[torch.Tensor, ...], axes: dict, scratch: Path) -> Iterator[bytes | Path]:
+    """`module` traced for `optimise` to read (its constants left for it to fold): in memory, or
+    for a module with more than `IN_MEMORY_MAX` bytes of weights, a file in a scratch folder in
+    `scratch` (removed after)."""
     if sum(p.numel() * p.element_size() for p in module.parameters()) <= IN_MEMORY_MAX:
         out = io.BytesIO()
-        trace(out)
+        _trace(module, example, axes, out, fold=False)
         data = out.getvalue()
         out.close()  # (not two copies of the model while it is optimised: ViT-B-32's image tower is 350 MB)
         yield data
         return
     folder = Path(tempfile.mkdtemp(dir=scratch, prefix=f".trace.{os.getpid()}.tmp"))
     try:
-        trace(str(folder / "model.onnx"))
+        _trace(module, example, axes, str(folder / "model.onnx"), fold=False)
         yield folder / "model.onnx"
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -402,7 +404,7 @@ def export_for_queries(encoder: Encoder, folder: Path | None = None, stop: threa
     example = tuple(torch.ones((2, spec.pad_to or 8), dtype=torch.int64) for _ in spec.inputs)
     step()
     axes = {name: {0: "batch", 1: "tokens"} for name in spec.inputs}
-    with _traced(lambda target: _trace(spec.module, example, axes, target, fold=False), spec.module, folder) as traced:
+    with _traced(spec.module, example, axes, folder) as traced:
         step()
         optimise(traced, folder / text["file"])
     image = _image_export(encoder, folder, step)
@@ -470,7 +472,7 @@ def _image_export(encoder: Encoder, folder: Path, step: Callable[[], None]) -> d
             indexers.unlink(missing_ok=True)
     if not made:
         step()
-        with _traced(lambda target: _trace_image(encoder, target, fold=False), _ImageForward(encoder), folder) as traced:
+        with _traced(*_image_graph(encoder), folder) as traced:
             step()
             optimise(traced, folder / image["file"])
     tower = QueryEncoder(folder, encoder.identity, encoder.dim, {}, image, prepack=False)
