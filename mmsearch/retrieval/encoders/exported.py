@@ -11,6 +11,7 @@ reads. Torch-free by design: importing it, or running what it returns, loads no 
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import queue
@@ -98,10 +99,11 @@ def onnx_encoder(path: Path) -> PixelEncoder:
     return PixelEncoder(encode, lanes)
 
 
+@functools.cache
 def bf16_hardware() -> bool:
     """Whether the CPU has bfloat16 arithmetic (AMX, or AVX-512 BF16), by Linux's CPU flags:
     elsewhere PyTorch emulates it, 5-10 × slower than float32 (ViT-B-32 with oneDNN held to
-    AVX-512 VNNI: 7 vs 38 images/s)."""
+    AVX-512 VNNI: 7 vs 38 images/s). Read once a process (`saved_choice` asks twice a call)."""
     try:
         flags = Path("/proc/cpuinfo").read_text().split("\nflags", 1)[1].split("\n", 1)[0].split()
     except (OSError, IndexError):
