@@ -155,25 +155,23 @@ def _embed_here(s: Session, index: Index, encoder, plan: Plan, opts: IndexOption
     # native code, aborted the interpreter's exit: "terminate called", SIGABRT)
     exported: list[bool] = []
     stop = threading.Event()
-    side = threading.Thread(target=lambda: exported.append(_export_for_queries(encoder, stop)))
-    beside = summary.runtime.startswith("torch")
+    side = (threading.Thread(target=lambda: exported.append(_export_for_queries(encoder, stop)))
+            if summary.runtime.startswith("torch") else None)
     try:
-        if beside:
+        if side:
             side.start()
         for batch in embedded(plan.embed, encoder, opts, batch_size=opts.batch_size, workers=opts.workers,
                               progress=opts.progress, encode_pixels=encode_pixels, processes=opts.processes):
             commit_batch(s, plan, summary, [(d.entry, d.digest, d.items(), d.size, d.error) for d in batch])
-        if beside:
+        if side:
             side.join()  # (a Ctrl-C while it waits stops the export too)
     except BaseException:
         stop.set()
         raise
     finally:
-        if side.is_alive():
+        if side and side.is_alive():
             side.join()
-    if not beside:
-        side.run()
-    summary.query_export = bool(exported and exported[0])
+    summary.query_export = bool(exported and exported[0]) if side else _export_for_queries(encoder)
 
 
 #: what an item's fields may set in its row (its id and file are given, its vector goes to a segment)
