@@ -23,13 +23,12 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import threading
 import time
 import warnings
-from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -158,9 +157,6 @@ def _quantise(src: Path, dst: Path) -> None:
                          extra_options=options)
 
 
-#: a model traced in memory must stay under protobuf's 2 GiB; bigger ones (weights beyond this,
-#: e.g. ViT-H-14's image tower) are traced to a scratch folder, their weights in files beside
-IN_MEMORY_MAX = 1_500_000_000
 #: one trace at a time: concurrent torch.onnx.export calls trip over the exporter's global state
 #: (an assertion on GLOBALS.in_onnx_export; the MHA fastpath flag restored wrongly)
 _TRACING = threading.Lock()
@@ -172,12 +168,11 @@ def _image_graph(encoder: Encoder) -> tuple[torch.nn.Module, tuple[torch.Tensor,
 
 
 def _trace(module: torch.nn.Module, example: tuple[torch.Tensor, ...], axes: dict, target: str | io.BytesIO,
-           fold: bool = True) -> None:
+           weights: bool = True) -> None:
     """Export `module` to ONNX into `target` (a path, or memory); `axes` names each input's
-    dynamic dimensions, the output's first dimension is the batch. Not `fold`: constants are left
-    for `optimise` to fold (ONNX Runtime does it anyway; the exporter's own folding took 0.5 of
-    ViT-B-32's 2.6 s), which suits graphs that go through it, not the quantiser (it quantises
-    only constant weights)."""
+    dynamic dimensions, the output's first dimension is the batch. Without `weights`: the graph
+    alone, each weight an input named by its key in the module's state dict, and no constant
+    folding (ONNX Runtime folds when it optimises; see `_traced`)."""
     with _TRACING:
         fastpath = torch.backends.mha.get_fastpath_enabled()
         try:  # the tracer cannot export fused attention kernels
@@ -187,29 +182,48 @@ def _trace(module: torch.nn.Module, example: tuple[torch.Tensor, ...], axes: dic
                 torch.onnx.export(module.eval(), example, target,  # type: ignore[arg-type]  # (a file object works)
                                   input_names=list(axes), output_names=["output"],
                                   dynamic_axes={**axes, "output": {0: "batch"}}, dynamo=False, opset_version=17,
-                                  do_constant_folding=fold)
+                                  do_constant_folding=weights, export_params=weights,
+                                  keep_initializers_as_inputs=not weights)
         finally:
             torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
-@contextmanager
-def _traced(module: torch.nn.Module, example: tuple[torch.Tensor, ...], axes: dict, scratch: Path) -> Iterator[bytes | Path]:
-    """`module` traced for `optimise` to read (its constants left for it to fold): in memory, or
-    for a module with more than `IN_MEMORY_MAX` bytes of weights, a file in a scratch folder in
-    `scratch` (removed after)."""
-    if sum(p.numel() * p.element_size() for p in module.parameters()) <= IN_MEMORY_MAX:
-        out = io.BytesIO()
-        _trace(module, example, axes, out, fold=False)
-        data = out.getvalue()
-        out.close()  # (not two copies of the model while it is optimised: ViT-B-32's image tower is 350 MB)
-        yield data
-        return
-    folder = Path(tempfile.mkdtemp(dir=scratch, prefix=f".trace.{os.getpid()}.tmp"))
-    try:
-        _trace(module, example, axes, str(folder / "model.onnx"), fold=False)
-        yield folder / "model.onnx"
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+@dataclass
+class Traced:
+    """A module traced for `optimise`: its ONNX graph, each weight declared as an initializer with
+    external data, and the weights themselves (numpy views of the module's tensors) by name."""
+    graph: bytes
+    weights: dict[str, np.ndarray]
+
+
+def _traced(module: torch.nn.Module, example: tuple[torch.Tensor, ...], axes: dict) -> Traced:
+    """`module` traced without its weights, which ONNX Runtime takes from memory when it
+    optimises. The exporter serialising them into the graph and ONNX Runtime parsing them back
+    were most of a query export (ViT-B-32-256, 2 cores: 2.8 + 1.1 of 11.1 s; text and image
+    towers 4.7 and 5.5 s → 2.7 and 4.0 s), and a graph without weights never meets protobuf's
+    2 GiB limit (ViT-H-14's image tower went through a scratch file)."""
+    import onnx
+
+    out = io.BytesIO()
+    _trace(module, example, axes, out, weights=False)
+    model = onnx.load_from_string(out.getvalue())
+    state = module.state_dict()
+    weights = {}
+    for value in model.graph.input:
+        if value.name in axes:
+            continue
+        if value.name not in state:
+            raise ValueError(f"traced graph input {value.name!r} is neither an input nor a weight")
+        array = weights[value.name] = state[value.name].detach().contiguous().numpy()
+        tensor = onnx.TensorProto(name=value.name, data_type=onnx.helper.np_dtype_to_tensor_dtype(array.dtype),
+                                  dims=array.shape, data_location=onnx.TensorProto.EXTERNAL)
+        for key, v in (("location", "memory"), ("offset", "0"), ("length", str(array.nbytes))):
+            tensor.external_data.add(key=key, value=v)
+        model.graph.initializer.append(tensor)
+    inputs = [v for v in model.graph.input if v.name in axes]
+    del model.graph.input[:]
+    model.graph.input.extend(inputs)
+    return Traced(model.SerializeToString(), weights)
 
 
 def _measure(encoders: dict[str, PixelEncoder], pixels: np.ndarray, repeats: int = 3) -> dict[str, tuple[float, np.ndarray]]:
@@ -404,9 +418,9 @@ def export_for_queries(encoder: Encoder, folder: Path | None = None, stop: threa
     example = tuple(torch.ones((2, spec.pad_to or 8), dtype=torch.int64) for _ in spec.inputs)
     step()
     axes = {name: {0: "batch", 1: "tokens"} for name in spec.inputs}
-    with _traced(spec.module, example, axes, folder) as traced:
-        step()
-        optimise(traced, folder / text["file"])
+    traced = _traced(spec.module, example, axes)
+    step()
+    optimise(traced, folder / text["file"])
     image = _image_export(encoder, folder, step)
     step()
     query = QueryEncoder(folder, encoder.identity, encoder.dim, text, image, prepack=False)  # one run each
@@ -420,8 +434,8 @@ def export_for_queries(encoder: Encoder, folder: Path | None = None, stop: threa
     return "rejected" not in seal
 
 
-def optimise(src: Path | bytes, dst: Path) -> None:
-    """`src` (a file, or a model's bytes) as ONNX Runtime optimises it, saved as `dst` with its weights apart in `dst`.data,
+def optimise(src: Path | Traced, dst: Path) -> None:
+    """`src` (a file, or a traced module) as ONNX Runtime optimises it, saved as `dst` with its weights apart in `dst`.data,
     for `query._session` to map. Written in a folder of its own, then renamed into place, the
     weights first (the graph names them; concurrent exports write the same bytes)."""
     import onnxruntime as ort
@@ -435,8 +449,10 @@ def optimise(src: Path | bytes, dst: Path) -> None:
     opts.add_session_config_entry("session.optimized_model_external_initializers_file_name", f"{dst.name}.data")
     opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
     opts.log_severity_level = 3
+    if isinstance(src, Traced):  # (copied into the session before it optimises: the arrays may go after)
+        opts.add_external_initializers(list(src.weights), [ort.OrtValue.ortvalue_from_numpy(a) for a in src.weights.values()])
     try:
-        ort.InferenceSession(src if isinstance(src, bytes) else str(src), opts, providers=["CPUExecutionProvider"])
+        ort.InferenceSession(src.graph if isinstance(src, Traced) else str(src), opts, providers=["CPUExecutionProvider"])
         os.replace(tmp / f"{dst.name}.data", dst.parent / f"{dst.name}.data")
         os.replace(tmp / dst.name, dst)
     finally:
@@ -472,9 +488,9 @@ def _image_export(encoder: Encoder, folder: Path, step: Callable[[], None]) -> d
             indexers.unlink(missing_ok=True)
     if not made:
         step()
-        with _traced(*_image_graph(encoder), folder) as traced:
-            step()
-            optimise(traced, folder / image["file"])
+        traced = _traced(*_image_graph(encoder))
+        step()
+        optimise(traced, folder / image["file"])
     tower = QueryEncoder(folder, encoder.identity, encoder.dim, {}, image, prepack=False)
     measured = float((tower.encode_images(pictures) * encoder.encode_images(pictures)).sum(1).min())
     return image if measured >= QUERY_MIN_COSINE else None
