@@ -310,5 +310,66 @@ def test_index_ray_builds_its_ivf_index_on_the_cluster(cluster, cli, folder, loc
         assert [h.path for h in SearchIndex(cli.index).search(q, k=3)] == [h.path for h in SearchIndex(local).search(q, k=3)]
 
 
+def _shard(path: Path, identity: str, files: list[tuple[str, str, dict | None]], dim: int = 4) -> str:
+    """A shard as an actor writes it: one image a file, (path, digest, capture fields or None)."""
+    import pyarrow as pa
+
+    rows = [{"key": os.fsencode(p), "digest": digest, "error": None, "width": 8, "height": 6,
+             "items": json.dumps([{"kind": "image"}]), "vectors": np.full(dim, i + 1, np.float32).tobytes(),
+             "capture": None if cap is None else json.dumps(cap)} for i, (p, digest, cap) in enumerate(files)]
+    meta = {distributed.IDENTITY: identity, "mmsearch.dim": str(dim), "mmsearch.node": "test"}
+    distributed._write_atomic(pa.Table.from_pylist(rows, schema=distributed.SHARD.with_metadata(meta)), str(path))
+    return str(path)
+
+
+def _merge(index: Index, shards: list[str], files: list[tuple[str, str]], commit=None) -> None:
+    """The driver's Merger storing `shards`, which it wants `files` (path, digest) from."""
+    from mmsearch.indexer.plan import Plan
+    from mmsearch.indexer.run import Summary
+
+    wanted = {os.fsencode(p): (Entry(p, "image", 1, 1), d) for p, d in files}
+    with index.session() as s:
+        if commit:
+            s.commit = commit(s.commit)  # type: ignore[method-assign]
+        merger = distributed.Merger(s, Plan(), Summary(), "synthetic-4", wanted, refuse=True)
+        for shard in shards:
+            merger.add(shard)
+        merger.flush()
+
+
+def test_capture_metadata_is_stored_with_its_files_in_one_commit(tmp_path):
+    """The shards' capture metadata goes into the files' rows in their transaction: a driver killed
+    after that commit leaves no file without it (a second commit for it did). A file stored again
+    gets the new metadata; one whose shard has none is left for the driver to read (NULL)."""
+    index = _fresh(tmp_path)
+    with index.session() as s:
+        for key, value in [("model_spec", "synthetic"), ("model_identity", "synthetic-4"), ("dim", "4")]:
+            set_meta(s, key, value)
+        s.commit()
+    cap = {"taken_ns": 5, "offset_min": 60, "taken_from": "exif", "camera": "Canon", "lat": 1.5, "lon": -2.5}
+    first = [("/p/a.jpg", "a" * 32, cap), ("/p/b.jpg", "b" * 32, {**cap, "camera": None}), ("/p/c.jpg", "c" * 32, None)]
+
+    def one_commit(commit):
+        def only_once():  # the process dies at a second commit
+            assert not calls, "a second commit"
+            calls.append(1)
+            commit()
+        calls: list[int] = []
+        return only_once
+
+    _merge(index, [_shard(tmp_path / "s1.parquet", "synthetic-4", first)], [f[:2] for f in first], one_commit)
+
+    def stored() -> dict[str, tuple]:
+        with index.session() as s:
+            return {p: tuple(r) for p, *r in s.execute(select(File.path, File.taken_ns, File.offset_min, File.taken_from,
+                                                               File.camera, File.lat, File.lon))}
+
+    assert stored() == {"/p/a.jpg": (5, 60, "exif", "Canon", 1.5, -2.5), "/p/b.jpg": (5, 60, "exif", None, 1.5, -2.5),
+                        "/p/c.jpg": (None, None, None, None, None, None)}
+    again = [("/p/a.jpg", "d" * 32, {**cap, "taken_ns": 7, "camera": "Nikon"})]  # changed since: its row is updated
+    _merge(index, [_shard(tmp_path / "s2.parquet", "synthetic-4", again)], [f[:2] for f in again])
+    assert stored()["/p/a.jpg"] == (7, 60, "exif", "Nikon", 1.5, -2.5)
+
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))

@@ -7,7 +7,6 @@ OCR text along. Each batch commits alone: a killed run keeps what it read.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -21,7 +20,7 @@ from ..media.capture import Capture, read_capture
 from ..media.errors import DecodeError
 from ..media.image import load_image
 from ..retrieval import lexical
-from ..retrieval.store import File, Item, chunks, files_by_key
+from ..retrieval.store import File, Item, chunks
 from .options import IndexOptions
 
 BATCH = 64
@@ -47,18 +46,6 @@ def capture_fields(path: str, kind: str, mtime_ns: int) -> dict:
     """The capture columns of one file (`File.taken_ns` ...), the file time where it has none."""
     cap = read_capture(path, kind) if kind != "text" else Capture()
     return cap.with_fallback(mtime_ns).__dict__
-
-
-def store_captures(s: Session, by_key: dict[bytes, dict]) -> None:
-    """Set the capture columns `capture_fields` gave for the stored files at these path keys.
-    Plain sqlite3: SQLAlchemy's bulk update by primary key took as long as storing the files
-    themselves (Ray driver, 100k files: 2.4 of 5.3 s)."""
-    ids = files_by_key(s, list(by_key))
-    columns = [f.name for f in dataclasses.fields(Capture)]
-    dbapi = s.connection().connection.driver_connection
-    assert dbapi is not None
-    dbapi.executemany(f"UPDATE files SET {', '.join(f'{c} = ?' for c in columns)} WHERE id = ?",
-                      [(*(fields.get(c) for c in columns), ids[key][0]) for key, fields in by_key.items() if key in ids])
 
 
 def ocr(s: Session, opts: IndexOptions) -> tuple[int, float]:

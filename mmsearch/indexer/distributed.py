@@ -50,7 +50,7 @@ from ..retrieval.index import Index
 from ..retrieval.policy import CHUNK
 from ..retrieval.store import get_meta, segments
 from ..retrieval.vectors import Segments
-from .annotate import capture_fields, read_ocr, store_captures
+from .annotate import capture_fields, read_ocr
 from .options import IndexOptions
 from .plan import Plan
 from .run import Summary, _export_for_queries, commit_batch
@@ -367,7 +367,7 @@ class Merger:
                  wanted: dict[bytes, tuple[Entry, str]], refuse: bool):
         self.s, self.plan, self.summary, self.identity, self.wanted, self.refuse = s, plan, summary, identity, wanted, refuse
         self.files: list[tuple] = []
-        self.captures: dict[bytes, dict] = {}
+        self.captures: list[dict | None] = []  # each file's, stored with its row (None: the driver reads it after)
         self.items, self.last = 0, time.monotonic()
 
     def add(self, shard: str) -> int:
@@ -379,11 +379,8 @@ class Merger:
 
     def flush(self) -> None:
         if self.files:
-            commit_batch(self.s, self.plan, self.summary, self.files)
-        if self.captures:  # (a crash before this commit leaves them unread: the driver reads them after)
-            store_captures(self.s, self.captures)
-            self.s.commit()
-        self.files, self.captures, self.items, self.last = [], {}, 0, time.monotonic()
+            commit_batch(self.s, self.plan, self.summary, self.files, self.captures)
+        self.files, self.captures, self.items, self.last = [], [], 0, time.monotonic()
 
     def _read(self, shard: str) -> int:
         try:
@@ -413,8 +410,7 @@ class Merger:
             self.files.append((job[0], digest, [{**f, "vector": v} for f, v in zip(fields, vectors)], size, error))
             self.items += max(1, len(fields))
             self.summary.ocr_images += sum(f.get("ocr") is not None for f in fields)
-            if capture:  # (None: the driver reads it after)
-                self.captures[key] = json.loads(capture)
+            self.captures.append(json.loads(capture) if capture else None)
             n += 1
         return n
 
