@@ -7,6 +7,7 @@ OCR text along. Each batch commits alone: a killed run keeps what it read.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -24,6 +25,8 @@ from ..retrieval.store import File, Item, chunks
 from .options import IndexOptions
 
 BATCH = 64
+#: a file's capture columns (`File.taken_ns` ...), as `capture_fields` gives them
+CAPTURE = [f.name for f in dataclasses.fields(Capture)]
 
 
 def captures(s: Session, opts: IndexOptions) -> int:

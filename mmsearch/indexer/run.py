@@ -5,7 +5,6 @@ everything up to its last batch and the next run resumes from there.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import threading
@@ -20,7 +19,6 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from ..errors import UserError
-from ..media.capture import Capture
 from ..media.files import display_path, under
 from ..retrieval import lexical
 from ..retrieval.index import Index
@@ -176,8 +174,6 @@ def _embed_here(s: Session, index: Index, encoder, plan: Plan, opts: IndexOption
     summary.query_export = bool(exported and exported[0]) if side else _export_for_queries(encoder)
 
 
-#: a file's capture columns (`File.taken_ns` ...), as `annotate.capture_fields` gives them
-CAPTURE = [f.name for f in dataclasses.fields(Capture)]
 #: what an item's fields may set in its row (its id and file are given, its vector goes to a segment)
 ITEM_FIELDS = {c.name for c in Item.__table__.columns} - {"id", "file_id"}
 #: an embedded file: (entry, content digest, item fields with a float32 `vector`, pixel size, error or None)
@@ -285,7 +281,7 @@ def _file_ids(s: Session, entries: list[Entry], status: str, digests: list, erro
             changed.append({"id": file_id, "size": entries[i].size, "mtime_ns": entries[i].mtime_ns, "taken_from": None,
                             "digest": digests[i], "status": status, "error": errors[i],
                             **({"width": size[0], "height": size[1]} if size else {}),
-                            **({c: capture.get(c) for c in CAPTURE} if capture is not None else {})})
+                            **({c: capture.get(c) for c in annotate.CAPTURE} if capture is not None else {})})
         out.append(file_id)
     if added:  # as columns: rows of tuples built in Python cost more than SQLite's inserts (_insert)
         pick = (lambda col: col) if len(added) == len(keys) else (lambda col: [col[i] for i in added])
@@ -305,7 +301,7 @@ def _capture_columns(captures: Sequence[dict | None]) -> dict[str, list]:
     """The capture columns of new rows, as `_insert` takes them: a file without (None) has
     taken_from NULL, so that annotate.py reads it later. Written with the row, not updated after:
     the Ray driver's separate update by id, committed apart, cost ~17 % of its merge (200k files)."""
-    return {c: [None if cap is None else cap.get(c) for cap in captures] for c in CAPTURE}
+    return {c: [None if cap is None else cap.get(c) for cap in captures] for c in annotate.CAPTURE}
 
 
 def _write(s: Session, files: list[Embedded], captures: Sequence[dict | None] | None = None) -> None:
