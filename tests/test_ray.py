@@ -12,6 +12,7 @@ import os
 import secrets
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -310,12 +311,14 @@ def test_index_ray_builds_its_ivf_index_on_the_cluster(cluster, cli, folder, loc
         assert [h.path for h in SearchIndex(cli.index).search(q, k=3)] == [h.path for h in SearchIndex(local).search(q, k=3)]
 
 
-def _shard(path: Path, identity: str, files: list[tuple[str, str, dict | None]], dim: int = 4) -> str:
-    """A shard as an actor writes it: one image a file, (path, digest, capture fields or None)."""
+def _shard(path: Path, identity: str, files: list[tuple[str, str, dict | None]], dim: int = 4, items: int = 1) -> str:
+    """A shard as an actor writes it: `items` images a file (path, digest, capture fields or
+    None), the j-th vector of the i-th file all i + j / 10."""
     import pyarrow as pa
 
     rows = [{"key": os.fsencode(p), "digest": digest, "error": None, "width": 8, "height": 6,
-             "items": json.dumps([{"kind": "image"}]), "vectors": np.full(dim, i + 1, np.float32).tobytes(),
+             "items": json.dumps([{"kind": "image", "offset": j} for j in range(items)]),
+             "vectors": b"".join(np.full(dim, i + j / 10, np.float32).tobytes() for j in range(items)),
              "capture": None if cap is None else json.dumps(cap)} for i, (p, digest, cap) in enumerate(files)]
     meta = {distributed.IDENTITY: identity, "mmsearch.dim": str(dim), "mmsearch.node": "test"}
     distributed._write_atomic(pa.Table.from_pylist(rows, schema=distributed.SHARD.with_metadata(meta)), str(path))
@@ -331,21 +334,26 @@ def _merge(index: Index, shards: list[str], files: list[tuple[str, str]], commit
     with index.session() as s:
         if commit:
             s.commit = commit(s.commit)  # type: ignore[method-assign]
-        merger = distributed.Merger(s, Plan(), Summary(), "synthetic-4", wanted, refuse=True)
-        for shard in shards:
-            merger.add(shard)
-        merger.flush()
+        with distributed.Merger(s, Plan(), Summary(), "synthetic-4", wanted, refuse=True) as merger:
+            for shard in shards:
+                merger.add(shard)
+            merger.flush()
+
+
+def _synthetic_index(tmp_path: Path) -> Index:
+    index = _fresh(tmp_path)
+    with index.session() as s:
+        for key, value in [("model_spec", "synthetic"), ("model_identity", "synthetic-4"), ("dim", "4")]:
+            set_meta(s, key, value)
+        s.commit()
+    return index
 
 
 def test_capture_metadata_is_stored_with_its_files_in_one_commit(tmp_path):
     """The shards' capture metadata goes into the files' rows in their transaction: a driver killed
     after that commit leaves no file without it (a second commit for it did). A file stored again
     gets the new metadata; one whose shard has none is left for the driver to read (NULL)."""
-    index = _fresh(tmp_path)
-    with index.session() as s:
-        for key, value in [("model_spec", "synthetic"), ("model_identity", "synthetic-4"), ("dim", "4")]:
-            set_meta(s, key, value)
-        s.commit()
+    index = _synthetic_index(tmp_path)
     cap = {"taken_ns": 5, "offset_min": 60, "taken_from": "exif", "camera": "Canon", "lat": 1.5, "lon": -2.5}
     first = [("/p/a.jpg", "a" * 32, cap), ("/p/b.jpg", "b" * 32, {**cap, "camera": None}), ("/p/c.jpg", "c" * 32, None)]
 
@@ -369,6 +377,68 @@ def test_capture_metadata_is_stored_with_its_files_in_one_commit(tmp_path):
     again = [("/p/a.jpg", "d" * 32, {**cap, "taken_ns": 7, "camera": "Nikon"})]  # changed since: its row is updated
     _merge(index, [_shard(tmp_path / "s2.parquet", "synthetic-4", again)], [f[:2] for f in again])
     assert stored()["/p/a.jpg"] == (7, 60, "exif", "Nikon", 1.5, -2.5)
+
+
+def test_shard_vectors_are_stored_with_their_items_in_order(tmp_path):
+    """A shard's vectors column is read as one array (not a bytes object a row): each file gets its
+    own rows, also when a shard's rows are skipped (not wanted) and files hold several items."""
+    index = _synthetic_index(tmp_path)
+    files = [(f"/p/{i}.jpg", f"{i:032x}", None) for i in range(5)]
+    shard = _shard(tmp_path / "s.parquet", "synthetic-4", files, items=3)
+    _merge(index, [shard], [f[:2] for f in files if f[0] != "/p/1.jpg"])  # (/p/1.jpg: stored already, say)
+    with index.session() as s:
+        rows = s.execute(select(Item.id, File.path, Item.offset).join(File).order_by(Item.id)).all()
+        vectors = vectors_by_id(s, [r[0] for r in rows])
+    assert [(p, o) for _, p, o in rows] == [(f"/p/{i}.jpg", j) for i in (0, 2, 3, 4) for j in range(3)]
+    for item_id, p, offset in rows:
+        assert np.array_equal(vectors[item_id], np.full(4, int(p[3]) + offset / 10, np.float32))
+
+
+def test_the_driver_reads_shards_while_its_last_batch_commits(tmp_path, monkeypatch):
+    """A batch commits in the Merger's writer thread while the next shards are read; its error
+    comes out of the next call, and leaving the Merger (an error, Ctrl-C) waits for the commit
+    under way, so the session is never used by two threads."""
+    index = _synthetic_index(tmp_path)
+    shards = [_shard(tmp_path / f"s{k}.parquet", "synthetic-4", [(f"/p/{k}.jpg", f"{k:032x}", None)]) for k in range(3)]
+    wanted = [(f"/p/{k}.jpg", f"{k:032x}") for k in range(3)]
+    read, log = distributed.Merger._read, []
+    commit = distributed.commit_batch
+
+    def slow_commit(*args):
+        log.append("commit starts")
+        time.sleep(0.5)
+        commit(*args)
+        log.append("commit ends")
+
+    monkeypatch.setattr(distributed.Merger, "_read", lambda self, shard: (log.append(f"read {Path(shard).stem}"), read(self, shard))[1])
+    monkeypatch.setattr(distributed, "commit_batch", slow_commit)
+    monkeypatch.setattr(distributed, "MERGE_ITEMS", 1)  # a transaction a shard
+    _merge(index, shards, wanted)
+    assert log.index("read s1") < log.index("commit ends")  # s1 was read while s0 committed
+    assert log[-1] == "commit ends" and log.count("commit ends") == 3
+    assert len(_files(tmp_path / "index")) == 3
+
+    log.clear()
+
+    def failing(*args):
+        time.sleep(0.3)
+        log.append("failed")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(distributed, "commit_batch", failing)
+    more = [_shard(tmp_path / f"t{k}.parquet", "synthetic-4", [(f"/q/{k}.jpg", f"{k:032x}", None)]) for k in range(2)]
+    with pytest.raises(RuntimeError, match="disk full"):  # raised by the next add, which waits for it
+        _merge(index, more, [(f"/q/{k}.jpg", f"{k:032x}") for k in range(2)])
+    log.clear()
+    with pytest.raises(KeyboardInterrupt), index.session() as s:
+        from mmsearch.indexer.plan import Plan
+        from mmsearch.indexer.run import Summary
+
+        with distributed.Merger(s, Plan(), Summary(), "synthetic-4", {os.fsencode("/q/0.jpg"): (Entry("/q/0.jpg", "image", 1, 1), f"{0:032x}")},
+                                refuse=True) as merger:
+            merger.add(more[0])  # its commit starts...
+            raise KeyboardInterrupt  # ...and a Ctrl-C comes: leaving waits for the commit, and tells the Ctrl-C
+    assert log == ["read t0", "failed"]  # (its error is not the one told: the Ctrl-C is)
 
 
 if __name__ == "__main__":

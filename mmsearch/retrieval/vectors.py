@@ -56,7 +56,7 @@ class Segments:
             n = min(len(vectors) - done, SEGMENT_ROWS - at)
             fd = os.open(self.path(seg), os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                os.pwrite(fd, vectors[done : done + n].tobytes(), at * self.row_bytes)
+                os.pwrite(fd, vectors[done : done + n].data, at * self.row_bytes)  # (not copied as bytes: ~19 ms a 40 MB batch, the GIL held)
                 os.fdatasync(fd)
             finally:
                 os.close(fd)
