@@ -3,6 +3,7 @@ user cache, checked against PyTorch, shared by every index of the model, rebuilt
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -190,23 +191,42 @@ def test_preload_embeds_the_query_ahead(cli, tiny_clip, photos, monkeypatch):
     assert query.encode_texts(["a rocket", "a cat"]).shape == (2, query.dim)  # not all ahead: embedded
 
 
-def test_a_stopped_export_leaves_the_folder_unsealed_and_is_made_whole_next_time(tiny_clip, tmp_path):
-    """An indexing run that fails or is interrupted stops the export it makes beside its work
-    (run.py): the folder stays unsealed, so the next run or query makes it again."""
-    import threading
+def test_a_side_export_cancelled_or_orphaned_dies_and_leaves_the_folder_unsealed(tiny_clip, tmp_path, monkeypatch):
+    """The query export a first index run makes in a forked child (side_export.py): cancelled (the
+    run failed or was interrupted) it is killed at once, and the folder stays unsealed, so the
+    next run makes it whole, sweeping what the killed child left; when the parent dies the child
+    dies too (it would hold the index's writer lock)."""
+    import time
 
-    from mmsearch.retrieval.encoders.runtime import Stopped
+    from mmsearch.indexer.side_export import SideExport
 
+    monkeypatch.setenv("MMSEARCH_CACHE", str(tmp_path))
     enc = load_encoder(tiny_clip)
-    stop = threading.Event()
-    stop.set()
-    with pytest.raises(Stopped):
-        export_for_queries(enc, tmp_path, stop=stop)
-    assert not (tmp_path / META).exists() and QueryEncoder.read(enc.identity, tmp_path) is None
-    (tmp_path / f".text.onnx.{2**22 + 7}.tmp").mkdir()  # what a killed run's optimise leaves (no such pid)
-    assert export_for_queries(enc, tmp_path) and QueryEncoder.read(enc.identity, tmp_path) is not None
-    assert not list(tmp_path.glob("*.tmp*"))  # swept
+    folder = model_dir(enc.identity)
+    side = SideExport(enc)  # (`start` forks only where no other Python thread runs; pytest has some)
+    side.cancel()
+    assert side.process.exitcode is not None and QueryEncoder.read(enc.identity, folder) is None
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f".text.onnx.{2**22 + 7}.tmp").mkdir()  # what a killed export's optimise leaves (no such pid)
+    side = SideExport(enc)
+    assert side.result() and QueryEncoder.read(enc.identity, folder) is not None
+    assert not list(folder.glob("*.tmp*"))  # swept
 
+    orphan = subprocess.run([sys.executable, "-c", (
+        "import os, sys; from mmsearch.retrieval.encoders import load_encoder; "
+        "from mmsearch.indexer.side_export import SideExport; "
+        f"side = SideExport.start(load_encoder({tiny_clip!r})); print(side.process.pid, flush=True); os._exit(3)")],
+        env={**os.environ, "MMSEARCH_CACHE": str(tmp_path / "orphan")}, capture_output=True, text=True, timeout=120)
+    pid = int(orphan.stdout)
+    for _ in range(50):  # (SIGKILL from the kernel; then reaped by init)
+        try:
+            if "zombie" in open(f"/proc/{pid}/status").read():
+                break
+        except FileNotFoundError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the export child outlived its parent")
 
 def test_towers_are_traced_without_their_weights_and_optimised_from_memory(tiny_clip, tmp_path):
     """The traced graph carries no weights (ONNX Runtime takes them from the module's memory: no

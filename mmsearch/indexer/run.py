@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -38,6 +37,7 @@ from . import annotate
 from .options import IndexOptions
 from .plan import Plan, make_plan
 from .scan import Entry, scan
+from .side_export import SideExport
 
 
 @dataclass
@@ -147,31 +147,19 @@ def _embed_here(s: Session, index: Index, encoder, plan: Plan, opts: IndexOption
     encode_pixels, summary.runtime = image_forward(encoder, opts.runtime, images)
     summary.processes = opts.processes
     # the model is loaded now: its query export, for searches without PyTorch, is made while a
-    # PyTorch forward embeds the files (a first run of 300 images with ViT-B-32-256 on PyTorch
-    # bf16, 2 cores: 16.8-18.3 s vs 20.4-22.0 s one after the other: tracing is mostly one thread,
-    # the forward leaves the GIL), after ONNX Runtime's (beside it: 27.6-28.5 s vs 26.2-27.2 s).
-    # A run that fails or is interrupted stops it at its next step (a Ctrl-C exited 1.8-5.4 s
-    # later, as long as a trace in progress takes; a daemon thread instead, left in torch's
-    # native code, aborted the interpreter's exit: "terminate called", SIGABRT)
-    exported: list[bool] = []
-    stop = threading.Event()
-    side = (threading.Thread(target=lambda: exported.append(_export_for_queries(encoder, stop)))
-            if summary.runtime.startswith("torch") else None)
+    # PyTorch forward embeds the files, in a forked child (side_export.py): a first run of 300
+    # images with ViT-B-32-256 on PyTorch bf16, 2 cores: 13.4-13.9 s, vs 14.7-15.1 s in a
+    # thread and ~20 s one after the other; after ONNX Runtime's forward (beside it, in a
+    # thread: 27.6-28.5 s vs 26.2-27.2 s)
+    side = SideExport.start(encoder) if summary.runtime.startswith("torch") else None
     try:
-        if side:
-            side.start()
         for batch in embedded(plan.embed, encoder, opts, batch_size=opts.batch_size, workers=opts.workers,
                               progress=opts.progress, encode_pixels=encode_pixels, processes=opts.processes):
             commit_batch(s, plan, summary, [(d.entry, d.digest, d.items(), d.size, d.error) for d in batch])
-        if side:
-            side.join()  # (a Ctrl-C while it waits stops the export too)
-    except BaseException:
-        stop.set()
-        raise
+        summary.query_export = side.result() if side else _export_for_queries(encoder)
     finally:
-        if side and side.is_alive():
-            side.join()
-    summary.query_export = bool(exported and exported[0]) if side else _export_for_queries(encoder)
+        if side:
+            side.cancel()
 
 
 #: what an item's fields may set in its row (its id and file are given, its vector goes to a segment)
@@ -210,7 +198,7 @@ def _ocr_on(s: Session, opts: IndexOptions) -> bool:
     return get_meta(s, "ocr") == "on"
 
 
-def _export_for_queries(encoder, stop: threading.Event | None = None) -> bool:
+def _export_for_queries(encoder) -> bool:
     from ..retrieval.encoders.exported import ExportedEncoder
 
     if isinstance(encoder, ExportedEncoder):  # made from the sealed export, unless it was found damaged
@@ -223,8 +211,8 @@ def _export_for_queries(encoder, stop: threading.Event | None = None) -> bool:
     from ..retrieval.encoders.runtime import export_for_queries
 
     try:
-        return export_for_queries(encoder, stop=stop)
-    except Exception:  # an exporter failure (or `Stopped`) costs the next query its speed, never the run
+        return export_for_queries(encoder)
+    except Exception:  # an exporter failure costs the next query its speed, never the run
         return False
 
 
