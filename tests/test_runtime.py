@@ -75,8 +75,6 @@ def test_the_quantiser_makes_what_onnxruntimes_quantize_dynamic_makes(tiny_clip,
 
 def test_auto_measures_once_and_keeps_its_choice(tiny_clip, tmp_path, monkeypatch):
     monkeypatch.setattr(exported, "bf16_hardware", lambda: False)  # (bfloat16: the next test)
-    # a tiny model's timing is mostly Python, on one core: as if timed on a busy machine
-    monkeypatch.setattr(exported, "MIN_CPU_SHARE", 0.0)
     enc = load_encoder(tiny_clip)
     assert pixel_encoder(enc, tmp_path, "auto", images=3)[1] == "torch"  # too few images to bother
     assert not (tmp_path / "choice.json").exists()

@@ -227,24 +227,43 @@ def _traced(module: torch.nn.Module, example: tuple[torch.Tensor, ...], axes: di
 
 
 def _measure(encoders: dict[str, PixelEncoder], pixels: np.ndarray, repeats: int = 3,
-             shares: list[float] | None = None) -> dict[str, tuple[float, np.ndarray]]:
+             others: list[float] | None = None) -> dict[str, tuple[float, np.ndarray]]:
     """(images/s, vectors) of each encoder on the calibration batch, split across its lanes,
     after a warm-up: the best of `repeats` timings, taken in turns, one runtime after another, so
     that the machine's drift falls on all of them alike. (Timed in blocks, a runtime that was no
     faster won by over the int8 margin in 1 of 4 choices on these shared cores.) Appends to
-    `shares` the share of its cores the process had while timing (CPU time / wall × threads)."""
+    `others` the share of this process's CPUs that other processes kept busy meanwhile."""
     for encode in encoders.values():
         encode.many([pixels[:2]] * encode.lanes)
     best, out = dict.fromkeys(encoders, 0.0), {}
-    wall, cpu = time.perf_counter(), time.process_time()
+    start = _usage()
     for _ in range(repeats):
         for name, encode in encoders.items():
             t = time.perf_counter()
             out[name] = encode.many(np.array_split(pixels, encode.lanes))
             best[name] = max(best[name], len(pixels) / (time.perf_counter() - t))
-    if shares is not None:
-        shares.append((time.process_time() - cpu) / ((time.perf_counter() - wall) * threads()))
+    if others is not None and start is not None and (end := _usage()) is not None:
+        wall, busy, ours = (b - a for a, b in zip(start, end))
+        if wall >= 0.3:  # (/proc/stat counts 10 ms ticks: a tiny model's 30 ms of timing read 0.3 busy)
+            others.append(min(1.0, max(0.0, (busy - ours) / (wall * len(os.sched_getaffinity(0))))))
     return {name: (best[name], out[name]) for name in encoders}
+
+
+def _usage() -> tuple[float, float, float] | None:
+    """(wall clock, CPU seconds all processes spent on this process's CPUs, CPU seconds of this
+    process), from /proc/stat (None where there is none: the choice is then taken as timed)."""
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
+    try:
+        with open("/proc/stat") as f:
+            ticks = 0
+            for line in f:
+                name, *values = line.split()
+                if name[:3] == "cpu" and name[3:].isdigit() and int(name[3:]) in cpus:
+                    v = [int(x) for x in values]
+                    ticks += v[0] + v[1] + v[2] + sum(v[5:8])  # user nice system irq softirq steal (not idle, iowait)
+    except (OSError, ValueError, IndexError):
+        return None
+    return time.perf_counter(), ticks / os.sysconf("SC_CLK_TCK"), time.process_time()
 
 
 def choose(encoder: Encoder, folder: Path, onnx: bool = True) -> tuple[dict | None, PixelEncoder | None]:
@@ -258,7 +277,7 @@ def choose(encoder: Encoder, folder: Path, onnx: bool = True) -> tuple[dict | No
     timing it took two thirds of the choice (ViT-B-32: 12 of 18 s); it is timed only to judge
     bfloat16 (8 images)."""
     measured: dict[str, dict] = {"torch": {"min_cosine": 1.0, "role": "reference"}}
-    shares: list[float] = []  # (how much of its cores the timing had: `_chosen`)
+    others: list[float] = []  # (how busy other processes kept the CPUs while timing: `_chosen`)
     bf16 = None
     if exported.bf16_hardware():
         try:
@@ -272,7 +291,7 @@ def choose(encoder: Encoder, folder: Path, onnx: bool = True) -> tuple[dict | No
     timed = {}
     if bf16 is not None:
         try:
-            timed = _measure({"torch": torch_forward, BF16: bf16}, pixels, repeats=2, shares=shares)
+            timed = _measure({"torch": torch_forward, BF16: bf16}, pixels, repeats=2, others=others)
         except Exception as e:
             measured[BF16], bf16 = {"error": f"{type(e).__name__}: {e}"[:300]}, None
     if timed:
@@ -280,33 +299,34 @@ def choose(encoder: Encoder, folder: Path, onnx: bool = True) -> tuple[dict | No
         measured["torch"]["images_per_s"] = round(timed["torch"][0], 2)
         measured[BF16] = _judged(*timed[BF16], reference)
         if measured[BF16]["min_cosine"] >= MIN_COSINE and timed[BF16][0] >= BF16_MIN_SPEEDUP * timed["torch"][0]:
-            return _chosen(encoder, folder, measured, BF16, shares), bf16
+            return _chosen(encoder, folder, measured, BF16, others), bf16
     if not onnx:
         return None, None
     if not timed:
         reference = torch_forward(pixels)
     files = export(encoder, folder)
     encoders: dict[str, PixelEncoder] = {name: onnx_encoder(path) for name, path in files.items()}
-    measured |= {name: _judged(speed, out, reference) for name, (speed, out) in _measure(encoders, pixels, shares=shares).items()}
+    measured |= {name: _judged(speed, out, reference) for name, (speed, out) in _measure(encoders, pixels, others=others).items()}
     if bf16 is not None:
         encoders[BF16] = bf16
     ok = {k: v for k, v in measured.items() if k != "torch" and v.get("min_cosine", 0) >= MIN_COSINE}
     # int8 must win clearly to be worth its small loss of precision (a tie is timing noise)
     runtime = max(ok, key=lambda k: ok[k]["images_per_s"] / (INT8_MARGIN if k == "onnx-int8" else 1)) if ok else "torch"
-    return _chosen(encoder, folder, measured, runtime, shares), encoders.get(runtime)
+    return _chosen(encoder, folder, measured, runtime, others), encoders.get(runtime)
 
 
 def _judged(speed: float, vectors: np.ndarray, reference: np.ndarray) -> dict:
     return {"images_per_s": round(speed, 2), "min_cosine": round(float((vectors * reference).sum(1).min()), 5)}
 
 
-def _chosen(encoder: Encoder, folder: Path, measured: dict, runtime: str, shares: list[float]) -> dict:
-    """The choice of `runtime`, saved; with the least share of its cores the timings had, and,
-    when that was too little (`exported.MIN_CPU_SHARE`), how many times it was measured so."""
-    share = round(min(shares, default=1.0), 2)
+def _chosen(encoder: Encoder, folder: Path, measured: dict, runtime: str, others: list[float]) -> dict:
+    """The choice of `runtime`, saved; with the most of its CPUs other processes kept busy while
+    it was timed and, when that was too much (`exported.MAX_OTHERS`), how many times in a row it
+    was measured so."""
+    busy = round(max(others, default=0.0), 2)
     choice = {"version": CHOICE_VERSION, "model": encoder.identity, "threads": threads(), "measured": measured,
-              "runtime": runtime, "cpu_share": share}
-    if share < exported.MIN_CPU_SHARE:
+              "runtime": runtime, "others": busy}
+    if busy > exported.MAX_OTHERS:
         try:
             before = json.loads((folder / CHOICE).read_text())
         except (OSError, ValueError):
