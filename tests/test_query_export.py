@@ -250,3 +250,21 @@ def test_towers_are_traced_without_their_weights_and_optimised_from_memory(tiny_
     a, b = (ort.InferenceSession(str(tmp_path / f), providers=["CPUExecutionProvider"]).run(None, {runtime.INPUT: pixels})[0]
             for f in ("apart.onnx", "inline.onnx"))
     assert np.allclose(a, b, atol=1e-5) and not list(tmp_path.glob("*.tmp*"))
+
+
+def test_a_side_export_that_stops_working_is_killed_and_the_run_goes_on(tiny_clip, tmp_path, monkeypatch):
+    """A forked child that deadlocks (a lock some thread held at the fork, which the child does
+    not have) uses no CPU time: after `STALLED` seconds of that it is killed and `result` says
+    no export, rather than `mmsearch index` waiting for good."""
+    import time
+
+    from mmsearch.indexer import side_export
+    from mmsearch.retrieval.encoders import runtime
+
+    monkeypatch.setenv("MMSEARCH_CACHE", str(tmp_path))
+    monkeypatch.setattr(runtime, "export_for_queries", lambda encoder: time.sleep(3600))  # (as the child has it)
+    monkeypatch.setattr(side_export, "STALLED", 2.0)
+    side = side_export.SideExport(load_encoder(tiny_clip))
+    t = time.perf_counter()
+    assert side.result() is False and side.process.exitcode is not None
+    assert time.perf_counter() - t < 20

@@ -20,6 +20,8 @@ from tqdm import tqdm
 # the indexer's progress bars without tqdm's monitor thread (it only nudges a bar that stalls):
 # `SideExport.start` forks only where no other Python thread runs
 tqdm.monitor_interval = 0
+#: seconds a query-export child may use no CPU time before it is taken as deadlocked
+STALLED = 30.0
 
 
 class SideExport:
@@ -47,8 +49,20 @@ class SideExport:
             gc.unfreeze()
 
     def result(self) -> bool:
-        """Whether the export is in place (False: failed or rejected; queries then load PyTorch)."""
-        self.process.join()
+        """Whether the export is in place (False: failed or rejected; queries then load PyTorch).
+        A child whose CPU time stands still for `STALLED` seconds is taken as deadlocked, killed,
+        and the run goes on without it: a fork copies no other thread, and a lock one held stays
+        locked (the cause found, a garbage collection, is prevented above; an unknown one must
+        not hang `mmsearch index` for good). An export works throughout: tracing, optimising
+        and writing all take CPU time."""
+        pid, last, still = self.process.pid, -1, 0.0
+        while self.process.exitcode is None:
+            self.process.join(1.0)
+            spent = _cpu_ticks(pid)
+            still = still + 1.0 if spent == last else 0.0
+            last = spent
+            if still >= STALLED:
+                self.cancel()
         return self.process.exitcode == 0
 
     def cancel(self) -> None:
@@ -57,6 +71,16 @@ class SideExport:
         if self.process.exitcode is None:
             self.process.kill()
         self.process.join()
+
+
+def _cpu_ticks(pid: int) -> int:
+    """CPU time (user + system, in clock ticks) process `pid` has used; -1 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()  # (after the command name, which may hold spaces)
+        return int(fields[11]) + int(fields[12])
+    except (OSError, ValueError, IndexError):
+        return -1
 
 
 def _child(encoder: Any) -> None:
