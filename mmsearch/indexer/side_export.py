@@ -55,10 +55,10 @@ class SideExport:
         locked (the cause found, a garbage collection, is prevented above; an unknown one must
         not hang `mmsearch index` for good). An export works throughout: tracing, optimising
         and writing all take CPU time."""
-        pid, last, still = self.process.pid, -1, 0.0
+        last, still = -1, 0.0
         while self.process.exitcode is None:
             self.process.join(1.0)
-            spent = _cpu_ticks(pid)
+            spent = _cpu_ticks(self.process.pid or 0)  # (started: it has a pid)
             still = still + 1.0 if spent == last else 0.0
             last = spent
             if still >= STALLED:
