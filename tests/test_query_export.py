@@ -268,3 +268,44 @@ def test_a_side_export_that_stops_working_is_killed_and_the_run_goes_on(tiny_cli
     t = time.perf_counter()
     assert side.result() is False and side.process.exitcode is not None
     assert time.perf_counter() - t < 20
+
+
+def test_a_side_export_answers_where_the_program_ignores_sigchld(tiny_clip, tmp_path, monkeypatch):
+    """A program that ignores SIGCHLD (children reaped by the kernel) leaves no exit code to
+    read: the answer comes through a pipe, and `result` returns (it waited for good)."""
+    import signal
+    import time
+
+    from mmsearch.indexer.side_export import SideExport
+
+    monkeypatch.setenv("MMSEARCH_CACHE", str(tmp_path))
+    enc = load_encoder(tiny_clip)
+    before = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    try:
+        t = time.perf_counter()
+        side = SideExport(enc)
+        assert side.result() is True and time.perf_counter() - t < 60
+    finally:
+        signal.signal(signal.SIGCHLD, before)
+    assert QueryEncoder.read(enc.identity, model_dir(enc.identity)) is not None
+
+
+def test_a_side_export_that_cannot_start_leaves_the_export_to_after_the_embedding(tiny_clip, monkeypatch):
+    """No fork in a daemonic process (a multiprocessing pool's worker) nor when fork fails: None,
+    and the run exports after embedding instead of failing."""
+    import multiprocessing
+
+    from mmsearch.indexer import side_export
+
+    enc = load_encoder(tiny_clip)
+    monkeypatch.setattr(side_export.threading, "active_count", lambda: 1)
+    monkeypatch.setattr(multiprocessing.current_process(), "daemon", True, raising=False)
+    assert side_export.SideExport.start(enc) is None
+    monkeypatch.undo()
+    monkeypatch.setattr(side_export.threading, "active_count", lambda: 1)
+
+    def no_fork():
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    assert side_export.SideExport.start(enc) is None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
 import sys
 import threading
 from typing import Any
@@ -25,28 +26,47 @@ STALLED = 30.0
 
 
 class SideExport:
-    """`export_for_queries(encoder)` running in a forked child; `result` waits for it."""
+    """`run._export_for_queries(encoder)` in a forked child; `result` waits for its answer."""
 
     @classmethod
     def start(cls, encoder: Any) -> SideExport | None:
-        """Started, or None where a fork is not safe here: on other systems than Linux (macOS's
-        frameworks are not fork-safe, Windows has none), and beside other Python threads (a
-        program using the API): a lock one of them held would stay locked in the child. The
-        caller then exports after embedding."""
-        return cls(encoder) if sys.platform == "linux" and threading.active_count() == 1 else None
+        """Started, or None where a fork is not safe or not possible here: on other systems than
+        Linux (macOS's frameworks are not fork-safe, Windows has none), beside other Python
+        threads (a program using the API: a lock one of them held would stay locked in the
+        child), in a daemonic process (a multiprocessing pool's worker may have no children), or
+        when the fork fails (no memory, a process limit). The caller then exports after embedding."""
+        import multiprocessing
+
+        if sys.platform != "linux" or threading.active_count() > 1 or multiprocessing.current_process().daemon:
+            return None
+        try:
+            return cls(encoder)
+        except Exception:
+            return None
 
     def __init__(self, encoder: Any):
         import multiprocessing
 
-        self.process = multiprocessing.get_context("fork").Process(target=_child, args=(encoder,), name="query-export")
+        fork = multiprocessing.get_context("fork")
+        # the answer comes through a pipe, not the exit code: a program that ignores SIGCHLD (or
+        # reaps its children itself) leaves no exit code to read, and waiting for one never ended
+        self.answer, told = fork.Pipe(duplex=False)
+        self.process = fork.Process(target=_child, args=(encoder, told, os.getpid()), name="query-export")
         # the parent's objects are never collected in the child: one owning a thread pool (an ONNX
         # Runtime session in a cycle) blocked the child's garbage collection for good, its
-        # destructor waiting on a condition variable of threads the fork did not copy
+        # destructor waiting on a condition variable of threads the fork did not copy. (Objects
+        # the program froze itself stay frozen.) A Ctrl-C is the parent's to handle: the child is
+        # born ignoring it, and the parent kills it
+        frozen = gc.get_freeze_count()
         gc.freeze()
+        interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             self.process.start()
         finally:
-            gc.unfreeze()
+            signal.signal(signal.SIGINT, interrupt)
+            if not frozen:
+                gc.unfreeze()
+            told.close()
 
     def result(self) -> bool:
         """Whether the export is in place (False: failed or rejected; queries then load PyTorch).
@@ -55,22 +75,30 @@ class SideExport:
         locked (the cause found, a garbage collection, is prevented above; an unknown one must
         not hang `mmsearch index` for good). An export works throughout: tracing, optimising
         and writing all take CPU time."""
+        from multiprocessing.connection import wait
+
         last, still = -1, 0.0
-        while self.process.exitcode is None:
-            self.process.join(1.0)
+        while not wait([self.answer, self.process.sentinel], 1.0):
             spent = _cpu_ticks(self.process.pid or 0)  # (started: it has a pid)
             still = still + 1.0 if spent == last else 0.0
             last = spent
             if still >= STALLED:
                 self.cancel()
-        return self.process.exitcode == 0
+                return False
+        try:
+            ok = bool(self.answer.recv()) if self.answer.poll() else False
+        except (EOFError, OSError):  # ended without a word: killed, or died
+            ok = False
+        self.cancel()  # (reaped: it has told, or ended)
+        return ok
 
     def cancel(self) -> None:
         """End the child at once (a failed or interrupted run): what it wrote is unsealed, and
         its half-written files are swept by the next export (runtime._sweep)."""
         if self.process.exitcode is None:
-            self.process.kill()
+            self.process.kill()  # (a child already gone, and not reaped by us: nothing to kill)
         self.process.join()
+        self.answer.close()
 
 
 def _cpu_ticks(pid: int) -> int:
@@ -83,19 +111,18 @@ def _cpu_ticks(pid: int) -> int:
         return -1
 
 
-def _child(encoder: Any) -> None:
+def _child(encoder: Any, told: Any, parent: int) -> None:
     import ctypes
-    import signal
 
     import torch
 
-    from ..retrieval.encoders.runtime import export_for_queries
+    from .run import _export_for_queries
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is the parent's to handle: it kills this one
     ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: it ends with the parent, however that ends
+    if os.getppid() != parent:  # (the parent ended before that was set)
+        os._exit(1)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # (not the program's own handler)
     torch.set_num_threads(1)  # OpenMP's threads did not survive the fork; with one, none is needed
-    try:
-        ok = export_for_queries(encoder)
-    except Exception:  # an exporter failure costs the next query its speed, never the run
-        ok = False
-    os._exit(0 if ok else 1)  # (no teardown: the parent's connections and files are the parent's)
+    ok = _export_for_queries(encoder)  # (an exporter failure costs the next query its speed, never the run)
+    told.send(ok)
+    os._exit(0)  # (no teardown: the parent's connections and files are the parent's)

@@ -232,7 +232,8 @@ def _measure(encoders: dict[str, PixelEncoder], pixels: np.ndarray, repeats: int
     after a warm-up: the best of `repeats` timings, taken in turns, one runtime after another, so
     that the machine's drift falls on all of them alike. (Timed in blocks, a runtime that was no
     faster won by over the int8 margin in 1 of 4 choices on these shared cores.) Appends to
-    `others` the share of this process's CPUs that other processes kept busy meanwhile."""
+    `others` how busy other processes kept this process's CPUs meanwhile, in cores per thread
+    of the model's."""
     for encode in encoders.values():
         encode.many([pixels[:2]] * encode.lanes)
     best, out = dict.fromkeys(encoders, 0.0), {}
@@ -244,8 +245,10 @@ def _measure(encoders: dict[str, PixelEncoder], pixels: np.ndarray, repeats: int
             best[name] = max(best[name], len(pixels) / (time.perf_counter() - t))
     if others is not None and start is not None and (end := _usage()) is not None:
         wall, busy, ours = (b - a for a, b in zip(start, end))
+        # as a share of the cores the model's threads want (not of every logical CPU: on 8 of them
+        # with 4 threads, one busy loop read 0.125 yet took a core from the forward)
         if wall >= 0.3:  # (/proc/stat counts 10 ms ticks: a tiny model's 30 ms of timing read 0.3 busy)
-            others.append(min(1.0, max(0.0, (busy - ours) / (wall * len(os.sched_getaffinity(0))))))
+            others.append(min(1.0, max(0.0, (busy - ours) / (wall * threads()))))
     return {name: (best[name], out[name]) for name in encoders}
 
 
