@@ -505,16 +505,14 @@ def _image_export(encoder: Encoder, folder: Path) -> dict | None:
     if not all(np.array_equal(np.asarray(shape(p.convert("RGB"))), encoder.pixel_prep(p)) for p in pictures):
         return None
     image["file"] = "visual.query.onnx"  # beside the indexer's visual.onnx, if any (ViT-B-32: +352 MB)
-    indexers, made = folder / VISUAL["onnx"], False
+    indexers = folder / VISUAL["onnx"]
     if indexers.exists():
         try:
             optimise(indexers, folder / image["file"])
-            made = True
         except Exception:  # a damaged visual.onnx (the indexer's too): traced anew
             indexers.unlink(missing_ok=True)
-    if not made:
-        traced = _traced(*_image_graph(encoder))
-        optimise(traced, folder / image["file"])
+    if not indexers.exists():
+        optimise(_traced(*_image_graph(encoder)), folder / image["file"])
     tower = QueryEncoder(folder, encoder.identity, encoder.dim, {}, image, prepack=False)
     measured = float((tower.encode_images(pictures) * encoder.encode_images(pictures)).sum(1).min())
     return image if measured >= QUERY_MIN_COSINE else None
