@@ -25,9 +25,10 @@ from sqlalchemy import delete, select
 
 from .errors import UserError
 from .indexer.options import IndexOptions
+from .media import fetch
 from .media.capture import iso_taken
 from .media.errors import DecodeError
-from .media.files import under
+from .media.files import is_uri, location, under
 from .media.image import DEFAULT_MAX_PIXELS, load_image, load_image_bytes
 from .media.video import frame_at
 from .retrieval.index import Index
@@ -60,13 +61,13 @@ class SearchIndex:
     def remove(self, paths: Iterable[str]) -> int:
         """Forget files (and everything under folders), also for later updates of every root;
         returns how many files were removed."""
-        roots = [os.path.abspath(os.path.expanduser(p)) for p in paths]
+        roots = [location(os.path.expanduser(p)) for p in paths]
         with self.index.session() as s:
             ids = [f.id for f in s.scalars(select(File)) if under(f.path_key, roots)]
             known = json.loads(get_meta(s, "roots") or "[]")
             set_meta(s, "roots", json.dumps([r for r in known if not under(r, roots)]))
             # a removed part of a still-indexed folder stays out of later updates of that folder
-            removed = set(json.loads(get_meta(s, "removed") or "[]")) | {r for r in roots if r not in known}
+            removed = set(json.loads(get_meta(s, "removed") or "[]")) | {r for r in roots if r not in map(location, known)}
             set_meta(s, "removed", json.dumps(sorted(removed)))
             for part in chunks(ids):
                 s.execute(delete(File).where(File.id.in_(part)))
@@ -147,8 +148,11 @@ class SearchIndex:
         if row is None or row[0].kind == "text":
             return None
         item, f = row
+        if is_uri(f.fs_path):  # fetched with its root's options (media/fetch.py)
+            fetch.remember(json.loads(self.index.meta("roots") or "[]"))
         try:
-            img = frame_at(f.fs_path, item.timestamp or 0.0) if item.kind == "video" else load_image(f.fs_path, draft=size)
+            with fetch.fetched(f.fs_path, f.size) as path:
+                img = frame_at(path, item.timestamp or 0.0) if item.kind == "video" else load_image(path, draft=size)
         except (DecodeError, OSError):
             return None
         img.thumbnail((size, size))

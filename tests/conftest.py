@@ -4,8 +4,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -83,7 +85,7 @@ class Cli:
     def __call__(self, *args: str, ok: bool = True):
         from mmsearch.cli.main import app
 
-        where = ["--index", str(self.index)] if args[0] in ("index", "search", "info", "describe", "tag") else []
+        where = ["--index", str(self.index)] if args[0] in ("index", "remove", "search", "info", "describe", "tag") else []
         r = self.runner.invoke(app, [args[0], *where, *args[1:]])
         if ok and r.exit_code != 0:
             raise AssertionError(f"mmsearch {' '.join(args)} -> {r.exit_code}\n{r.output}\n{r.exception!r}")
@@ -104,3 +106,48 @@ def run_mmsearch(*args: str, env: dict | None = None, **kw) -> subprocess.Comple
         [sys.executable, "-m", "mmsearch", *args], capture_output=True, text=True, cwd=ROOT,
         env={**os.environ, **(env or {})}, **kw,
     )
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory):
+    """An S3-compatible server (moto) on a free loopback port for the module, reached with
+    made-up credentials from the environment (the AWS SDK's usual source; the user's own AWS
+    config is hidden); stopped by its process id. Yields HOST:PORT."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"moto_server did not start on port {port}")
+                time.sleep(0.05)
+        none = tmp_path_factory.mktemp("aws") / "none"
+        with pytest.MonkeyPatch.context() as mp:
+            for name, value in [("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                                ("AWS_EC2_METADATA_DISABLED", "true"), ("AWS_CONFIG_FILE", str(none)),
+                                ("AWS_SHARED_CREDENTIALS_FILE", str(none))]:
+                mp.setenv(name, value)
+            mp.delenv("AWS_SESSION_TOKEN", raising=False)
+            mp.delenv("AWS_PROFILE", raising=False)
+            yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def s3_client(endpoint: str):
+    import boto3
+
+    return boto3.client("s3", endpoint_url=f"http://{endpoint}", region_name="us-east-1",
+                        aws_access_key_id="testing", aws_secret_access_key="testing")

@@ -70,7 +70,7 @@ def _option(options: type[Validated], name: str, *flags: str, default: Any = ...
 @app.command()
 @user_errors
 def index(
-    paths: List[str] | None = typer.Argument(None, help="Folders or files to index (recursively). None: update every folder indexed before."),
+    paths: List[str] | None = typer.Argument(None, help="Folders or files to index (recursively), or URIs of objects and prefixes that pyarrow.fs opens (s3://bucket/prefix, gs://..., file:///dir; options as a query: s3://bucket/prefix?endpoint_override=HOST:PORT&scheme=http; see docs/distributed.md). None: update every folder indexed before."),
     index: str | None = IndexOpt,
     model: str | None = _option(IndexOptions, "model", "--model"),
     reindex: bool = _option(IndexOptions, "reindex", "--reindex"),
@@ -87,7 +87,7 @@ def index(
     runtime: str = _option(IndexOptions, "runtime", "--runtime"),
     ocr: bool | None = _option(IndexOptions, "ocr", "--ocr/--no-ocr"),
     watch: bool = typer.Option(False, "--watch", help="After indexing, keep watching the folders (PATHs, or every folder indexed before; --exclude and --hidden apply) and update the index as files appear, change, move or go: one update per burst of changes (0.5 s after the last event, at most 3 s into a long copy), with the model kept loaded. Searches work meanwhile. Ctrl-C or SIGTERM stops (exit code 0)."),
-    ray: str | None = typer.Option(None, "--ray", metavar="ADDRESS", help="Embed on a Ray cluster (needs mmsearch's ray extra): 'local' starts one on this machine for this run, 'auto' joins the one `ray start` runs here, HOST:PORT names a cluster's head. Scanning and the index stay here; every node needs mmsearch with the index's model, and the index and the media at the same paths (a shared filesystem). An interrupted run resumes from what its nodes finished. See docs/distributed.md."),
+    ray: str | None = typer.Option(None, "--ray", metavar="ADDRESS", help="Embed on a Ray cluster (needs mmsearch's ray extra): 'local' starts one on this machine for this run, 'auto' joins the one `ray start` runs here, HOST:PORT names a cluster's head. Scanning and the index stay here; every node needs mmsearch with the index's model, and the index and the media at the same paths (a shared filesystem), or the media under URI roots (s3://...) that every node can reach. An interrupted run resumes from what its nodes finished. See docs/distributed.md."),
     json_out: bool = JsonOpt,
 ):
     """Index (or incrementally update) media folders: new, changed, renamed and deleted files."""
@@ -108,6 +108,10 @@ def index(
 
     if ray is not None and watch:
         raise UserError("--ray cannot be combined with --watch: watch updates embed on this machine")
+    if watch:  # said before the first run, not after it
+        from ..indexer.watch import local_only
+
+        local_only(paths or [])
     idx = SearchIndex(index, create=True)
     report(idx.add(paths or [], opts) if ray is None else _on_ray(idx, paths or [], opts, ray))
     if watch:

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from ..media.capture import Capture, read_capture
 from ..media.errors import DecodeError
+from ..media.fetch import fetched
 from ..media.image import load_image
 from ..retrieval import lexical
 from ..retrieval.store import File, Item, chunks
@@ -76,12 +77,14 @@ def ocr(s: Session, opts: IndexOptions) -> tuple[int, float]:
 
 
 def read_ocr(path: str, max_pixels: int) -> list:
-    """The text lines read in the image at `path`, as stored (`Line.as_list`); none when it can no
-    longer be decoded (changed or gone since it was embedded: the next run sees it)."""
+    """The text lines read in the image at `path` (an object's URI: fetched again, media/fetch.py),
+    as stored (`Line.as_list`); none when it can no longer be decoded (changed or gone since it
+    was embedded: the next run sees it)."""
     from ..media.ocr import MAX_SIDE, read_text
 
     try:
-        img = load_image(path, max_pixels, draft=MAX_SIDE // 2)
+        with fetched(path) as local:
+            img = load_image(local, max_pixels, draft=MAX_SIDE // 2)
     except DecodeError:
         return []
     return [line.as_list() for line in read_text(img)]

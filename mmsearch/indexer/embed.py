@@ -7,6 +7,10 @@ Workers do the per-image geometry (resize, crop) and hand over uint8 arrays; the
 forward normalises them (retrieval/encoders/pixels.py). Workers are threads, or processes
 (`processes=True`) so that Python-level work in decoding does not contend for the GIL with the
 model loop; they receive only the picklable `PixelPrep`, never the model.
+
+An object under a URI root is fetched to a temporary file for its decoders (media/fetch.py) and,
+while it is there, hashed and its capture metadata read (`Decoded.digest`, `Decoded.capture`):
+the driver's plan did neither, so that it never downloads the objects.
 """
 from __future__ import annotations
 
@@ -19,11 +23,14 @@ from typing import TYPE_CHECKING, Any, Iterator
 import numpy as np
 from tqdm import tqdm
 
+from ..media import fetch
 from ..media.errors import DecodeError
+from ..media.files import file_digest, is_uri
 from ..media.image import load_image
 from ..media.text import TextOptions, text_units
 from ..media.video import keyframes
 from ..retrieval.encoders.pixels import PixelEncoder, PixelPrep
+from .annotate import capture_fields
 from .options import IndexOptions
 from .scan import Entry
 
@@ -43,6 +50,7 @@ class Decoded:
     units: list[tuple[dict, Any]] = field(default_factory=list)  # (item fields, uint8 pixels or text)
     error: str | None = None
     vectors: np.ndarray | None = None
+    capture: dict | None = None  # an object's capture columns, read while fetched (None: read after, annotate.py)
 
     def items(self) -> list[dict]:
         """Item rows to store, near-duplicate consecutive video keyframes dropped."""
@@ -60,16 +68,19 @@ def decode(entry: Entry, digest: str, prep: PixelPrep, opts: IndexOptions) -> De
     """One file's units ready for the model: pixels preprocessed by `prep`, or texts."""
     d = Decoded(entry, digest)
     try:
-        if entry.kind == "text":
-            d.units = [(u, u["text"]) for u in text_units(entry.path, TextOptions(opts.text_column, opts.path_column))]
-        elif entry.kind == "video":
-            frames = keyframes(entry.path, max_gap=opts.max_gap, max_pixels=opts.max_pixels)
-            d.size = frames[0].image.size
-            d.units = [({"kind": "video", "timestamp": k.timestamp, "start": k.start, "end": k.end},
-                        prep(k.image)) for k in frames]
-        else:
-            img = load_image(entry.path, opts.max_pixels, draft=2 * prep.image_size)
-            d.size, d.units = img.info["source_size"], [({"kind": "image"}, prep(img))]
+        with fetch.fetched(entry.path, entry.size) as path:
+            if is_uri(entry.path):
+                d.digest, d.capture = file_digest(path), capture_fields(path, entry.kind, entry.mtime_ns)
+            if entry.kind == "text":
+                d.units = [(u, u["text"]) for u in text_units(path, TextOptions(opts.text_column, opts.path_column), entry.path)]
+            elif entry.kind == "video":
+                frames = keyframes(path, max_gap=opts.max_gap, max_pixels=opts.max_pixels)
+                d.size = frames[0].image.size
+                d.units = [({"kind": "video", "timestamp": k.timestamp, "start": k.start, "end": k.end},
+                            prep(k.image)) for k in frames]
+            else:
+                img = load_image(path, opts.max_pixels, draft=2 * prep.image_size)
+                d.size, d.units = img.info["source_size"], [({"kind": "image"}, prep(img))]
     except DecodeError as err:
         d.error = str(err)
     except Exception as err:  # a decoder bug on one odd file must not end the run
@@ -103,7 +114,9 @@ def embedded(todo: list[tuple[Entry, str]], encoder: Encoder | ExportedEncoder, 
     prep = encoder.pixel_prep
     bar = tqdm(total=len(todo), desc="embedding", unit="file", disable=not progress or not todo)
     # forkserver, not fork: a child forked from a process running torch's thread pools can hang
-    pool = ProcessPoolExecutor(workers, mp_context=get_context("forkserver")) if processes else ThreadPoolExecutor(workers)
+    # (a worker process opens objects with this one's URI roots' options: media/fetch.py)
+    pool = (ProcessPoolExecutor(workers, mp_context=get_context("forkserver"), initializer=fetch.remember,
+                                initargs=(fetch.remembered(),)) if processes else ThreadPoolExecutor(workers))
     # the model runs ahead of the caller, in its own threads (one per lane of the image forward):
     # while it embeds the next batches (native code, GIL released) the caller commits this one
     with pool, ThreadPoolExecutor(encode_pixels.lanes) as model:

@@ -3,6 +3,11 @@
 Unchanged files (same size and mtime) cost nothing. New and changed files are hashed; those whose
 content the store already has (renamed, duplicated, or only touched) reuse its vectors. The rest
 need decoding and embedding, as do unchanged captions whose image has moved (their link is stale).
+
+Objects under a URI root are not hashed here: that would download every new object to this
+machine (at 100M objects, the archive). They are planned with no digest ("") and hashed where
+their bytes are fetched for decoding (embed.decode, on this machine or a Ray node); so a renamed
+object is embedded again rather than reused.
 """
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ from sqlalchemy.orm import Session
 from tqdm import tqdm
 
 from ..media.errors import may_pass_later, os_reason
-from ..media.files import file_digest, under
+from ..media.files import file_digest, is_uri, under
 from ..media.kinds import is_table
 from ..retrieval.store import File, Item, chunks, files_by_key, stored_keys
 from .scan import FOLDER, Entry
@@ -68,8 +73,11 @@ def make_plan(session: Session, entries: list[Entry], roots: list[str], workers:
         except OSError as err:
             return e, None, os_reason(err)
 
+    objects = [e for e in todo if is_uri(e.path)]  # hashed where they are fetched (module doc)
+    todo = [e for e in todo if not is_uri(e.path)] if objects else todo
     with ThreadPoolExecutor(max(1, workers)) as pool:
         hashed = list(tqdm(pool.map(digest, todo), total=len(todo), desc="hashing", unit="file", disable=not progress or not todo, leave=False))
+    hashed += [(e, "", None) for e in objects]
     digests = {d for _, d, _ in hashed if d}
     sources = _items_by_digest(session, digests)
     for e, d, err in hashed:
@@ -86,7 +94,7 @@ def _relinked(session: Session, texts: list[Entry], entries: list[Entry]) -> lis
     """Unchanged caption files whose image has gone (renamed, removed) or appeared beside them:
     their items' link to it is out of date, so they are embedded again (texts are cheap). Read
     from the link_path index alone, never the items' rows (which hold the vectors)."""
-    texts = [e for e in texts if not is_table(e.path)]  # tables link by column
+    texts = [e for e in texts if not is_table(e.path) and not is_uri(e.path)]  # tables link by column; objects never (text.py)
     if not texts:
         return []
     media: dict[str, set[str]] = {}

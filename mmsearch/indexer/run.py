@@ -18,7 +18,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from ..errors import UserError
-from ..media.files import display_path, under
+from ..media.files import display_path, location, under
 from ..retrieval import lexical
 from ..retrieval.index import Index
 from ..retrieval.store import (
@@ -36,7 +36,7 @@ from ..retrieval.store import (
 from . import annotate
 from .options import IndexOptions
 from .plan import Plan, make_plan
-from .scan import Entry, scan
+from .scan import Entry, given_root, scan
 from .side_export import SideExport
 
 
@@ -80,10 +80,7 @@ def index_paths(index: Index, roots: Iterable[str], opts: IndexOptions | None = 
 def _update(index: Index, roots: Iterable[str], opts: IndexOptions, embed: EmbedStage | None = None) -> Summary:
     start = time.perf_counter()
     known = json.loads(index.meta("roots") or "[]")
-    paths = [os.path.abspath(r) for r in roots]
-    for r in paths:
-        if not os.path.exists(r):
-            raise UserError(f"{display_path(r)} does not exist")
+    paths = [given_root(r) for r in roots]
     removed = json.loads(index.meta("removed") or "[]")  # parts of roots taken out by SearchIndex.remove
     if paths:  # naming a folder again brings back what was removed inside it
         removed = [p for p in removed if not under(os.fsencode(p), paths)]
@@ -107,7 +104,9 @@ def _update(index: Index, roots: Iterable[str], opts: IndexOptions, embed: Embed
             s.execute(delete(File).where(File.id.in_(ids)))
         _write(s, _reused(s, plan))
         _skip(s, [(e, e.error or "unusable") for e in plan.broken] + plan.unreadable, summary)
-        set_meta(s, "roots", json.dumps(sorted(set(known) | set(paths))))
+        # (a URI root named again with other options replaces the one kept before)
+        given = {location(p) for p in paths}
+        set_meta(s, "roots", json.dumps(sorted({*(r for r in known if location(r) not in given), *paths})))
         set_meta(s, "removed", json.dumps(removed))
         if plan.remove or plan.reuse or plan.broken or plan.unreadable:
             bump_generation(s)
@@ -155,7 +154,8 @@ def _embed_here(s: Session, index: Index, encoder, plan: Plan, opts: IndexOption
     try:
         for batch in embedded(plan.embed, encoder, opts, batch_size=opts.batch_size, workers=opts.workers,
                               progress=opts.progress, encode_pixels=encode_pixels, processes=opts.processes):
-            commit_batch(s, plan, summary, [(d.entry, d.digest, d.items(), d.size, d.error) for d in batch])
+            commit_batch(s, plan, summary, [(d.entry, d.digest, d.items(), d.size, d.error) for d in batch],
+                         [d.capture for d in batch])  # (an object's, read while it was fetched)
         summary.query_export = side.result() if side else _export_for_queries(encoder)
     finally:
         if side:

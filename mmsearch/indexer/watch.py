@@ -21,7 +21,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
 from ..errors import IndexBusy, UserError
-from ..media.files import display_path, under
+from ..media.files import display_path, is_uri, location, under
 from ..media.kinds import kind_of
 from ..retrieval.index import Index
 from .options import IndexOptions
@@ -102,6 +102,13 @@ class _Handler(FileSystemEventHandler):
             self.changed.set()
 
 
+def local_only(roots: list[str]) -> None:
+    """Watching needs the file system's events: a URI root (an object store) has none."""
+    if uri := next((r for r in roots if is_uri(r)), None):
+        raise UserError(f"cannot watch {location(uri)}: --watch follows local folders only (name them; "
+                        "run mmsearch index again to update a URI root)")
+
+
 @dataclass
 class Watch:
     """Watch `paths` (none: every root indexed before) and update the index once per burst of
@@ -121,6 +128,7 @@ class Watch:
     def __post_init__(self) -> None:
         # the first run chose the model and re-embedded what --reindex asked for: updates do neither
         self.opts = self.opts.model_copy(update={"model": None, "reindex": False})
+        local_only(self.paths or json.loads(self.index.meta("roots") or "[]"))
         self.paths = [os.path.abspath(os.path.expanduser(p)) for p in self.paths]
         self.roots = [r for r in self.paths or json.loads(self.index.meta("roots") or "[]") if os.path.lexists(r)]
 

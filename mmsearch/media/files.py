@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 
 _CHUNK = 1 << 20
 #: files above this are fingerprinted from sampled chunks + size (videos, big checkpoints).
@@ -29,11 +30,33 @@ def file_digest(path: str | os.PathLike | bytes) -> str:
     return h.hexdigest()
 
 
+#: a URI's scheme (`s3://`, `file://`, `gs://`): a root so written is listed and fetched through
+#: pyarrow.fs (media/fetch.py), not walked and opened as a path
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_uri(path: str | bytes) -> bool:
+    return _SCHEME.match(os.fsdecode(path)) is not None
+
+
+def location(path: str) -> str:
+    """Where a root lies, as the stored paths of its files begin: a local path made absolute; a
+    URI without what is the filesystem's options, never the object's name (media/fetch.py): its
+    query, credentials (``s3://KEY:SECRET@bucket``) and trailing slash."""
+    if not is_uri(path):
+        return os.path.abspath(path)
+    scheme, _, rest = path.partition("?")[0].partition("://")
+    authority, slash, rest = rest.partition("/")
+    rest = authority.rpartition("@")[2] + slash + rest
+    return f"{scheme}://{rest.rstrip('/') if rest.strip('/') else rest}"
+
+
 def under(path: str | bytes, roots) -> bool:
-    """Whether a path is one of `roots` or lies inside one (compared as bytes, like the store's keys)."""
-    key = path if isinstance(path, bytes) else os.fsencode(path)
+    """Whether a path is one of `roots` or lies inside one (compared as bytes, like the store's
+    keys; a URI by its `location`)."""
+    key = path if isinstance(path, bytes) else os.fsencode(location(path) if is_uri(path) else path)
     for root in roots:
-        r = os.fsencode(os.path.abspath(root))
+        r = os.fsencode(location(root))
         if key == r or key.startswith(r.rstrip(b"/") + b"/"):
             return True
     return False

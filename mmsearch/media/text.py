@@ -2,15 +2,18 @@
 
 A ``photo.txt`` beside ``photo.jpg`` is that image's caption: its item links to the image, which
 is how search results show captions and how `describe` finds them. Table rows link to the file
-named in the path column, when there is one.
+named in the path column, when there is one. Under a URI root a table's links are URIs beside
+it; a ``.txt`` there links to no image (finding one would cost a request per image extension).
 """
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 from dataclasses import dataclass
 
 from .errors import DecodeError, regular_size
+from .files import is_uri
 from .kinds import IMAGE_EXTS, VIDEO_EXTS, is_table
 from .tables import CAPTION_COLUMNS, IMAGE_COLUMNS, first_column, read_table
 
@@ -26,15 +29,17 @@ class TextOptions:
     path_column: str | None = None
 
 
-def text_units(path: str, opts: TextOptions = TextOptions()) -> list[dict]:
-    """Item fields (kind, text, offset, link_path) for one text or table file."""
+def text_units(path: str, opts: TextOptions = TextOptions(), origin: str | None = None) -> list[dict]:
+    """Item fields (kind, text, offset, link_path) for one text or table file; `origin`: where
+    it is, which links are relative to, when `path` is a local copy (of an object: a URI)."""
+    origin = origin or path
     if regular_size(path) > MAX_TEXT_BYTES:
         raise DecodeError(f"text file larger than {MAX_TEXT_BYTES >> 20} MiB")
     if is_table(path):
-        return _table(path, opts)
+        return _table(path, opts, origin)
     with open(path, "rb") as f:
         body = f.read().decode("utf-8", errors="replace")
-    link = sidecar_of(path)
+    link = None if is_uri(origin) else sidecar_of(origin)
     units = [{"kind": "text", "text": t, "offset": off, "link_path": link} for off, t in passages(body)]
     if not units:
         raise DecodeError("no text")
@@ -49,6 +54,17 @@ def sidecar_of(path: str) -> str | None:
             if os.path.isfile(candidate):
                 return os.path.abspath(candidate)
     return None
+
+
+def _beside(origin: str, link: str) -> str:
+    """A link of a table at `origin` as a path: relative to the table's folder (its "folder" in a
+    URI); an absolute one, or a URI, as given."""
+    if not is_uri(origin):
+        return os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(origin)), link))
+    if is_uri(link) or link.startswith("/"):
+        return link
+    scheme, _, rest = origin.partition("://")
+    return f"{scheme}://{posixpath.normpath(posixpath.join(posixpath.dirname(rest), link))}"
 
 
 def passages(body: str) -> list[tuple[int, str]]:
@@ -71,7 +87,7 @@ def passages(body: str) -> list[tuple[int, str]]:
     return [(o, t) for o, t in out if t]
 
 
-def _table(path: str, opts: TextOptions) -> list[dict]:
+def _table(path: str, opts: TextOptions, origin: str) -> list[dict]:
     try:
         df = read_table(path)
     except Exception as e:  # pandas raises many types for malformed tables
@@ -82,7 +98,6 @@ def _table(path: str, opts: TextOptions) -> list[dict]:
     path_col = first_column(df.columns, IMAGE_COLUMNS, opts.path_column)
     if opts.path_column and path_col not in df.columns:
         raise DecodeError(f"no column {opts.path_column!r}")
-    base = os.path.dirname(os.path.abspath(path))
     units = []
     for row, (_, r) in enumerate(df.iterrows()):
         txt = r[text_col]
@@ -90,7 +105,7 @@ def _table(path: str, opts: TextOptions) -> list[dict]:
             continue
         link = r[path_col] if path_col in df.columns and isinstance(r[path_col], str) else None
         if link:
-            link = os.path.normpath(os.path.join(base, link))
+            link = _beside(origin, link)
         units.append({"kind": "text", "text": txt.strip(), "offset": row, "link_path": link})
     if not units:
         raise DecodeError("no text in the table")

@@ -15,6 +15,7 @@ from sqlalchemy import Select, select
 from ..errors import UserError
 from ..media.capture import FILE_TIME, distance_km, iso_taken, wall_ns
 from ..media.errors import DecodeError
+from ..media.files import is_uri
 from ..media.image import load_image
 from ..media.kinds import kind_of
 from ..media.video import frame_at
@@ -119,9 +120,9 @@ class Filters:
 
 
 def path_pattern(glob: str) -> str:
-    """A `--path` glob as matched against whole stored paths: one that is not absolute matches
-    whole trailing components (``2024/*`` matches ``/photos/2024/a.jpg``, not ``/photos/old2024/``)."""
-    return glob if glob.startswith(("/", "*")) else "*/" + glob
+    """A `--path` glob as matched against whole stored paths: one that is not absolute (nor a URI)
+    matches whole trailing components (``2024/*`` matches ``/photos/2024/a.jpg``, not ``/photos/old2024/``)."""
+    return glob if glob.startswith(("/", "*")) or is_uri(glob) else "*/" + glob
 
 
 def wall_day_ns(day: date | None) -> int | None:

@@ -1,0 +1,134 @@
+"""Objects under URI roots (`s3://bucket/prefix`, `gs://…`, `file:///dir`): their filesystems,
+and a local copy of one object for the decoders, which all read local files.
+
+A root is what `pyarrow.fs.FileSystem.from_uri` opens, or else an fsspec protocol (through
+pyarrow's `FSSpecHandler`, when fsspec and its plugin are installed). Its query string holds the
+filesystem's options (`s3://media/photos?endpoint_override=127.0.0.1:9000&scheme=http`): the
+index keeps the root as given (meta "roots"), while its files are stored by their plain URIs
+(`s3://media/photos/a.jpg`). A process that fetches objects `remember`s the roots first (the
+scan does, by opening them; a Ray actor gets them with its run), so that each object is opened
+with its root's options. Credentials come from the filesystem's usual sources (for S3 the AWS
+environment variables and config files), which keeps them out of the index.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Iterable, Iterator
+
+from .errors import PERMISSION_DENIED, UNREADABLE, DecodeError
+from .files import is_uri, location, under
+from .kinds import extension
+
+if TYPE_CHECKING:
+    from pyarrow.fs import FileSystem
+
+#: the largest object copied for decoding: a local run fetches `--workers` at a time into the
+#: temporary folder, so a bigger one (an hour of 4K video) is skipped rather than fill the disk
+MAX_FETCH = 4 << 30
+#: bytes copied a read
+_CHUNK = 8 << 20
+
+#: each remembered root's location → the root as given (with its options)
+_roots: dict[str, str] = {}
+
+
+def remember(roots: Iterable[str]) -> None:
+    """Open later fetches under these URI roots with their options (local paths are ignored)."""
+    _roots.update((location(r), r) for r in roots if is_uri(r))
+
+
+def remembered() -> list[str]:
+    """The URI roots this process knows, to hand to another process (`remember` there)."""
+    return list(_roots.values())
+
+
+def open_root(root: str) -> tuple[FileSystem, str]:
+    """The filesystem of a URI root and the root's path in it; the root is remembered. Raises
+    ValueError for a URI no filesystem takes, OSError when its filesystem cannot be set up."""
+    remember([root])
+    return _filesystem(root)
+
+
+def locate(uri: str) -> tuple[FileSystem, str]:
+    """The filesystem and path of an object: by the remembered root it lies under (the longest),
+    with that root's options; else by the URI alone."""
+    roots = [loc for loc in _roots if under(uri, [loc])]
+    if not roots:
+        return _filesystem(uri)
+    loc = max(roots, key=len)
+    fs, base = _filesystem(_roots[loc])
+    return fs, base + uri[len(loc):]
+
+
+@functools.lru_cache(maxsize=64)
+def _filesystem(uri: str) -> tuple[FileSystem, str]:
+    """(cached: an S3 filesystem sets up a client; one serves every object and thread)"""
+    import pyarrow as pa
+    from pyarrow.fs import FileSystem, FSSpecHandler, PyFileSystem
+
+    try:
+        fs, path = FileSystem.from_uri(uri)
+    except pa.ArrowInvalid as e:
+        if not str(e).startswith("Unrecognized filesystem type"):
+            raise ValueError(str(e)) from None
+        try:
+            import fsspec
+
+            other, path = fsspec.core.url_to_fs(uri)
+        except (ImportError, ValueError) as err:
+            scheme = uri.partition("://")[0]
+            raise ValueError(f"no filesystem for {scheme}:// (pyarrow has s3, gs, hdfs and file; others need fsspec "
+                             f"and its plugin: {err})") from None
+        fs = PyFileSystem(FSSpecHandler(other))
+    return fs, path.rstrip("/") or path
+
+
+@contextmanager
+def fetched(path: str, size: int | None = None) -> Iterator[str]:
+    """A local file with the content of `path`: the path itself when it is local (no cost), else
+    a temporary copy of the object (with its extension: decoders choose by it), removed after.
+    An object that cannot be fetched (gone, denied, the network) or is larger than MAX_FETCH
+    (`size` when known, else as it is copied) is a `DecodeError` with the reason."""
+    if not is_uri(path):
+        yield path
+        return
+    if size is not None and size > MAX_FETCH:
+        raise DecodeError(_too_large())
+    fd, local = tempfile.mkstemp(prefix="mmsearch-", suffix=extension(path))
+    try:
+        with os.fdopen(fd, "wb") as out:
+            _copy(path, out)
+        yield local
+    finally:
+        os.unlink(local)
+
+
+def _copy(uri: str, out) -> None:
+    import pyarrow as pa
+
+    try:
+        fs, path = locate(uri)
+        with fs.open_input_stream(path) as src:
+            while chunk := src.read(_CHUNK):
+                out.write(chunk)
+                if out.tell() > MAX_FETCH:
+                    raise DecodeError(_too_large())
+    except (OSError, ValueError, pa.ArrowException) as e:
+        # pyarrow's I/O errors are OSErrors (a missing object, S3's access and network errors):
+        # "unreadable" is tried again by the next run (media/errors.py), as a network error should be
+        raise DecodeError(PERMISSION_DENIED if isinstance(e, PermissionError) else f"{UNREADABLE}: {first_line(e)}") from None
+
+
+def _too_large() -> str:
+    return f"object larger than {MAX_FETCH / 2**30:g} GiB: not fetched"
+
+
+def first_line(e: BaseException, root: str | None = None) -> str:
+    """The first line of an error's message; naming `root` by its location (pyarrow quotes a
+    URI it cannot parse whole, credentials and all)."""
+    text = str(e).strip()
+    line = text.splitlines()[0] if text else type(e).__name__
+    return line.replace(root, location(root)) if root else line
