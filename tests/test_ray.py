@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import run_mmsearch
+from conftest import run_mmsearch, s3_client
 from sqlalchemy import select
 
 from mmsearch.errors import UserError
@@ -27,6 +27,7 @@ from mmsearch.indexer.distributed import RayStage
 from mmsearch.indexer.options import IndexOptions
 from mmsearch.indexer.run import index_paths
 from mmsearch.indexer.scan import Entry
+from mmsearch.media.files import file_digest
 from mmsearch.retrieval import index as index_module
 from mmsearch.retrieval import policy
 from mmsearch.retrieval.index import Index
@@ -439,6 +440,51 @@ def test_the_driver_reads_shards_while_its_last_batch_commits(tmp_path, monkeypa
             merger.add(more[0])  # its commit starts...
             raise KeyboardInterrupt  # ...and a Ctrl-C comes: leaving waits for the commit, and tells the Ctrl-C
     assert log == ["read t0", "failed"]  # (its error is not the one told: the Ctrl-C is)
+
+
+def test_an_s3_prefix_embedded_on_the_cluster_is_a_local_run(cluster, s3_server, photos, tmp_path):
+    """Objects under a URI root are fetched and hashed by the actors, with the root's options
+    (an endpoint, and credentials in the URI: the cluster's workers may lack the test's AWS
+    environment); the items, vectors, digests and skipped files are a local run's."""
+    client = s3_client(s3_server)
+    client.create_bucket(Bucket="cluster")
+    for name in ["coffee.png", "horse.png", "rocket.jpg", "chelsea.png", "camera.png", "coins.png"]:
+        client.upload_file(str(photos / name), "cluster", f"lib/{name}")
+    client.put_object(Bucket="cluster", Key="lib/corrupt.jpg", Body=b"\xff\xd8\xff\xe0 not really a JPEG")
+    client.put_object(Bucket="cluster", Key="lib/note.txt", Body=b"A red bicycle leans against a brick wall.")
+    root = f"s3://testing:testing@cluster/lib?endpoint_override={s3_server}&scheme=http&region=us-east-1"
+    local = index_paths(Index(tmp_path / "local", create=True), [root], IndexOptions())
+    stage = RayStage(slice_files=4)
+    summary = index_paths(_fresh(tmp_path), [root], IndexOptions(), embed=stage)
+    assert (stage.slices, stage.embedded, summary.embedded) == (2, 8, 7)
+    assert summary.skipped == local.skipped and summary.skipped[0]["path"] == "s3://cluster/lib/corrupt.jpg"
+    _same_as_local(tmp_path / "index", tmp_path / "local")
+
+    def digests(path: Path) -> dict[str, str | None]:
+        with Index(path).session() as s:
+            return dict(s.execute(select(File.path, File.digest)).tuples().all())
+
+    assert digests(tmp_path / "index") == digests(tmp_path / "local")
+    assert digests(tmp_path / "index")["s3://cluster/lib/coffee.png"] == file_digest(photos / "coffee.png")
+
+
+def test_an_object_is_taken_from_this_runs_shards_alone(tmp_path):
+    """An object under a URI root is planned without a digest (hashed where it is fetched): its
+    shard row is stored from this run's shards (with the digest the actor found), never from an
+    earlier run's, which may hold an older version of it; a file's by its digest, as ever."""
+    from mmsearch.indexer.plan import Plan
+    from mmsearch.indexer.run import Summary
+
+    index = _synthetic_index(tmp_path)
+    shard = _shard(tmp_path / "s.parquet", "synthetic-4", [("s3://m/a.jpg", "a" * 32, None), ("/p/b.jpg", "b" * 32, None)])
+    for this_run, stored in [(False, {"/p/b.jpg"}), (True, {"/p/b.jpg", "s3://m/a.jpg"})]:
+        wanted = {os.fsencode(p): (Entry(p, "image", 1, 1), d) for p, d in [("s3://m/a.jpg", ""), ("/p/b.jpg", "b" * 32)]}
+        with index.session() as s, distributed.Merger(s, Plan(), Summary(), "synthetic-4", wanted, refuse=this_run) as merger:
+            merger.add(shard)
+            merger.flush()
+        assert set(_files(tmp_path / "index")) == stored
+    with index.session() as s:
+        assert s.scalar(select(File.digest).where(File.path == "s3://m/a.jpg")) == "a" * 32
 
 
 if __name__ == "__main__":

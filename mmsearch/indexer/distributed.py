@@ -10,7 +10,8 @@ is stored. Vectors travel
 through the shared folder, not Ray's object store: a shard outlives the driver, so nothing
 embedded is lost when the driver dies. Workers on other nodes read the media and write the
 shards by the driver's absolute paths: the index and the media must be on a filesystem every
-node mounts at the same path (docs/distributed.md).
+node mounts at the same path (docs/distributed.md); media under a URI root (`s3://…`) are fetched
+by the nodes themselves, with the root's options (media/fetch.py).
 
 Failures, as measured on Ray 2.60: one raising row aborts a whole Dataset (and
 `max_errored_blocks` drops whole blocks), so a file that cannot be decoded is a skipped record in
@@ -46,6 +47,7 @@ import pyarrow.parquet as pq
 from sqlalchemy.orm import Session
 
 from ..errors import UserError
+from ..media import fetch
 from ..retrieval.index import Index
 from ..retrieval.policy import CHUNK
 from ..retrieval.store import get_meta, segments
@@ -190,7 +192,8 @@ class RayStage:
         # queueing several on one actor left another idle at the end
         slices = ray.data.from_items([{"slice": i} for i in range(run.slices)], override_num_blocks=run.slices)
         ds = slices.map_batches(
-            _SliceEmbedder, batch_size=1, fn_constructor_kwargs={"run": run, "opts": opts, "exit_once": self.exit_once},
+            _SliceEmbedder, batch_size=1, fn_constructor_kwargs={"run": run, "opts": opts, "exit_once": self.exit_once,
+                                                                 "roots": fetch.remembered()},
             compute=ray.data.ActorPoolStrategy(size=min(actors, run.slices), max_tasks_in_flight_per_actor=1),
             # CPUs only: mmsearch's models run on the CPU (PyTorch, ONNX Runtime's CPU provider),
             # so a GPU an actor held would idle
@@ -218,13 +221,14 @@ class RayStage:
 class _SliceEmbedder:
     """A Ray Data actor: loads the model once, then turns each slice it is given into a shard."""
 
-    def __init__(self, run: Run, opts: IndexOptions, exit_once: str | None = None):
+    def __init__(self, run: Run, opts: IndexOptions, exit_once: str | None = None, roots: list[str] | None = None):
         import ray
 
         from ..retrieval.encoders import load_indexer
         from ..retrieval.encoders.exported import image_forward
 
         self.run, self.opts, self.exit_once = run, opts, exit_once
+        fetch.remember(roots or [])  # the driver's URI roots: objects are fetched with their options
         self.encoder = load_indexer(run.model, opts.runtime, run.images)
         self.encode_pixels, self.runtime = image_forward(self.encoder, opts.runtime, run.images)
         self.node = ray.get_runtime_context().get_node_id()
@@ -262,8 +266,8 @@ class _SliceEmbedder:
         if self.run.ocr:
             self.read_text(files)
         with ThreadPoolExecutor(ACTOR_CPUS) as pool:  # capture metadata: headers, read where the files are
-            captures = list(pool.map(lambda d: None if d.error else json.dumps(
-                capture_fields(d.entry.path, d.entry.kind, d.entry.mtime_ns)), [d for d, _ in files]))
+            captures = list(pool.map(lambda d: None if d.error else json.dumps(  # (an object's: read while fetched)
+                d.capture or capture_fields(d.entry.path, d.entry.kind, d.entry.mtime_ns)), [d for d, _ in files]))
         rows = [{"key": d.entry.key, "digest": d.digest, "error": d.error,
                  "width": d.size[0] if d.size else None, "height": d.size[1] if d.size else None,
                  "items": json.dumps([{k: v for k, v in it.items() if k != "vector"} for it in items]),
@@ -437,7 +441,10 @@ class Merger:
         captures = []
         for r, (key, digest, error, width, height, items, capture) in enumerate(zip(*columns)):
             job = self.wanted.get(key)
-            if job is None or job[1] != digest:  # stored already (a slice delivered twice), or changed since
+            # stored already (a slice delivered twice), or changed since; an object under a URI root is
+            # planned without a digest (hashed where fetched): taken from this run's shards alone
+            # (`refuse`), as an earlier run's may hold an older version of it
+            if job is None or (job[1] != digest if job[1] else not self.refuse):
                 continue
             del self.wanted[key]
             fields = _fields(items)
