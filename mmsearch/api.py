@@ -151,7 +151,7 @@ class SearchIndex:
         if is_uri(f.fs_path):  # fetched with its root's options (media/fetch.py)
             fetch.remember(json.loads(self.index.meta("roots") or "[]"))
         try:
-            with fetch.fetched(f.fs_path, f.size) as path:
+            with fetch.fetched(f.fs_path, f.size, fetch.MAX_THUMBNAIL_FETCH) as path:
                 img = frame_at(path, item.timestamp or 0.0) if item.kind == "video" else load_image(path, draft=size)
         except (DecodeError, OSError):
             return None

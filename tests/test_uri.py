@@ -111,6 +111,9 @@ def test_an_s3_prefix_is_indexed_searched_updated_and_swept(cli, s3_server, buck
     from mmsearch.api import SearchIndex
 
     assert SearchIndex(cli.index).thumbnail(hits[0]["item_id"])[:2] == b"\xff\xd8"  # a JPEG
+    # a server's client asks by id: an object larger than a thumbnail's bound is not fetched for one
+    monkeypatch.setattr(fetch, "MAX_THUMBNAIL_FETCH", 1000)
+    assert SearchIndex(cli.index).thumbnail(hits[0]["item_id"]) is None
 
     client = s3_client(s3_server)
     client.delete_object(Bucket="media", Key="lib/horse.png")

@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 #: the largest object copied for decoding: a local run fetches `--workers` at a time into the
 #: temporary folder, so a bigger one (an hour of 4K video) is skipped rather than fill the disk
 MAX_FETCH = 4 << 30
+#: the largest object fetched to draw a thumbnail (api.SearchIndex.thumbnail): a server's client
+#: asks by item id, and each request must stay cheap; a bigger object (a long video) has none
+MAX_THUMBNAIL_FETCH = 64 << 20
 #: bytes copied a read
 _CHUNK = 8 << 20
 
@@ -87,26 +90,27 @@ def _filesystem(uri: str) -> tuple[FileSystem, str]:
 
 
 @contextmanager
-def fetched(path: str, size: int | None = None) -> Iterator[str]:
+def fetched(path: str, size: int | None = None, limit: int | None = None) -> Iterator[str]:
     """A local file with the content of `path`: the path itself when it is local (no cost), else
     a temporary copy of the object (with its extension: decoders choose by it), removed after.
-    An object that cannot be fetched (gone, denied, the network) or is larger than MAX_FETCH
-    (`size` when known, else as it is copied) is a `DecodeError` with the reason."""
+    An object that cannot be fetched (gone, denied, the network) or is larger than `limit`
+    (`size` when known, else as it is copied; default MAX_FETCH) is a `DecodeError` with the reason."""
     if not is_uri(path):
         yield path
         return
-    if size is not None and size > MAX_FETCH:
-        raise DecodeError(_too_large())
+    limit = MAX_FETCH if limit is None else limit
+    if size is not None and size > limit:
+        raise DecodeError(_too_large(limit))
     fd, local = tempfile.mkstemp(prefix="mmsearch-", suffix=extension(path))
     try:
         with os.fdopen(fd, "wb") as out:
-            _copy(path, out)
+            _copy(path, out, limit)
         yield local
     finally:
         os.unlink(local)
 
 
-def _copy(uri: str, out) -> None:
+def _copy(uri: str, out, limit: int) -> None:
     import pyarrow as pa
 
     try:
@@ -114,16 +118,16 @@ def _copy(uri: str, out) -> None:
         with fs.open_input_stream(path) as src:
             while chunk := src.read(_CHUNK):
                 out.write(chunk)
-                if out.tell() > MAX_FETCH:
-                    raise DecodeError(_too_large())
+                if out.tell() > limit:
+                    raise DecodeError(_too_large(limit))
     except (OSError, ValueError, pa.ArrowException) as e:
         # pyarrow's I/O errors are OSErrors (a missing object, S3's access and network errors):
         # "unreadable" is tried again by the next run (media/errors.py), as a network error should be
         raise DecodeError(PERMISSION_DENIED if isinstance(e, PermissionError) else f"{UNREADABLE}: {first_line(e)}") from None
 
 
-def _too_large() -> str:
-    return f"object larger than {MAX_FETCH / 2**30:g} GiB: not fetched"
+def _too_large(limit: int) -> str:
+    return f"object larger than {f'{limit / 2**30:g} GiB' if limit >= 2**30 else f'{limit / 2**20:g} MiB'}: not fetched"
 
 
 def first_line(e: BaseException, root: str | None = None) -> str:
