@@ -19,6 +19,7 @@ import io
 import json
 import os
 import threading
+from contextlib import nullcontext
 from typing import Any, Iterable, Sequence
 
 from sqlalchemy import delete, select
@@ -61,11 +62,13 @@ class SearchIndex:
     def remove(self, paths: Iterable[str]) -> int:
         """Forget files (and everything under folders), also for later updates of every root;
         returns how many files were removed."""
-        roots = [location(os.path.expanduser(p)) for p in paths]
         with self.index.session() as s:
-            ids = [f.id for f in s.scalars(select(File)) if under(f.path_key, roots)]
             known = json.loads(get_meta(s, "roots") or "[]")
-            set_meta(s, "roots", json.dumps([r for r in known if not under(r, roots)]))
+            # a URI's query is options only where it names a root: else a "?" is part of a key
+            roots = [p if is_uri(p) and "?" in p and p not in known else location(p) for p in map(os.path.expanduser, paths)]
+            keys = [os.fsencode(r) for r in roots]  # (compared exactly: `under`)
+            ids = [f.id for f in s.scalars(select(File)) if under(f.path_key, keys)]
+            set_meta(s, "roots", json.dumps([r for r in known if not under(r, keys)]))
             # a removed part of a still-indexed folder stays out of later updates of that folder
             removed = set(json.loads(get_meta(s, "removed") or "[]")) | {r for r in roots if r not in map(location, known)}
             set_meta(s, "removed", json.dumps(sorted(removed)))
@@ -148,10 +151,12 @@ class SearchIndex:
         if row is None or row[0].kind == "text":
             return None
         item, f = row
-        if is_uri(f.fs_path):  # fetched with its root's options (media/fetch.py)
+        remote = is_uri(f.fs_path)
+        if remote:  # fetched with its root's options (media/fetch.py)
             fetch.remember(json.loads(self.index.meta("roots") or "[]"))
         try:
-            with fetch.fetched(f.fs_path, f.size, fetch.MAX_THUMBNAIL_FETCH) as path:
+            # (objects: a few fetches at once, so that a burst of requests holds a bounded disk and network)
+            with _FETCHING if remote else nullcontext(), fetch.fetched(f.fs_path, f.size, fetch.MAX_THUMBNAIL_FETCH) as path:
                 img = frame_at(path, item.timestamp or 0.0) if item.kind == "video" else load_image(path, draft=size)
         except (DecodeError, OSError):
             return None
@@ -166,6 +171,9 @@ class SearchIndex:
 
 #: uploads decoding at once: one at the pixel limit can take over a GB while it decodes
 _DECODING = threading.BoundedSemaphore(2)
+#: objects fetched at once for thumbnails: each up to fetch.MAX_THUMBNAIL_FETCH on disk (30
+#: requests for a 55 MiB object at once held 1.35 GiB of temporary files)
+_FETCHING = threading.BoundedSemaphore(4)
 
 
 def _decode_upload(data: bytes, max_pixels: int):

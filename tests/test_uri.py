@@ -61,6 +61,7 @@ def test_file_uris_are_listed_and_fetched(photos, tmp_path, monkeypatch):
     assert location("s3://KEY:SECRET@media/lib/?endpoint_override=127.0.0.1:9000") == "s3://media/lib"
     assert under(b"s3://media/lib/a.jpg", ["s3://media/lib?scheme=http"])
     assert not under(b"s3://media/library/a.jpg", ["s3://media/lib"]) and not under(b"/media/lib/a.jpg", ["s3://media/lib"])
+    assert not under(b"s3://media/lib/q/a.jpg", [b"s3://media/lib/q?x.png"])  # roots as bytes: exact keys
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +129,50 @@ def test_an_s3_prefix_is_indexed_searched_updated_and_swept(cli, s3_server, buck
     assert cli.json("index")["removed"] == 0  # the removed prefix stays out of updates of its root
     assert "s3://media/lib/sub/chelsea.png" not in {h["path"] for h in cli.json("search", "a cat", "-k", "10")}
 
+    # a "?" in a key is the key's, not a root's options: removing that object removes it alone, for good
+    client.upload_file(str(photos / "horse.png"), "media", "lib/q?x.png")
+    client.upload_file(str(photos / "coffee.png"), "media", "lib/q/inner.png")
+    assert cli.json("index")["new"] == 2
+    assert cli("remove", "s3://media/lib/q?x.png").stdout.strip() == "removed 1 file(s)"
+    assert (cli.json("index")["removed"], cli.json("index")["new"]) == (0, 0)
+    with Index(cli.index).session() as s:
+        stored = set(s.scalars(select(File.path)))
+    assert "s3://media/lib/q/inner.png" in stored and "s3://media/lib/q?x.png" not in stored
+
     r = cli("index", root, "--watch", ok=False)  # what cannot work with a URI says so in one line
     assert r.exit_code == 2 and r.stderr.strip().startswith("mmsearch: error: cannot watch s3://media/lib: --watch follows local folders only")
+    r = cli("index", "--watch", ok=False)  # every root indexed before: refused before the run, not after it
+    assert r.exit_code == 2 and r.stdout == "" and r.stderr.strip().startswith("mmsearch: error: cannot watch s3://media/lib")
     r = cli("index", f"s3://media/nothing-here?endpoint_override={s3_server}&scheme=http&region=us-east-1", ok=False)
     assert r.exit_code == 2 and r.stderr.strip() == "mmsearch: error: s3://media/nothing-here does not exist"
+
+
+def test_text_in_objects_is_read_also_when_their_root_is_not_named(s3_server, tmp_path, monkeypatch):
+    """The OCR pass reads every unread image of the index: an object under a root this run did not
+    name is fetched with that root's options (it was stored as "no text" for good), and one that
+    cannot be fetched is left unread for a later run."""
+    import importlib
+
+    from PIL import ImageDraw, ImageFont
+
+    from mmsearch import SearchIndex
+
+    fonts = importlib.import_module("fetch").fetch("fonts")  # data/fetch.py (media.fetch is `fetch` here)
+    img = Image.new("RGB", (640, 360), "white")
+    ImageDraw.Draw(img).text((30, 150), "Parcel ZX-9031 delivered", font=ImageFont.truetype(str(fonts / "DejaVuSans-Bold.ttf"), 40),
+                             fill="black")
+    img.save(tmp_path / "label.png")
+    client = s3_client(s3_server)
+    client.create_bucket(Bucket="signs")
+    client.upload_file(str(tmp_path / "label.png"), "signs", "p/label.png")
+    idx = SearchIndex(tmp_path / "index", create=True)
+    root = f"s3://signs/p?endpoint_override={s3_server}&scheme=http&region=us-east-1"
+    assert idx.add([root]).embedded == 1
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setattr(fetch, "_roots", {})  # a later process, naming another root: the store is down
+    monkeypatch.setattr(fetch, "remember", lambda roots: None)
+    assert idx.add([str(tmp_path / "empty")], ocr=True).ocr_images == 0  # not fetched: left unread
+    monkeypatch.undo()
+    monkeypatch.setattr(fetch, "_roots", {})  # the same, the store up: fetched with the index's roots
+    assert idx.add([str(tmp_path / "empty")], ocr=True).ocr_images == 1
+    assert [h.path for h in idx.search("zx9031", mode="lexical")] == ["s3://signs/p/label.png"]

@@ -108,11 +108,11 @@ def index(
 
     if ray is not None and watch:
         raise UserError("--ray cannot be combined with --watch: watch updates embed on this machine")
+    idx = SearchIndex(index, create=True)
     if watch:  # said before the first run, not after it
         from ..indexer.watch import local_only
 
-        local_only(paths or [])
-    idx = SearchIndex(index, create=True)
+        local_only(paths or json.loads(idx.index.meta("roots") or "[]"))
     report(idx.add(paths or [], opts) if ray is None else _on_ray(idx, paths or [], opts, ray))
     if watch:
         _watch(idx.index, paths or [], opts, report)

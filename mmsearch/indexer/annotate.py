@@ -17,12 +17,13 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 from tqdm import tqdm
 
+from ..media import fetch
 from ..media.capture import Capture, read_capture
 from ..media.errors import DecodeError
 from ..media.fetch import fetched
 from ..media.image import load_image
 from ..retrieval import lexical
-from ..retrieval.store import File, Item, chunks
+from ..retrieval.store import File, Item, chunks, get_meta
 from .options import IndexOptions
 
 BATCH = 64
@@ -53,38 +54,47 @@ def capture_fields(path: str, kind: str, mtime_ns: int) -> dict:
 
 
 def ocr(s: Session, opts: IndexOptions) -> tuple[int, float]:
-    """Read the text in every image that has not been read; returns (images, seconds)."""
+    """Read the text in every image that has not been read; returns (images read, seconds)."""
     rows = s.execute(select(Item.id, File.path_key).join(File)
                      .where(Item.kind == "image", Item.ocr.is_(None), File.status == "ok")).all()
     start = time.perf_counter()
+    # objects are fetched with their roots' options, also those of roots this run did not name
+    fetch.remember(json.loads(get_meta(s, "roots") or "[]"))
 
-    def read(row) -> tuple[int, list]:
+    def read(row) -> tuple[int, list | None]:
         item_id, key = row
         return item_id, read_ocr(os.fsdecode(key), opts.max_pixels)
 
+    read_now = 0
     bar = tqdm(total=len(rows), desc="reading text", unit="image", disable=not opts.progress or not rows)
     # two threads: one decodes and runs Python glue while the other's ONNX sessions compute
     with ThreadPoolExecutor(2) as pool:
         for part in chunks(rows, BATCH):
-            found = list(pool.map(read, part))
-            s.execute(update(Item), [{"id": i, "ocr": json.dumps(lines, ensure_ascii=False)} for i, lines in found])
+            found = [(i, lines) for i, lines in pool.map(read, part) if lines is not None]
+            if found:
+                s.execute(update(Item), [{"id": i, "ocr": json.dumps(lines, ensure_ascii=False)} for i, lines in found])
             for i, lines in found:
                 lexical.set_body(s, i, lexical.ocr_text(lines))
             s.commit()
+            read_now += len(found)
             bar.update(len(part))
     bar.close()
-    return len(rows), time.perf_counter() - start
+    return read_now, time.perf_counter() - start
 
 
-def read_ocr(path: str, max_pixels: int) -> list:
+def read_ocr(path: str, max_pixels: int) -> list | None:
     """The text lines read in the image at `path` (an object's URI: fetched again, media/fetch.py),
     as stored (`Line.as_list`); none when it can no longer be decoded (changed or gone since it
-    was embedded: the next run sees it)."""
+    was embedded: the next run sees it); None when an object could not be fetched (the store
+    down, the network): left unread, so that the next run tries again."""
     from ..media.ocr import MAX_SIDE, read_text
 
     try:
         with fetched(path) as local:
-            img = load_image(local, max_pixels, draft=MAX_SIDE // 2)
-    except DecodeError:
-        return []
+            try:
+                img = load_image(local, max_pixels, draft=MAX_SIDE // 2)
+            except DecodeError:
+                return []
+    except DecodeError:  # (raised by the fetch itself)
+        return None
     return [line.as_list() for line in read_text(img)]

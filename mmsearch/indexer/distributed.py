@@ -283,7 +283,8 @@ class _SliceEmbedder:
         images = [(d.entry.path, it) for d, items in files for it in items if it["kind"] == "image"]
         with ThreadPoolExecutor(ACTOR_CPUS) as pool:  # as annotate.ocr: one decodes while the other reads
             for (_, it), lines in zip(images, pool.map(lambda job: read_ocr(job[0], self.opts.max_pixels), images)):
-                it["ocr"] = json.dumps(lines, ensure_ascii=False)
+                if lines is not None:  # (an object not fetched: the driver's OCR pass tries it again)
+                    it["ocr"] = json.dumps(lines, ensure_ascii=False)
 
 
 @dataclass

@@ -95,7 +95,8 @@ def _update(index: Index, roots: Iterable[str], opts: IndexOptions, embed: Embed
     lazy = not opts.reindex and index.model_spec is not None and opts.model in (None, index.model_spec)
     encoder = None if lazy else index.use_model(opts.model, reindex=opts.reindex, runtime=opts.runtime)
     summary = Summary()
-    entries = [e for e in scan(paths, opts.exclude, opts.hidden) if not under(e.key, removed)]
+    gone = [os.fsencode(p) for p in removed]  # (exact: a removed object's key may hold a "?")
+    entries = [e for e in scan(paths, opts.exclude, opts.hidden) if not under(e.key, gone)]
     with index.session() as s:
         plan = make_plan(s, entries, paths, opts.workers, opts.progress)
         summary.unchanged = plan.unchanged

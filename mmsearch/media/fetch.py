@@ -81,7 +81,7 @@ def _filesystem(uri: str) -> tuple[FileSystem, str]:
             import fsspec
 
             other, path = fsspec.core.url_to_fs(uri)
-        except (ImportError, ValueError) as err:
+        except Exception as err:  # (fsspec raises what its plugin raises: TypeError, AttributeError, ...)
             scheme = uri.partition("://")[0]
             raise ValueError(f"no filesystem for {scheme}:// (pyarrow has s3, gs, hdfs and file; others need fsspec "
                              f"and its plugin: {err})") from None

@@ -53,10 +53,11 @@ def location(path: str) -> str:
 
 def under(path: str | bytes, roots) -> bool:
     """Whether a path is one of `roots` or lies inside one (compared as bytes, like the store's
-    keys; a URI by its `location`)."""
+    keys; a URI by its `location`). A root given as bytes is taken exactly: a stored object's key
+    may hold a `?` that `location` would take for the start of a root's options."""
     key = path if isinstance(path, bytes) else os.fsencode(location(path) if is_uri(path) else path)
     for root in roots:
-        r = os.fsencode(location(root))
+        r = root if isinstance(root, bytes) else os.fsencode(location(root))
         if key == r or key.startswith(r.rstrip(b"/") + b"/"):
             return True
     return False
