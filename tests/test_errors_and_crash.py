@@ -102,7 +102,9 @@ def test_search_argument_mistakes(cli, tiny_clip, photos):
             assert r.exit_code == 0 and json.loads(r.stdout) == [], (args, r.stdout)
 
 
-def test_killed_indexer_leaves_a_working_index_and_resumes(tiny_clip, photos, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_indexer_leaves_a_working_index_and_resumes(tiny_clip, photos, tmp_path, sig):
+    """Killed outright, or stopped by SIGTERM (as Ctrl-C stops it: a message, exit code 130)."""
     lib, index = tmp_path / "lib", tmp_path / "index"
     lib.mkdir()
     rng = np.random.default_rng(0)
@@ -111,7 +113,7 @@ def test_killed_indexer_leaves_a_working_index_and_resumes(tiny_clip, photos, tm
     proc = subprocess.Popen(
         [sys.executable, "-m", "mmsearch", "index", str(lib), "--index", str(index), "--model", tiny_clip,
          "--batch-size", "1", "--workers", "1"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=(tmp_path / "stderr").open("w"),  # (a file: a pipe could fill)
     )
     db = index / "mmsearch.db"
     deadline = time.time() + 120
@@ -127,8 +129,11 @@ def test_killed_indexer_leaves_a_working_index_and_resumes(tiny_clip, photos, tm
             break
         time.sleep(0.05)
     assert proc.poll() is None, "indexer finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    os.kill(proc.pid, sig)
+    proc.wait(timeout=60)
+    if sig == signal.SIGTERM:
+        stderr = (tmp_path / "stderr").read_text()
+        assert proc.returncode == 130 and "mmsearch: interrupted (everything committed so far is kept)" in stderr, stderr
 
     info = json.loads(run_mmsearch("info", "--json", "--index", str(index)).stdout)
     assert 5 <= info["items"]["image"] < 120 and info["vectors"] == info["items"]["image"]

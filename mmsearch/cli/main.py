@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+from contextlib import contextmanager
 from functools import wraps
-from typing import Any, List
+from typing import Any, Iterator, List
 
 import typer
 
@@ -113,7 +115,8 @@ def index(
         from ..indexer.watch import local_only
 
         local_only(paths or json.loads(idx.index.meta("roots") or "[]"))
-    report(idx.add(paths or [], opts) if ray is None else _on_ray(idx, paths or [], opts, ray))
+    with _stopped_by_sigterm():  # (a run killed by SIGTERM left fetched copies, and a `--ray local` cluster)
+        report(idx.add(paths or [], opts) if ray is None else _on_ray(idx, paths or [], opts, ray))
     if watch:
         _watch(idx.index, paths or [], opts, report)
 
@@ -136,13 +139,10 @@ def _on_ray(idx, paths: list[str], opts: IndexOptions, address: str):
 def _watch(index, paths: list[str], opts: IndexOptions, report) -> None:
     """Update the index on every burst of changes until Ctrl-C or SIGTERM, which end it with exit
     code 0: an update they interrupt keeps what it committed, as any interrupted run does."""
-    import signal
-
     from ..indexer.watch import Watch
 
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops as Ctrl-C does
     try:
-        with Watch(index, paths, opts) as watching:
+        with _stopped_by_sigterm(), Watch(index, paths, opts) as watching:
             typer.echo(f"watching {', '.join(map(_printable, watching.roots))} for changes (Ctrl-C to stop)", err=True)
             for update in watching:
                 if isinstance(update, UserError):
@@ -151,6 +151,15 @@ def _watch(index, paths: list[str], opts: IndexOptions, report) -> None:
                     report(update)
     except KeyboardInterrupt:
         typer.echo("stopped watching", err=True)
+
+
+@contextmanager
+def _stopped_by_sigterm() -> Iterator[None]:
+    """SIGTERM stops as Ctrl-C does (KeyboardInterrupt): what is committed stays, and `finally`
+    blocks run (temporary copies removed, child processes and a local Ray cluster stopped)."""
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
     finally:
         signal.signal(signal.SIGTERM, previous)
 
