@@ -20,7 +20,6 @@ from tqdm import tqdm
 from ..media import fetch
 from ..media.capture import Capture, read_capture
 from ..media.errors import DecodeError
-from ..media.fetch import fetched
 from ..media.image import load_image
 from ..retrieval import lexical
 from ..retrieval.store import File, Item, chunks, get_meta
@@ -90,7 +89,7 @@ def read_ocr(path: str, max_pixels: int) -> list | None:
     from ..media.ocr import MAX_SIDE, read_text
 
     try:
-        with fetched(path) as local:
+        with fetch.fetched(path) as local:
             try:
                 img = load_image(local, max_pixels, draft=MAX_SIDE // 2)
             except DecodeError:

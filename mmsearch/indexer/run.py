@@ -312,7 +312,7 @@ def _write(s: Session, files: list[Embedded], captures: Sequence[dict | None] | 
     # commit. The thread has the segment store, not the session (a session is not thread-safe)
     store, vectors = segments(s), [it["vector"] for it in items]
     with ThreadPoolExecutor(1) as pool:
-        synced = pool.submit(lambda: store.put(first, np.concatenate(vectors).reshape(len(vectors), -1)))
+        synced = pool.submit(lambda: store.put(first, np.concatenate(vectors)))  # (rows of its dim: `put`)
         # (the items table's own fields only: a shard from another mmsearch may carry others)
         columns = {c: [it.get(c) for it in items] for c in sorted(set().union(*items) & ITEM_FIELDS)}
         _insert(s, "items", {"id": ids, "file_id": owners, **columns})
