@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -374,8 +375,11 @@ def _bulk(s: Session) -> Iterator[None]:
     try:
         yield
     finally:  # (a smaller cache_size releases the pages beyond it)
-        for name, value in saved.items():
-            dbapi.execute(f"PRAGMA {name}={int(value)}")
+        # a Ctrl-C or SIGTERM inside a statement makes SQLAlchemy close the connection: nothing to
+        # put back then, and the error raised here hid the interrupt (a traceback, exit code 1)
+        with suppress(sqlite3.ProgrammingError):
+            for name, value in saved.items():
+                dbapi.execute(f"PRAGMA {name}={int(value)}")
 
 
 def _fresh_ids(s: Session, n: int) -> int:
