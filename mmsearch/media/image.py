@@ -77,7 +77,10 @@ def _decode(path, max_pixels: int, draft: int | None, shrink: bool = False) -> I
             opened.load()
             decoded: Image.Image = opened
             if shrink and draft and min(opened.size) >= 2 * draft:
-                decoded = opened.reduce(min(opened.size) // draft)
+                try:
+                    decoded = opened.reduce(min(opened.size) // draft)
+                except ValueError:  # a mode Pillow cannot reduce (palette, 1-bit, 16-bit grey): whole, as the indexer decodes it
+                    pass
             img = to_rgb(ImageOps.exif_transpose(decoded))
             rotated = img.size[0] != img.size[1] and (img.size[0] > img.size[1]) != (w > h)
             img.info["source_size"] = (h, w) if rotated else (w, h)

@@ -407,3 +407,8 @@ def test_a_large_upload_is_reduced_before_it_is_copied():
     small = io.BytesIO()
     Image.new("RGB", (640, 480)).save(small, "PNG")
     assert load_image_bytes(small.getvalue()).size == (640, 480)  # nothing to reduce
+    for mode in ("P", "1", "I;16"):  # modes Pillow cannot reduce: decoded whole, not refused
+        odd = io.BytesIO()
+        Image.new(mode, (2 * UPLOAD_SIDE, 2 * UPLOAD_SIDE)).save(odd, "PNG")
+        img = load_image_bytes(odd.getvalue())
+        assert img.mode == "RGB" and img.size == (2 * UPLOAD_SIDE, 2 * UPLOAD_SIDE), mode
