@@ -8,6 +8,7 @@ import shutil
 import socket
 import threading
 import time
+from contextlib import contextmanager
 
 import pytest
 from fastapi.testclient import TestClient
@@ -221,7 +222,6 @@ def test_model_work_does_not_block_other_requests(served, monkeypatch):
     """An upload's decoding and the model run in the thread pool: /health answers meanwhile
     (on a real server: the test client gives each request an event loop of its own)."""
     import httpx
-    import uvicorn
 
     idx, _, _, _ = served
     started, release, finished = threading.Event(), threading.Event(), threading.Event()
@@ -236,13 +236,7 @@ def test_model_work_does_not_block_other_requests(served, monkeypatch):
             finished.set()
 
     monkeypatch.setattr(type(idx), "search", slow_search)
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(idx), host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    try:
-        while not server.started:
-            time.sleep(0.05)
-        url = f"http://127.0.0.1:{port}"
+    with _serving(create_app(idx)) as (url, _):
         worker = threading.Thread(target=lambda: httpx.post(f"{url}/search", json={"q": "a cat"}, timeout=60))
         worker.start()
         assert started.wait(30)
@@ -250,9 +244,115 @@ def test_model_work_does_not_block_other_requests(served, monkeypatch):
         blocked = finished.is_set()
         release.set()
         worker.join()
+    assert r.status_code == 200 and not blocked
+
+
+def test_connections_and_their_work_are_bounded(served, monkeypatch):
+    """On a real server (the test client has no connections): a response sent before its body
+    was read whole closes the connection (else the server drains an endless chunked body); silent
+    connections are closed; a body has a deadline; connections beyond the limit get 503 and then
+    are closed as they arrive; thumbnails wait their turn on the event loop, not in a worker thread."""
+    import httpx
+
+    from mmsearch.cli import server
+
+    idx = served[0]
+    for name, value in (("IDLE_SECONDS", 2), ("BODY_SECONDS", 1), ("MAX_CONNECTIONS", 3), ("THUMBS_AT_ONCE", 1),
+                        ("THUMB_WAIT_SECONDS", 1)):
+        monkeypatch.setattr(server, name, value)
+    entered, release = threading.Event(), threading.Event()
+    real = type(idx).thumbnail
+
+    def slow_thumbnail(self, *args):
+        entered.set()
+        release.wait(20)
+        return real(self, *args)
+
+    monkeypatch.setattr(type(idx), "thumbnail", slow_thumbnail)
+    with _serving(create_app(idx)) as (url, port):
+        def connect() -> socket.socket:
+            return socket.create_connection(("127.0.0.1", port), timeout=10)
+
+        with connect() as c:  # refused early, the chunked body endless: answered and closed
+            c.sendall(b"POST /search HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/plain\r\n"
+                      b"Transfer-Encoding: chunked\r\n\r\n10000\r\n" + b"x" * 65536 + b"\r\n")
+            head = _response(c)
+            assert head.startswith(b"HTTP/1.1 415") and b"connection: close" in head.lower() and _closed(c)
+        with connect() as c:  # a body that stops coming: 408, closed
+            c.sendall(b"POST /search HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 100\r\n\r\n{\"q\"")
+            t0 = time.monotonic()
+            assert _response(c).startswith(b"HTTP/1.1 408") and time.monotonic() - t0 < 5 and _closed(c)
+        with connect() as c:  # keep-alive as before: two requests on one connection; then silence closes it
+            for _ in range(2):
+                c.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                assert _response(c).startswith(b"HTTP/1.1 200")
+            assert _closed(c)
+        with connect() as c:  # silent from the start: closed too
+            assert _closed(c)
+        thumb_id = _an_image_id(idx)
+        with httpx.Client(timeout=30) as a, httpx.Client(timeout=30) as b:
+            drawing = threading.Thread(target=lambda: a.get(f"{url}/thumb/{thumb_id}"))
+            drawing.start()
+            assert entered.wait(10)
+            r = b.get(f"{url}/thumb/{thumb_id}")  # the one turn is taken: 503 after THUMB_WAIT_SECONDS
+            assert r.status_code == 503 and r.headers["retry-after"] and "error" in r.json()
+            assert b.get(f"{url}/health").status_code == 200
+            release.set()
+            drawing.join()
+        held = [connect() for _ in range(3)]  # the limit reached: a request on another connection gets 503
+        try:
+            with connect() as c:
+                c.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                assert _response(c).startswith(b"HTTP/1.1 503")
+            held += [connect() for _ in range(4 * 3 - 3)]
+            with connect() as c:  # beyond 4 × the limit: closed on arrival
+                assert _closed(c)
+        finally:
+            for c in held:
+                c.close()
+
+
+def _an_image_id(idx) -> int:
+    return idx.search("a cat", k=1, type="image")[0].item_id
+
+
+def _response(c: socket.socket) -> bytes:
+    """The head of one whole response read from `c` (its body read too)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += c.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    while len(body) < length:
+        body += c.recv(65536)
+    return head
+
+
+def _closed(c: socket.socket) -> bool:
+    """Whether the server closes `c` (nothing more comes) within 5 s."""
+    t0 = time.monotonic()
+    return c.recv(65536) == b"" and time.monotonic() - t0 < 5
+
+
+@contextmanager
+def _serving(app):
+    """`app` on a real uvicorn server on loopback with `mmsearch serve`'s settings, stopped after."""
+    import uvicorn
+
+    from mmsearch.cli.server import config
+
+    port = _free_port()
+    server = uvicorn.Server(config(app, "127.0.0.1", port))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}", port
     finally:
         server.should_exit = True
-    assert r.status_code == 200 and not blocked
+        thread.join(30)
 
 
 def _free_port() -> int:
@@ -266,19 +366,10 @@ def test_web_page_in_headless_chromium(served):
         if os.environ.get("CI"):
             pytest.fail("CI must install chromium and chromium-driver (.ci/run does)")
         pytest.skip("needs Debian chromium + chromium-driver")
-    import uvicorn
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.select import Select
-    from selenium.webdriver.support.ui import WebDriverWait
 
     idx, lib, _, _ = served
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(idx, token=TOKEN), host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
     opts = webdriver.ChromeOptions()
     opts.binary_location = shutil.which("chromium")
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
@@ -286,7 +377,18 @@ def test_web_page_in_headless_chromium(served):
         opts.add_argument(flag)
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
     try:
-        driver.get(f"http://127.0.0.1:{port}/")
+        _browse(driver, create_app(idx, token=TOKEN), lib)
+    finally:
+        driver.quit()
+
+
+def _browse(driver, app, lib) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.select import Select
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    with _serving(app) as (url, _):
+        driver.get(f"{url}/")
         Select(driver.find_element(By.ID, "type")).select_by_value("image")
         driver.find_element(By.ID, "q").send_keys("a cat\n")
         WebDriverWait(driver, 30).until(lambda d: d.find_element(By.ID, "token").is_displayed())  # 401: asks for the token
@@ -301,6 +403,3 @@ def test_web_page_in_headless_chromium(served):
         driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
         wait.until(lambda d: "@ 00:00:0" in d.find_element(By.ID, "results").text)
         driver.save_screenshot(str(lib.parent / "page.png"))
-    finally:
-        driver.quit()
-        server.should_exit = True

@@ -444,7 +444,7 @@ def serve(
     import uvicorn
 
     from ..api import SearchIndex
-    from .server import LOOPBACK, create_app
+    from .server import LOOPBACK, config, create_app, fewer_arenas
 
     if token is not None and not token.strip():
         raise UserError("--token (or MMSEARCH_TOKEN) is empty: give a token, or leave it unset to serve without one")
@@ -457,7 +457,8 @@ def serve(
     hosts = [*LOOPBACK, *allow_host, *([] if wildcard else [f"[{host}]" if ":" in host else host])]
     typer.echo(f"serving {idx.path} on http://{host}:{port}/", err=True)
     app = create_app(idx, token=token, max_upload=max_upload, max_pixels=max_pixels, hosts=hosts)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    fewer_arenas()
+    uvicorn.Server(config(app, host, port)).run()
 
 
 def main() -> None:
