@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AliasChoices, BaseModel, ConfigDict, ValidationError, model_validator
 
 from .errors import UserError
 
@@ -30,6 +30,18 @@ class Validated(BaseModel):
             return cls.model_validate_json(body, strict=True)
         except ValidationError as e:
             raise invalid(e) from None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _named_once(cls, fields: Any) -> Any:
+        """A field given under two of its names (``{"kind": "image", "type": "video"}``) is an
+        error, as a repeated query parameter is: else one name silently won."""
+        if isinstance(fields, dict):
+            for name, f in cls.model_fields.items():
+                names = dict.fromkeys([name, *(f.validation_alias.choices if isinstance(f.validation_alias, AliasChoices) else ())])
+                if len(given := [n for n in names if n in fields]) > 1:
+                    raise ValueError(f"{name} given twice: as {' and as '.join(map(str, given))}")  # (strings: the names are ours)
+        return fields
 
     @classmethod
     def default(cls, name: str) -> Any:

@@ -38,6 +38,14 @@ def test_aliases():
     assert (r.kind, r.negative, r.tags, r.weights) == ("text", ["n"], ["t"], [1.0])
 
 
+def test_a_field_under_two_names_is_refused():
+    """As a repeated query parameter is (before, the alias won silently)."""
+    assert _error(SearchRequest.from_json, b'{"q": "x", "kind": "image", "type": "video"}') == \
+        "request: kind given twice: as kind and as type"
+    assert "negative given twice" in _error(SearchRequest.of, q="x", negative=["a"], **{"not": ["b"]})
+    assert "tags given twice" in _error(SearchRequest.of, tag=["a"], tags=["b"])
+
+
 def test_single_string_becomes_a_list_of_one():
     r = SearchRequest.of(image="a.jpg", **{"not": "blue"}, tag="beach")
     assert (r.image, r.negative, r.tags) == (["a.jpg"], ["blue"], ["beach"])
