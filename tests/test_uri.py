@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
+import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -86,7 +90,7 @@ def bucket(s3_server, photos, tmp_path_factory) -> dict[str, str]:
 
 
 def test_an_s3_prefix_is_indexed_searched_updated_and_swept(cli, s3_server, bucket, photos, monkeypatch):
-    root = f"s3://media/lib/?endpoint_override={s3_server}&scheme=http&region=us-east-1"
+    root = f"s3://media/lib/?endpoint_override={s3_server}&scheme=http&region=us-east-1&connect_timeout=5&request_timeout=20"
     summary = cli.json("index", root)
     with pytest.raises(DecodeError) as bad:  # what a local run records for the same bytes
         load_image(bucket["corrupt.jpg"])
@@ -176,3 +180,115 @@ def test_text_in_objects_is_read_also_when_their_root_is_not_named(s3_server, tm
     monkeypatch.setattr(fetch, "_roots", {})  # the same, the store up: fetched with the index's roots
     assert idx.add([str(tmp_path / "empty")], ocr=True).ocr_images == 1
     assert [h.path for h in idx.search("zx9031", mode="lexical")] == ["s3://signs/p/label.png"]
+
+
+def test_s3_roots_get_timeouts_and_keep_their_options():
+    """pyarrow's URI parser refuses timeouts: they are taken out of the query and set on the
+    filesystem it made, with every other option it read (seen in its pickling state)."""
+    def options(root: str) -> tuple[str, dict]:
+        fs, path = fetch._filesystem(root)
+        return path, fs.__reduce__()[1][0]
+
+    path, o = options("s3://KEY:SECRET@media/lib/?endpoint_override=127.0.0.1:9000&scheme=http&region=eu-west-1")
+    assert path == "media/lib" and (o["connect_timeout"], o["request_timeout"]) == (10, 10)  # the defaults
+    assert (o["endpoint_override"], o["scheme"], o["region"], o["access_key"], o["secret_key"]) == (
+        "127.0.0.1:9000", "http", "eu-west-1", "KEY", "SECRET")
+    path, o = options("s3://media/lib?connect_timeout=2.5&region=eu-west-1&request_timeout=45&allow_delayed_open=true")
+    assert path == "media/lib" and (o["connect_timeout"], o["request_timeout"], o["region"], o["allow_delayed_open"]) == (
+        2.5, 45, "eu-west-1", True)
+    for bad in ["request_timeout=abc", "connect_timeout=0", "connect_timeout=-1", "request_timeout=nan", "request_timeout"]:
+        with pytest.raises(ValueError, match=r"^(connect|request)_timeout must be a number of seconds above 0, not '[^\n]*'$"):
+            fetch._filesystem(f"s3://media/lib?region=eu-west-1&{bad}")
+    assert location("s3://media/lib/?scheme=http&request_timeout=5") == "s3://media/lib"  # stored paths: plain
+    # GCS has no timeouts in pyarrow; its retries after a failure stop after a minute, or as the root says
+    assert options("gs://media/lib?scheme=http&endpoint_override=127.0.0.1:9000")[1]["retry_time_limit"].total_seconds() == 60
+    assert options("gs://media/lib?retry_limit_seconds=7")[1]["retry_time_limit"].total_seconds() == 7
+
+
+@contextmanager
+def _endpoint(forward_to: str | None = None, step: int = 0, pause: float = 0.0):
+    """A TCP endpoint on loopback, closed after. Without `forward_to` it is a black hole: it
+    accepts every connection and never answers. Else it relays to HOST:PORT and passes the
+    answers on `step` bytes at a time, `pause` seconds apart (a slow link)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.05)
+    stop, held = threading.Event(), []
+
+    def pipe(src: socket.socket, dst: socket.socket, step: int, pause: float) -> None:
+        try:
+            while data := src.recv(step or 65536):
+                dst.sendall(data)
+                time.sleep(pause)
+        except OSError:
+            pass
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            held.append(conn)
+            if forward_to:
+                host, _, port = forward_to.rpartition(":")
+                up = socket.create_connection((host, int(port)))
+                held.append(up)
+                threading.Thread(target=pipe, args=(conn, up, 0, 0.0), daemon=True).start()
+                threading.Thread(target=pipe, args=(up, conn, step, pause), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join()
+        server.close()
+        for conn in held:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            conn.close()
+
+
+def test_a_store_that_never_answers_fails_in_bounded_time(cli, s3_server, monkeypatch):
+    """Timeouts in the root's query bound each request; the AWS SDK's 3 tries and their backoff
+    (up to 1 s, then 2 s) stay within what media/fetch.py documents: here 3 x 1 s + 3 s."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def fetch_one() -> float:  # an object under that root (remembered with its options): unreadable
+        start = time.monotonic()
+        with pytest.raises(DecodeError, match="^unreadable: .*Timeout was reached"), fetch.fetched("s3://media/lib/a.png"):
+            pass
+        return time.monotonic() - start
+
+    monkeypatch.setattr(fetch, "_roots", {})
+    with _endpoint() as hole, ThreadPoolExecutor(1) as pool:
+        root = f"s3://media/lib?endpoint_override={hole}&scheme=http&region=us-east-1&connect_timeout=1&request_timeout=1"
+        fetch.remember([root])
+        fetching = pool.submit(fetch_one)  # (at the same time as the run: the test waits once)
+        start = time.monotonic()
+        r = cli("index", root, ok=False)
+        took = time.monotonic() - start
+        [line] = r.stderr.strip().splitlines()
+        assert r.exit_code == 2 and line.startswith("mmsearch: error: cannot open s3://media/lib: ") and "Timeout was reached" in line
+        assert 2.5 <= took < 12 and 2.5 <= fetching.result() < 12, (took, fetching.result())  # three tries, not pyarrow's ~100 s
+    r = cli("index", f"s3://media/lib?endpoint_override={s3_server}&scheme=http&region=us-east-1&request_timeout=soon", ok=False)
+    assert r.exit_code == 2 and r.stderr.strip() == (
+        "mmsearch: error: cannot open s3://media/lib: request_timeout must be a number of seconds above 0, not 'soon'")
+
+
+def test_a_slow_download_outlasts_the_request_timeout(s3_server, monkeypatch):
+    """The request timeout is a stall timeout (no byte for that long), not a whole request's: an
+    object that takes several times as long to arrive is fetched whole."""
+    monkeypatch.setattr(fetch, "_roots", {})
+    client = s3_client(s3_server)
+    client.create_bucket(Bucket="slow")
+    client.put_object(Bucket="slow", Key="p/blob.bin", Body=(data := os.urandom(40_000)))
+    with _endpoint(s3_server, step=4000, pause=0.25) as link:  # ~2.5 s for the object
+        fetch.remember([f"s3://slow/p?endpoint_override={link}&scheme=http&region=us-east-1&request_timeout=1"])
+        start = time.monotonic()
+        with fetch.fetched("s3://slow/p/blob.bin") as path:
+            assert Path(path).read_bytes() == data
+        assert time.monotonic() - start > 2

@@ -9,6 +9,11 @@ index keeps the root as given (meta "roots"), while its files are stored by thei
 scan does, by opening them; a Ray actor gets them with its run), so that each object is opened
 with its root's options. Credentials come from the filesystem's usual sources (for S3 the AWS
 environment variables and config files), which keeps them out of the index.
+
+An S3 root's requests have timeouts (`S3_CONNECT_TIMEOUT`, `S3_REQUEST_TIMEOUT`; the query's
+`connect_timeout=` and `request_timeout=`, in seconds, override them), so that a store that
+accepts connections but never answers fails a listing or a fetch in ~31 s instead of pyarrow's
+own 99 s an operation; a GCS root's retries stop after `GCS_RETRY_LIMIT` unless its query says.
 """
 from __future__ import annotations
 
@@ -36,6 +41,35 @@ _CHUNK = 8 << 20
 
 #: each remembered root's location → the root as given (with its options)
 _roots: dict[str, str] = {}
+
+# S3 timeouts, in seconds. pyarrow's own (FileSystem.from_uri: the AWS SDK's 1 s to connect and 3 s
+# without a byte, and arrow's retry strategy: 31 tries 0.2 s apart) stall 99 s an operation on a
+# store that accepts connections but never answers. The request timeout bounds a stall, not a
+# whole request: pyarrow documents it as a socket read timeout, ignored off Windows and macOS, but
+# on Linux the SDK's curl client sets it as CURLOPT_LOW_SPEED_TIME, so a transfer is dropped only
+# once it has run that long below 1 byte/s (curl's speed over its last few seconds), and an object
+# of any size downloads at any real speed (tests/test_uri.py checks both: a black-holed endpoint
+# fails, a download several times longer than the timeout does not). 10 s is three times what
+# pyarrow waits for a byte today (S3 answers a GET's first byte or a 1000-key listing in well
+# under a second); 10 s to connect outlasts two lost SYNs (sent again after 1 s and 3 s), where the
+# SDK's 1 s gives up at the first.
+#: seconds to set up a connection to an S3 store (`connect_timeout=` in the root's query)
+S3_CONNECT_TIMEOUT = 10.0
+#: seconds an S3 transfer may stall (no byte received) (`request_timeout=` in the root's query)
+S3_REQUEST_TIMEOUT = 10.0
+#: tries of an S3 request (the AWS SDK's standard retry mode: throttling, 5xx, network errors and
+#: timeouts; the backoff before a retry is up to 1 s, then 2 s). A store that never answers fails
+#: an operation (the listing, a fetch's HEAD or read) after S3_ATTEMPTS x the request timeout and
+#: up to 3 s: 30-33 s by default; a host that drops every packet after S3_ATTEMPTS x the connect
+#: timeout and as much
+S3_ATTEMPTS = 3
+_TIMEOUT_KEYS = ("connect_timeout", "request_timeout")
+#: seconds a GCS operation is tried again after a failure (`retry_limit_seconds=` in the root's
+#: query, as pyarrow takes it; the GCS client's own default is 15 minutes). pyarrow has no GCS
+#: timeouts: the client drops a request after 120 s without a byte (its stall timeout, fixed), so a
+#: store that never answers fails an operation in ~120 s with this limit, and went on trying (over
+#: 330 s measured, up to 15 minutes) without it
+GCS_RETRY_LIMIT = 60.0
 
 
 def remember(roots: Iterable[str]) -> None:
@@ -72,6 +106,12 @@ def _filesystem(uri: str) -> tuple[FileSystem, str]:
     import pyarrow as pa
     from pyarrow.fs import FileSystem, FSSpecHandler, PyFileSystem
 
+    scheme = uri.partition("://")[0]
+    timeouts: dict[str, float] = {}
+    if scheme == "s3":  # (pyarrow's URI parser refuses the timeouts: they are taken out, and set after)
+        uri, timeouts = _timeouts(uri)
+    elif scheme in ("gs", "gcs") and "retry_limit_seconds" not in _keys(uri):
+        uri += f"{'&' if '?' in uri else '?'}retry_limit_seconds={GCS_RETRY_LIMIT:g}"
     try:
         fs, path = FileSystem.from_uri(uri)
     except pa.ArrowInvalid as e:
@@ -86,7 +126,55 @@ def _filesystem(uri: str) -> tuple[FileSystem, str]:
             raise ValueError(f"no filesystem for {scheme}:// (pyarrow has s3, gs, hdfs and file; others need fsspec "
                              f"and its plugin: {err})") from None
         fs = PyFileSystem(FSSpecHandler(other))
+    if scheme == "s3":
+        fs = _with_timeouts(fs, **timeouts)
     return fs, path.rstrip("/") or path
+
+
+def _keys(uri: str) -> set[str]:
+    """The option names in a URI's query."""
+    from urllib.parse import unquote
+
+    query = uri.partition("?")[2]
+    return {unquote(pair.partition("=")[0]) for pair in query.split("&")} if query else set()
+
+
+def _timeouts(uri: str) -> tuple[str, dict[str, float]]:
+    """An S3 URI without its timeout options, and their values (seconds; the defaults for those
+    not given). A value that is not a number of seconds above 0 is a one-line ValueError."""
+    from urllib.parse import unquote
+
+    base, mark, query = uri.partition("?")
+    timeouts = {"connect_timeout": S3_CONNECT_TIMEOUT, "request_timeout": S3_REQUEST_TIMEOUT}
+    if not mark:
+        return uri, timeouts
+    kept = []
+    for pair in query.split("&"):
+        key, _, value = pair.partition("=")
+        if unquote(key) not in _TIMEOUT_KEYS:
+            kept.append(pair)
+            continue
+        try:
+            seconds = float(unquote(value))
+        except ValueError:
+            seconds = float("nan")
+        if not 0 < seconds < float("inf"):
+            raise ValueError(f"{unquote(key)} must be a number of seconds above 0, not {unquote(value)!r}")
+        timeouts[unquote(key)] = seconds
+    return (f"{base}?{'&'.join(kept)}" if kept else base), timeouts
+
+
+def _with_timeouts(fs: FileSystem, connect_timeout: float, request_timeout: float) -> FileSystem:
+    """The S3 filesystem `from_uri` made, with the same options (its pickling state: endpoint,
+    scheme, region, credentials, ...) and these timeouts and S3_ATTEMPTS tries."""
+    from pyarrow.fs import AwsStandardS3RetryStrategy, S3FileSystem
+
+    if not isinstance(fs, S3FileSystem):
+        return fs
+    rebuild, (options,) = fs.__reduce__()
+    options = dict(options, connect_timeout=connect_timeout, request_timeout=request_timeout,
+                   retry_strategy=AwsStandardS3RetryStrategy(max_attempts=S3_ATTEMPTS))
+    return rebuild(options)
 
 
 @contextmanager
