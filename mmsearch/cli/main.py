@@ -72,7 +72,7 @@ def _option(options: type[Validated], name: str, *flags: str, default: Any = ...
 @app.command()
 @user_errors
 def index(
-    paths: List[str] | None = typer.Argument(None, help="Folders or files to index (recursively), or URIs of objects and prefixes that pyarrow.fs opens (s3://bucket/prefix, gs://..., file:///dir; options as a query: s3://bucket/prefix?endpoint_override=HOST:PORT&scheme=http; see docs/distributed.md). None: update every folder indexed before."),
+    paths: List[str] | None = typer.Argument(None, help="Folders or files to index (recursively), or URIs of objects and prefixes that pyarrow.fs opens (s3://bucket/prefix, gs://..., file:///dir; options as a query: s3://bucket/prefix?endpoint_override=HOST:PORT&scheme=http&request_timeout=10; see docs/distributed.md). None: update every folder indexed before."),
     index: str | None = IndexOpt,
     model: str | None = _option(IndexOptions, "model", "--model"),
     reindex: bool = _option(IndexOptions, "reindex", "--reindex"),
