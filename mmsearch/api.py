@@ -157,10 +157,11 @@ class SearchIndex:
         try:
             # (objects: a few fetches at once, so that a burst of requests holds a bounded disk and network)
             with _FETCHING if remote else nullcontext(), fetch.fetched(f.fs_path, f.size, fetch.MAX_THUMBNAIL_FETCH) as path:
-                img = frame_at(path, item.timestamp or 0.0) if item.kind == "video" else load_image(path, draft=size)
+                with _DECODING:  # (a 100 M-pixel PNG takes ~1 GB: 40 drawn at once peaked at 8.6 GB)
+                    img = frame_at(path, item.timestamp or 0.0) if item.kind == "video" else load_image(path, draft=size)
+                    img.thumbnail((size, size))
         except (DecodeError, OSError):
             return None
-        img.thumbnail((size, size))
         buf = io.BytesIO()
         img.convert("RGB").save(buf, "JPEG", quality=85)
         return buf.getvalue()
@@ -169,7 +170,7 @@ class SearchIndex:
         return self.index.info()
 
 
-#: uploads decoding at once: one at the pixel limit can take over a GB while it decodes
+#: images decoding at once (uploads, thumbnails): one at the pixel limit can take over a GB
 _DECODING = threading.BoundedSemaphore(2)
 #: objects fetched at once for thumbnails: each up to fetch.MAX_THUMBNAIL_FETCH on disk (30
 #: requests for a 55 MiB object at once held 1.35 GiB of temporary files)

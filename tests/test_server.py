@@ -2,6 +2,7 @@
 driven in headless Chromium."""
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
@@ -250,15 +251,17 @@ def test_model_work_does_not_block_other_requests(served, monkeypatch):
 def test_connections_and_their_work_are_bounded(served, monkeypatch):
     """On a real server (the test client has no connections): a response sent before its body
     was read whole closes the connection (else the server drains an endless chunked body); silent
-    connections are closed; a body has a deadline; connections beyond the limit get 503 and then
-    are closed as they arrive; thumbnails wait their turn on the event loop, not in a worker thread."""
+    connections and heads that never end are closed; a body has deadlines, and large ones take
+    turns that small ones need not wait for; a client that reads no responses is cut off;
+    connections beyond the limit get 503 and then are closed as they arrive; thumbnails wait their
+    turn on the event loop, not in a worker thread."""
     import httpx
 
     from mmsearch.cli import server
 
     idx = served[0]
-    for name, value in (("IDLE_SECONDS", 2), ("BODY_SECONDS", 1), ("MAX_CONNECTIONS", 3), ("THUMBS_AT_ONCE", 1),
-                        ("THUMB_WAIT_SECONDS", 1)):
+    for name, value in (("IDLE_SECONDS", 2), ("BODY_SECONDS", 3), ("MAX_CONNECTIONS", 4), ("THUMBS_AT_ONCE", 1),
+                        ("BODIES_AT_ONCE", 1), ("WAIT_SECONDS", 1)):
         monkeypatch.setattr(server, name, value)
     entered, release = threading.Event(), threading.Event()
     real = type(idx).thumbnail
@@ -290,22 +293,50 @@ def test_connections_and_their_work_are_bounded(served, monkeypatch):
             assert _closed(c)
         with connect() as c:  # silent from the start: closed too
             assert _closed(c)
+        with connect() as c:  # a head that never ends, however it drips: closed
+            t0 = time.monotonic()
+            with contextlib.suppress(OSError):  # (a send fails once the server has closed)
+                while time.monotonic() - t0 < 10:
+                    c.sendall(b"GET /heal"[: 1 + int(time.monotonic() - t0) % 8])
+                    time.sleep(0.25)
+            assert time.monotonic() - t0 < 5
+        big = (b"POST /search HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+               b"Content-Length: 1000000\r\n\r\n")
+        with connect() as a, connect() as b:  # large bodies take turns (one here); a small one never waits
+            a.sendall(big)
+            time.sleep(0.3)
+            t0 = time.monotonic()
+            assert httpx.post(f"{url}/search", json={"q": "a cat", "k": 1}, timeout=10).status_code == 200
+            assert time.monotonic() - t0 < 1
+            b.sendall(big)
+            assert _response(b).startswith(b"HTTP/1.1 503")  # no turn within WAIT_SECONDS
+            assert _response(a).startswith(b"HTTP/1.1 408")  # silent for IDLE_SECONDS
+        with socket.socket() as c:  # pipelined requests, no response read: cut off after BODY_SECONDS
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            c.settimeout(10)
+            c.connect(("127.0.0.1", port))
+            c.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n" * 2000)  # ~13 MB of pages
+            time.sleep(4.5)
+            got = b""
+            while chunk := c.recv(1 << 20):  # what the kernel held; the rest was dropped with the connection
+                got += chunk
+            assert got.count(b"HTTP/1.1 200") < 1000
         thumb_id = _an_image_id(idx)
         with httpx.Client(timeout=30) as a, httpx.Client(timeout=30) as b:
             drawing = threading.Thread(target=lambda: a.get(f"{url}/thumb/{thumb_id}"))
             drawing.start()
             assert entered.wait(10)
-            r = b.get(f"{url}/thumb/{thumb_id}")  # the one turn is taken: 503 after THUMB_WAIT_SECONDS
+            r = b.get(f"{url}/thumb/{thumb_id}")  # the one turn is taken: 503 after WAIT_SECONDS
             assert r.status_code == 503 and r.headers["retry-after"] and "error" in r.json()
             assert b.get(f"{url}/health").status_code == 200
             release.set()
             drawing.join()
-        held = [connect() for _ in range(3)]  # the limit reached: a request on another connection gets 503
+        held = [connect() for _ in range(4)]  # the limit reached: a request on another connection gets 503
         try:
             with connect() as c:
                 c.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
                 assert _response(c).startswith(b"HTTP/1.1 503")
-            held += [connect() for _ in range(4 * 3 - 3)]
+            held += [connect() for _ in range(4 * 4 - 4)]
             with connect() as c:  # beyond 4 × the limit: closed on arrival
                 assert _closed(c)
         finally:

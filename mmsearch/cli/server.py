@@ -7,8 +7,8 @@ only for indexed items, by id, never by a client-supplied path, and a query nami
 refused by its syntax; bodies are capped while they stream in; JSON is taken only as
 ``application/json`` (a cross-site form cannot send it); model work runs in the thread pool, never
 on the event loop. Every request's work is bounded: connections (`MAX_CONNECTIONS`), silence
-(`IDLE_SECONDS`), body time (`BODY_SECONDS`) and memory (`BODIES_AT_ONCE` × --max-upload), thumbnails
-drawn at once (`THUMBS_AT_ONCE`). Every error is JSON ``{"error": ...}``.
+(`IDLE_SECONDS`), body and reading time (`BODY_SECONDS`) and memory (`BODIES_AT_ONCE` ×
+--max-upload), thumbnails drawn at once (`THUMBS_AT_ONCE`). Every error is JSON ``{"error": ...}``.
 """
 from __future__ import annotations
 
@@ -16,10 +16,12 @@ import asyncio
 import ctypes
 import hmac
 import re
+from contextlib import asynccontextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, AsyncIterator, Callable, Iterable, TypeVar
 
 import anyio
+import h11
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -37,6 +39,7 @@ from ..media.image import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD
 from ..retrieval.request import MAX_HTTP_K, REPEATABLE, SearchRequest
 from ..retrieval.search import parse_compact
 
+T = TypeVar("T")
 PAGE = Path(__file__).parent / "web" / "index.html"
 #: Host names every server answers to: its own loopback names
 LOOPBACK = ("localhost", "127.0.0.1", "[::1]")
@@ -44,19 +47,25 @@ LOOPBACK = ("localhost", "127.0.0.1", "[::1]")
 #: connections beyond 4 × this are closed as they arrive, before the process runs out of file
 #: descriptors (21,000 held connections flooded stderr with asyncio's accept errors)
 MAX_CONNECTIONS = 128
-#: seconds a connection may stay silent, before its first request as after each (uvicorn's
-#: keep-alive timeout): an idle connection held a file descriptor for good
+#: seconds a connection may take to send a request's head whole, from its opening or its last
+#: response (an idle connection held a file descriptor for good; 512 connections that each sent
+#: `GET /heal` held the whole server), and a request body may go silent (408 after)
 IDLE_SECONDS = 5
-#: seconds a request body may take to arrive whole, its wait for a turn included (408 after)
+#: seconds a large request body may take to arrive whole once its turn came (408 after), and a
+#: response may wait for its client to read it (a client pipelining requests and reading nothing
+#: held its connection for good)
 BODY_SECONDS = 60
-#: request bodies read at once, each held in memory up to --max-upload: 300 clients each sending
-#: 19.9 MB of a 20 MB body held 6.6 GB
+#: requests with a body over SMALL_BODY bytes (or chunked) served at once, each holding up to
+#: --max-upload and its copies until its search is done (300 clients each sending 19.9 MB of a
+#: 20 MB body held 6.6 GB; 120 read bodies waiting for the decoder, 5.6 GB). Small bodies (a JSON
+#: search) need no turn: 16 clients holding large bodies unsent delayed every POST search 60 s
 BODIES_AT_ONCE = 16
+SMALL_BODY = 64 << 10
 #: thumbnails drawn at once, each in a worker thread: an object under a URI root waits on its store,
 #: and 120 requests with the store down held every thread (/health answered after 124 s)
 THUMBS_AT_ONCE = 8
-#: seconds a thumbnail request waits for its turn before 503
-THUMB_WAIT_SECONDS = 10
+#: seconds a request waits for its turn (a thumbnail, a large body) before 503
+WAIT_SECONDS = 10
 
 
 def create_app(index: SearchIndex, token: str | None = None, max_upload: int = DEFAULT_MAX_UPLOAD,
@@ -119,7 +128,13 @@ def create_app(index: SearchIndex, token: str | None = None, max_upload: int = D
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype not in ("application/json", "multipart/form-data"):
             raise HTTPException(415, "send application/json or multipart/form-data")
-        request._body = await _capped_body(request, max_upload, bodies)  # what form() and body() then read
+        declared = request.headers.get("content-length", "")
+        small = declared.isdigit() and int(declared) <= SMALL_BODY and "transfer-encoding" not in request.headers
+        async with nullcontext() if small else _turn(bodies, "uploads"):  # (held until the search is done)
+            return await _search_post(request, ctype)
+
+    async def _search_post(request: Request, ctype: str) -> list[dict]:
+        request._body = await _capped_body(request, max_upload)  # what form() and body() then read
         image = None
         if ctype == "multipart/form-data":
             form = await request.form(max_part_size=max_upload)
@@ -131,8 +146,11 @@ def create_app(index: SearchIndex, token: str | None = None, max_upload: int = D
         else:
             body = request._body or b"{}"
         # validation too: a body of a million bad values costs seconds, and the loop serves everyone
-        return await run_in_threadpool(lambda: [h.as_dict() for h in index.search(
-            _over_http(SearchRequest.from_json(body)), upload=image, max_pixels=max_pixels)])
+        def search() -> list[dict]:
+            return [h.as_dict() for h in index.search(_over_http(SearchRequest.from_json(body)), upload=image,
+                                                      max_pixels=max_pixels)]
+
+        return await run_in_threadpool(search if image is None else _trimmed(search))
 
     @app.get("/items/{item_id}", dependencies=[Depends(authorised)])
     def item(item_id: int) -> dict:
@@ -144,15 +162,8 @@ def create_app(index: SearchIndex, token: str | None = None, max_upload: int = D
     @app.get("/thumb/{item_id}", dependencies=[Depends(authorised)],
              responses={200: {"content": {"image/jpeg": {}}}}, response_class=Response)
     async def thumb(item_id: int, size: int = Query(256, ge=16, le=1024)) -> Response:
-        try:  # (waiting on the event loop, not in a worker thread)
-            with anyio.fail_after(THUMB_WAIT_SECONDS):
-                await thumbs.acquire()
-        except TimeoutError:
-            raise HTTPException(503, "too many thumbnails drawing: try again shortly", headers={"Retry-After": "5"}) from None
-        try:
-            data = await run_in_threadpool(index.thumbnail, item_id, size)
-        finally:
-            thumbs.release()
+        async with _turn(thumbs, "thumbnails"):
+            data = await run_in_threadpool(_trimmed(index.thumbnail), item_id, size)
         if data is None:
             raise HTTPException(404, f"no thumbnail for item {item_id}")
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
@@ -187,25 +198,44 @@ def _over_http(req: SearchRequest) -> SearchRequest:
     return req
 
 
-async def _capped_body(request: Request, limit: int, turns: anyio.Semaphore) -> bytes:
+async def _capped_body(request: Request, limit: int) -> bytes:
     """The request body, refused (413) as soon as it grows past `limit` bytes, whether or not it
-    declared a Content-Length: a chunked body is counted as it streams in. Read when one of
-    `turns` is free, and whole within BODY_SECONDS of the request (408), waiting included."""
+    declared a Content-Length: a chunked body is counted as it streams in. Whole within
+    BODY_SECONDS, never silent for IDLE_SECONDS (408)."""
     if int(request.headers.get("content-length") or 0) > limit:
         raise HTTPException(413, f"request larger than {limit} bytes")
-    body = bytearray()
+    body, chunks = bytearray(), request.stream()
     try:
         with anyio.fail_after(BODY_SECONDS):
-            async with turns:
-                async for chunk in request.stream():
-                    body += chunk
-                    if len(body) > limit:
-                        raise HTTPException(413, f"request larger than {limit} bytes")
+            while True:
+                with anyio.fail_after(IDLE_SECONDS):
+                    chunk = await anext(chunks, None)
+                if chunk is None:
+                    break
+                body += chunk
+                if len(body) > limit:
+                    raise HTTPException(413, f"request larger than {limit} bytes")
     except ClientDisconnect:  # gone mid-body: nobody to answer, nothing to log
         raise HTTPException(400, "the client left before its request was whole") from None
     except TimeoutError:
-        raise HTTPException(408, f"the request body did not arrive within {BODY_SECONDS} s") from None
+        raise HTTPException(408, f"the request body did not arrive within {BODY_SECONDS} s, "
+                                 f"or went silent for {IDLE_SECONDS} s") from None
     return bytes(body)
+
+
+@asynccontextmanager
+async def _turn(turns: anyio.Semaphore, what: str) -> AsyncIterator[None]:
+    """One of `turns`, waited for on the event loop (never in a worker thread) at most
+    WAIT_SECONDS, else 503."""
+    try:
+        with anyio.fail_after(WAIT_SECONDS):
+            await turns.acquire()
+    except TimeoutError:
+        raise HTTPException(503, f"too many {what} at once: try again shortly", headers={"Retry-After": "5"}) from None
+    try:
+        yield
+    finally:
+        turns.release()
 
 
 class CloseUnread:
@@ -266,22 +296,87 @@ def config(app: ASGIApp, host: str, port: int) -> Config:
 
 
 class _Connection(H11Protocol):
-    """uvicorn's HTTP/1.1 protocol, which closes a connection silent for IDLE_SECONDS only after
-    a response: here from its start too, and one beyond 4 × MAX_CONNECTIONS at once."""
+    """uvicorn's HTTP/1.1 protocol with the deadlines it lacks. Its keep-alive timer closes a
+    connection silent after a response, but any byte cancels it: here a request's head must
+    arrive whole within IDLE_SECONDS of the connection's opening or its last response, and a
+    response the client does not read for BODY_SECONDS closes it. A connection beyond
+    4 × MAX_CONNECTIONS at once is closed as it arrives."""
+
+    head: asyncio.TimerHandle | None = None
+    stalled: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         if len(self.connections) > 4 * MAX_CONNECTIONS:
             transport.close()
-        else:  # (data arriving cancels it, as it cancels the keep-alive wait)
-            self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
+        else:
+            self._await_head()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.head is not None and self.conn.their_state is not h11.IDLE:  # a request's head is in
+            self.head.cancel()
+            self.head = None
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:  # (else pipelined: in)
+            self._await_head()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self.stalled = self.loop.call_later(BODY_SECONDS, self.transport.abort)
+
+    def resume_writing(self) -> None:
+        if self.stalled is not None:
+            self.stalled.cancel()
+            self.stalled = None
+        super().resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for timer in (self.head, self.stalled):
+            if timer is not None:
+                timer.cancel()
+        super().connection_lost(exc)
+
+    def _await_head(self) -> None:
+        if self.head is not None:
+            self.head.cancel()
+        self.head = self.loop.call_later(IDLE_SECONDS, self._no_head)
+
+    def _no_head(self) -> None:
+        self.head = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self.transport.close()
 
 
 def fewer_arenas() -> None:
     """glibc gives threads that allocate at once arenas of their own (up to 8 a core) and keeps
-    their freed memory: after 16–32 concurrent 100 M-pixel uploads a server kept 5.5–6.2 GB;
-    with 2 arenas (as MALLOC_ARENA_MAX=2) 1.0–2.2 GB. Called before the server's threads start."""
+    their freed memory: after 16 concurrent 100 M-pixel uploads a server kept 5.4 GB; with 2
+    arenas (as MALLOC_ARENA_MAX=2) 1.0 GB. Called before the server's threads start."""
+    if _LIBC is not None:
+        _LIBC.mallopt(-8, 2)  # (M_ARENA_MAX)
+
+
+def _trimmed(fn: Callable[..., T]) -> Callable[..., T]:
+    """`fn`, then the memory its decoding freed given back to the system: glibc keeps freed pages
+    of a large image in the heap (16 concurrent 100 M-pixel uploads: 1.0 GB kept, 0.2 GB trimmed)."""
+    def trimmed(*args: Any) -> T:
+        try:
+            return fn(*args)
+        finally:
+            if _LIBC is not None:
+                _LIBC.malloc_trim(0)
+    return trimmed
+
+
+def _glibc() -> ctypes.CDLL | None:
     try:
-        ctypes.CDLL(None).mallopt(-8, 2)  # (M_ARENA_MAX)
-    except (OSError, AttributeError):  # not glibc
-        pass
+        libc = ctypes.CDLL(None)
+        libc.mallopt, libc.malloc_trim  # noqa: B018 (glibc's, else AttributeError)
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+_LIBC = _glibc()

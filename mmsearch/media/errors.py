@@ -37,7 +37,15 @@ def regular_size(path: str | bytes | os.PathLike) -> int:
     return st.st_size
 
 
+#: the longest side of a picture decoded (JPEG's own limit): a 69-byte PNG of 100,000,000 × 1
+#: pixels passed the pixel limit and Pillow's per-line storage took 3.2 GB to decode it
+MAX_SIDE = 65_535
+
+
 def check_pixels(width: int, height: int, max_pixels: int) -> None:
-    """Refuse a picture (an image, or a video's frames) larger than `max_pixels` before decoding it."""
+    """Refuse a picture (an image, or a video's frames) larger than `max_pixels`, or with a side
+    longer than MAX_SIDE, before decoding it."""
     if width * height > max_pixels:
         raise DecodeError(f"too many pixels: {width}x{height} exceeds the limit of {max_pixels:,} (--max-pixels)")
+    if max(width, height) > MAX_SIDE:
+        raise DecodeError(f"a side too long: {width}x{height}, at most {MAX_SIDE:,} pixels a side")

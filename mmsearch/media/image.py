@@ -94,6 +94,8 @@ def _decode(path, max_pixels: int, draft: int | None, shrink: bool = False) -> I
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         msg = str(e).split("\n")[0] or type(e).__name__
         raise DecodeError(f"corrupt or truncated image: {msg}") from None
+    except MemoryError:
+        raise DecodeError("too large to decode in the memory free") from None
 
 
 def _decode_raw(src: str | io.BytesIO, max_pixels: int, draft: int | None) -> Image.Image | None:

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import struct
+import zlib
 
 import pytest
 
 from mmsearch.media import files, text
-from mmsearch.media.errors import DecodeError, check_pixels, may_pass_later, os_reason
+from mmsearch.media.errors import MAX_SIDE, DecodeError, check_pixels, may_pass_later, os_reason
 from mmsearch.media.files import display_path, file_digest, under
 from mmsearch.media.kinds import (
     IMAGE_EXTS,
@@ -388,6 +390,29 @@ def test_check_pixels():
     with pytest.raises(DecodeError) as e:
         check_pixels(100, 101, 10_000)
     assert str(e.value) == "too many pixels: 100x101 exceeds the limit of 10,000 (--max-pixels)"
+
+
+def _thin_png(width: int, height: int) -> bytes:
+    """A PNG's signature and header, and a few bytes of its pixels: what a hostile client uploads."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 64)))
+
+
+@pytest.mark.parametrize("size", [(100_000_000, 1), (1, 100_000_000), (65_536, 10)])
+def test_a_side_too_long_is_refused_before_decoding(size, tmp_path):
+    """100,000,000 x 1 passes the pixel limit; decoding it took 3.2 GB (1 x 100M) or raised
+    MemoryError, a 500 over HTTP. A side is at most MAX_SIDE."""
+    from mmsearch.media.image import DEFAULT_MAX_PIXELS, load_image, load_image_bytes
+
+    data = _thin_png(*size)
+    with pytest.raises(DecodeError, match="a side too long"):
+        load_image_bytes(data)
+    (tmp_path / "thin.png").write_bytes(data)
+    with pytest.raises(DecodeError, match="a side too long"):
+        load_image(tmp_path / "thin.png")
+    check_pixels(MAX_SIDE, 10, DEFAULT_MAX_PIXELS)  # the longest side allowed
     with pytest.raises(DecodeError, match="20000x20000 exceeds the limit of 100,000,000"):
         check_pixels(20_000, 20_000, 100_000_000)
 
