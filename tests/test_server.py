@@ -41,6 +41,7 @@ def served(photos, tmp_path_factory):
 def test_health_and_auth(served):
     _, _, client, anon = served
     assert anon.get("/health").json() == {"status": "ok"}
+    assert anon.head("/health").status_code == 200  # (what monitors send)
     for method, url in (("get", "/search?q=cat"), ("get", "/info"), ("get", "/items/1"), ("get", "/thumb/1"), ("post", "/search")):
         r = getattr(anon, method)(url)
         assert r.status_code == 401 and "error" in r.json(), url

@@ -106,7 +106,7 @@ def create_app(index: SearchIndex, token: str | None = None, max_upload: int = D
         where = "; ".join(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors())
         return JSONResponse({"error": where}, status_code=422)
 
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])  # (HEAD: what monitors send)
     async def health() -> dict:  # (on the event loop: it answers while every worker thread is busy)
         return {"status": "ok"}
 
