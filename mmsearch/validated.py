@@ -37,11 +37,17 @@ class Validated(BaseModel):
         """A field given under two of its names (``{"kind": "image", "type": "video"}``) is an
         error, as a repeated query parameter is: else one name silently won."""
         if isinstance(fields, dict):
-            for name, f in cls.model_fields.items():
-                names = dict.fromkeys([name, *(f.validation_alias.choices if isinstance(f.validation_alias, AliasChoices) else ())])
-                if len(given := [n for n in names if n in fields]) > 1:
-                    raise ValueError(f"{name} given twice: as {' and as '.join(map(str, given))}")  # (strings: the names are ours)
+            for name in cls.model_fields:
+                if len(given := [n for n in cls.names(name) if n in fields]) > 1:
+                    raise ValueError(f"{name} given twice: as {' and as '.join(given)}")
         return fields
+
+    @classmethod
+    def names(cls, name: str) -> list[str]:
+        """Every name a field is accepted under: its own, then its aliases."""
+        alias = cls.model_fields[name].validation_alias
+        return list(dict.fromkeys([name, *(a for a in alias.choices if isinstance(a, str))])) \
+            if isinstance(alias, AliasChoices) else [name]
 
     @classmethod
     def default(cls, name: str) -> Any:

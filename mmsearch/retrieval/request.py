@@ -110,13 +110,8 @@ class SearchRequest(Validated):
 
 def _repeatable() -> frozenset[str]:
     """Every name a repeatable field is accepted under (its own and its aliases)."""
-    names: set[str] = set()
-    for name, f in SearchRequest.model_fields.items():
-        if f.annotation is not None and str(f.annotation).startswith("list"):
-            names.add(name)
-            if isinstance(f.validation_alias, AliasChoices):
-                names |= {a for a in f.validation_alias.choices if isinstance(a, str)}
-    return frozenset(names)
+    return frozenset(n for name, f in SearchRequest.model_fields.items()
+                     if f.annotation is not None and str(f.annotation).startswith("list") for n in SearchRequest.names(name))
 
 
 #: the query-string names that may repeat (`tag=a&tag=b`), derived once from the fields
