@@ -15,7 +15,6 @@ another process commits, and the model is loaded once.
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import threading
@@ -31,6 +30,7 @@ from .media.capture import iso_taken
 from .media.errors import DecodeError
 from .media.files import is_uri, location, under
 from .media.image import DEFAULT_MAX_PIXELS, load_image, load_image_bytes
+from .media.thumbnails import Thumbnails, jpeg
 from .media.video import frame_at
 from .retrieval.index import Index
 from .retrieval.request import SearchRequest
@@ -44,6 +44,7 @@ MAX_ITEM_ID = 2**63 - 1
 class SearchIndex:
     def __init__(self, path: str | os.PathLike | None = None, *, create: bool = False):
         self.index = Index(path, create=create)
+        self._thumbnails = Thumbnails()
 
     @property
     def path(self) -> str:
@@ -151,6 +152,10 @@ class SearchIndex:
         if row is None or row[0].kind == "text":
             return None
         item, f = row
+        key = (item_id, size, f.path_key, f.size, f.mtime_ns)  # (the file as indexed: a changed one is drawn anew)
+        return self._thumbnails.get(key, lambda: self._draw(item, f, size))
+
+    def _draw(self, item: Item, f: File, size: int) -> bytes | None:
         remote = is_uri(f.fs_path)
         if remote:  # fetched with its root's options (media/fetch.py)
             fetch.remember(json.loads(self.index.meta("roots") or "[]"))
@@ -159,12 +164,9 @@ class SearchIndex:
             with _FETCHING if remote else nullcontext(), fetch.fetched(f.fs_path, f.size, fetch.MAX_THUMBNAIL_FETCH) as path:
                 with _DECODING:  # (a 100 M-pixel PNG takes ~1 GB: 40 drawn at once peaked at 8.6 GB)
                     img = frame_at(path, item.timestamp or 0.0) if item.kind == "video" else load_image(path, draft=size)
-                    img.thumbnail((size, size))
+                    return jpeg(img, size)
         except (DecodeError, OSError):
             return None
-        buf = io.BytesIO()
-        img.convert("RGB").save(buf, "JPEG", quality=85)
-        return buf.getvalue()
 
     def info(self) -> dict:
         return self.index.info()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import select
 import shutil
 import socket
 import threading
@@ -254,14 +255,14 @@ def test_connections_and_their_work_are_bounded(served, monkeypatch):
     was read whole closes the connection (else the server drains an endless chunked body); silent
     connections and heads that never end are closed; a body has deadlines, and large ones take
     turns that small ones need not wait for; a client that reads no responses is cut off;
-    connections beyond the limit get 503 and then are closed as they arrive; thumbnails wait their
-    turn on the event loop, not in a worker thread."""
+    thumbnails wait their turn on the event loop, not in a worker thread; beyond the connection
+    limit a new connection displaces one waiting on its client, or is closed if none waits."""
     import httpx
 
     from mmsearch.cli import server
 
     idx = served[0]
-    for name, value in (("IDLE_SECONDS", 2), ("BODY_SECONDS", 3), ("MAX_CONNECTIONS", 4), ("THUMBS_AT_ONCE", 1),
+    for name, value in (("IDLE_SECONDS", 2), ("MIN_BODY_RATE", 1000), ("MAX_CONNECTIONS", 4), ("THUMBS_AT_ONCE", 1),
                         ("BODIES_AT_ONCE", 1), ("WAIT_SECONDS", 1)):
         monkeypatch.setattr(server, name, value)
     entered, release = threading.Event(), threading.Event()
@@ -287,6 +288,13 @@ def test_connections_and_their_work_are_bounded(served, monkeypatch):
                       b"Content-Length: 100\r\n\r\n{\"q\"")
             t0 = time.monotonic()
             assert _response(c).startswith(b"HTTP/1.1 408") and time.monotonic() - t0 < 5 and _closed(c)
+        with connect() as c:  # a body never silent but slower than MIN_BODY_RATE: 408 after IDLE_SECONDS
+            c.sendall(b"POST /search HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 10000\r\n\r\n")
+            t0 = time.monotonic()
+            while not select.select([c], [], [], 0.25)[0] and time.monotonic() - t0 < 8:
+                c.sendall(b" " * 10)
+            assert _response(c).startswith(b"HTTP/1.1 408") and time.monotonic() - t0 < 3
         with connect() as c:  # keep-alive as before: two requests on one connection; then silence closes it
             for _ in range(2):
                 c.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
@@ -312,7 +320,7 @@ def test_connections_and_their_work_are_bounded(served, monkeypatch):
             b.sendall(big)
             assert _response(b).startswith(b"HTTP/1.1 503")  # no turn within WAIT_SECONDS
             assert _response(a).startswith(b"HTTP/1.1 408")  # silent for IDLE_SECONDS
-        with socket.socket() as c:  # pipelined requests, no response read: cut off after BODY_SECONDS
+        with socket.socket() as c:  # pipelined requests, no response read: cut off after IDLE_SECONDS
             c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             c.settimeout(10)
             c.connect(("127.0.0.1", port))
@@ -332,16 +340,35 @@ def test_connections_and_their_work_are_bounded(served, monkeypatch):
             assert b.get(f"{url}/health").status_code == 200
             release.set()
             drawing.join()
-        held = [connect() for _ in range(4)]  # the limit reached: a request on another connection gets 503
+        entered.clear()
+        release.clear()
+        monkeypatch.setattr(server, "WAIT_SECONDS", 10)
+        busy = [connect() for _ in range(4)]  # the limit reached, every connection being served:
+        for c in busy:                        # one draws a thumbnail, three wait for their turn
+            c.sendall(b"GET /thumb/%d HTTP/1.1\r\nHost: localhost\r\n\r\n" % thumb_id)
+        assert entered.wait(10)
+        time.sleep(0.3)
+        with connect() as c:  # a new connection is closed as it arrives
+            assert _closed(c)
+        release.set()
+        for c in busy:
+            assert _response(c).startswith(b"HTTP/1.1 200")
+            c.close()
+        waiting = [connect() for _ in range(4)]  # the limit reached by connections waiting on their clients
         try:
-            with connect() as c:
+            waiting[1].sendall(b"GET /heal")
+            time.sleep(0.2)
+            with connect() as c:  # a new one displaces the one waiting longest (silent since it opened)
                 c.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
-                assert _response(c).startswith(b"HTTP/1.1 503")
-            held += [connect() for _ in range(4 * 4 - 4)]
-            with connect() as c:  # beyond 4 × the limit: closed on arrival
-                assert _closed(c)
+                assert _response(c).startswith(b"HTTP/1.1 200")
+            waiting[0].settimeout(0.5)
+            assert waiting[0].recv(1) == b""
+            for c in waiting[1:]:  # the others still wait (for IDLE_SECONDS)
+                c.settimeout(0.2)
+                with pytest.raises(TimeoutError):
+                    c.recv(1)
         finally:
-            for c in held:
+            for c in waiting:
                 c.close()
 
 
@@ -353,7 +380,10 @@ def _response(c: socket.socket) -> bytes:
     """The head of one whole response read from `c` (its body read too)."""
     data = b""
     while b"\r\n\r\n" not in data:
-        data += c.recv(65536)
+        chunk = c.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed after {data!r}")
+        data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
     length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
     while len(body) < length:

@@ -7,8 +7,8 @@ only for indexed items, by id, never by a client-supplied path, and a query nami
 refused by its syntax; bodies are capped while they stream in; JSON is taken only as
 ``application/json`` (a cross-site form cannot send it); model work runs in the thread pool, never
 on the event loop. Every request's work is bounded: connections (`MAX_CONNECTIONS`), silence
-(`IDLE_SECONDS`), body and reading time (`BODY_SECONDS`) and memory (`BODIES_AT_ONCE` ×
---max-upload), thumbnails drawn at once (`THUMBS_AT_ONCE`). Every error is JSON ``{"error": ...}``.
+(`IDLE_SECONDS`), a body's pace (`MIN_BODY_RATE`) and memory (`BODIES_AT_ONCE` × --max-upload),
+thumbnails drawn at once (`THUMBS_AT_ONCE`). Every error is JSON ``{"error": ...}``.
 """
 from __future__ import annotations
 
@@ -43,18 +43,19 @@ T = TypeVar("T")
 PAGE = Path(__file__).parent / "web" / "index.html"
 #: Host names every server answers to: its own loopback names
 LOOPBACK = ("localhost", "127.0.0.1", "[::1]")
-#: connections served at once: beyond, a request is answered 503 (uvicorn's limit_concurrency);
-#: connections beyond 4 × this are closed as they arrive, before the process runs out of file
-#: descriptors (21,000 held connections flooded stderr with asyncio's accept errors)
-MAX_CONNECTIONS = 128
-#: seconds a connection may take to send a request's head whole, from its opening or its last
-#: response (an idle connection held a file descriptor for good; 512 connections that each sent
-#: `GET /heal` held the whole server), and a request body may go silent (408 after)
+#: connections held at once. At the limit a new connection displaces the one whose client has kept
+#: the server waiting longest for a request's head or body bytes (what a slowloris holds), and is
+#: closed as it arrives only if every connection is being served. (uvicorn's limit_concurrency
+#: counted waiting connections too: 130 that sent `GET /heal` every 4.5 s made 99 % of a normal
+#: client's requests 503; 21,000 held connections flooded stderr with asyncio's accept errors.)
+MAX_CONNECTIONS = 512
+#: seconds a client may keep the server waiting: for a request's head to arrive whole (from the
+#: connection's opening or its last response: 512 connections that each sent `GET /heal` held the
+#: server), for the next bytes of a body (408), for the client to read a response
 IDLE_SECONDS = 5
-#: seconds a large request body may take to arrive whole once its turn came (408 after), and a
-#: response may wait for its client to read it (a client pipelining requests and reading nothing
-#: held its connection for good)
-BODY_SECONDS = 60
+#: bytes a second a request body must average once IDLE_SECONDS have passed (408 after): 20 MB may
+#: take 5 min, and a body dripping a byte every 4 s no longer holds its connection and turn 60 s
+MIN_BODY_RATE = 64 << 10
 #: requests with a body over SMALL_BODY bytes (or chunked) served at once, each holding up to
 #: --max-upload and its copies until its search is done (300 clients each sending 19.9 MB of a
 #: 20 MB body held 6.6 GB; 120 read bodies waiting for the decoder, 5.6 GB). Small bodies (a JSON
@@ -200,26 +201,26 @@ def _over_http(req: SearchRequest) -> SearchRequest:
 
 async def _capped_body(request: Request, limit: int) -> bytes:
     """The request body, refused (413) as soon as it grows past `limit` bytes, whether or not it
-    declared a Content-Length: a chunked body is counted as it streams in. Whole within
-    BODY_SECONDS, never silent for IDLE_SECONDS (408)."""
+    declared a Content-Length: a chunked body is counted as it streams in. Never silent for
+    IDLE_SECONDS, and at least MIN_BODY_RATE on average after them (408)."""
     if int(request.headers.get("content-length") or 0) > limit:
         raise HTTPException(413, f"request larger than {limit} bytes")
-    body, chunks = bytearray(), request.stream()
+    body, chunks, start = bytearray(), request.stream(), anyio.current_time()
     try:
-        with anyio.fail_after(BODY_SECONDS):
-            while True:
-                with anyio.fail_after(IDLE_SECONDS):
-                    chunk = await anext(chunks, None)
-                if chunk is None:
-                    break
-                body += chunk
-                if len(body) > limit:
-                    raise HTTPException(413, f"request larger than {limit} bytes")
+        while True:
+            behind = start + IDLE_SECONDS + len(body) / MIN_BODY_RATE - anyio.current_time()
+            with anyio.fail_after(max(0, min(IDLE_SECONDS, behind))):
+                chunk = await anext(chunks, None)
+            if chunk is None:
+                break
+            body += chunk
+            if len(body) > limit:
+                raise HTTPException(413, f"request larger than {limit} bytes")
     except ClientDisconnect:  # gone mid-body: nobody to answer, nothing to log
         raise HTTPException(400, "the client left before its request was whole") from None
     except TimeoutError:
-        raise HTTPException(408, f"the request body did not arrive within {BODY_SECONDS} s, "
-                                 f"or went silent for {IDLE_SECONDS} s") from None
+        raise HTTPException(408, f"the request body went silent for {IDLE_SECONDS} s, or came slower "
+                                 f"than {MIN_BODY_RATE >> 10} KiB/s") from None
     return bytes(body)
 
 
@@ -292,40 +293,44 @@ def host_name(host: str) -> str:
 def config(app: ASGIApp, host: str, port: int) -> Config:
     """uvicorn's settings for `app`: the limits above, and `_Connection` as its protocol."""
     return Config(app, host=host, port=port, log_level="warning", http=_Connection,
-                  limit_concurrency=MAX_CONNECTIONS, timeout_keep_alive=IDLE_SECONDS)
+                  timeout_keep_alive=IDLE_SECONDS)
 
 
 class _Connection(H11Protocol):
     """uvicorn's HTTP/1.1 protocol with the deadlines it lacks. Its keep-alive timer closes a
     connection silent after a response, but any byte cancels it: here a request's head must
     arrive whole within IDLE_SECONDS of the connection's opening or its last response, and a
-    response the client does not read for BODY_SECONDS closes it. A connection beyond
-    4 × MAX_CONNECTIONS at once is closed as it arrives."""
+    response the client does not read for IDLE_SECONDS closes it. Beyond MAX_CONNECTIONS a new
+    connection displaces the one waiting longest on its client (`_displace`)."""
 
     head: asyncio.TimerHandle | None = None
     stalled: asyncio.TimerHandle | None = None
+    heard = 0.0  # (loop time) when the client last sent bytes or was answered
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        if len(self.connections) > 4 * MAX_CONNECTIONS:
+        self.heard = self.loop.time()
+        if len(self.connections) > MAX_CONNECTIONS and not self._displace():
             transport.close()
         else:
             self._await_head()
 
     def data_received(self, data: bytes) -> None:
+        self.heard = self.loop.time()
         super().data_received(data)
         if self.head is not None and self.conn.their_state is not h11.IDLE:  # a request's head is in
             self.head.cancel()
             self.head = None
 
     def on_response_complete(self) -> None:
+        self.heard = self.loop.time()
         super().on_response_complete()
         if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:  # (else pipelined: in)
             self._await_head()
 
     def pause_writing(self) -> None:
         super().pause_writing()
-        self.stalled = self.loop.call_later(BODY_SECONDS, self.transport.abort)
+        self.stalled = self.loop.call_later(IDLE_SECONDS, self.transport.abort)
 
     def resume_writing(self) -> None:
         if self.stalled is not None:
@@ -338,6 +343,16 @@ class _Connection(H11Protocol):
             if timer is not None:
                 timer.cancel()
         super().connection_lost(exc)
+
+    def _displace(self) -> bool:
+        """Close the other connection whose client has kept the server waiting longest, for a
+        request's head or its body; False when every other one is being served."""
+        waiting = [c for c in self.connections if c is not self and isinstance(c, _Connection)
+                   and c.conn.their_state in (h11.IDLE, h11.SEND_BODY) and not c.transport.is_closing()]
+        if not waiting:
+            return False
+        min(waiting, key=lambda c: c.heard).transport.close()
+        return True
 
     def _await_head(self) -> None:
         if self.head is not None:

@@ -432,8 +432,56 @@ def test_a_large_upload_is_reduced_before_it_is_copied():
     small = io.BytesIO()
     Image.new("RGB", (640, 480)).save(small, "PNG")
     assert load_image_bytes(small.getvalue()).size == (640, 480)  # nothing to reduce
-    for mode in ("P", "1", "I;16"):  # modes Pillow cannot reduce: decoded whole, not refused
+    # modes Pillow cannot reduce are converted, then reduced: a 12 KB 1-bit PNG of 10,000² was held
+    # whole as 400 MB of RGB; a transparent palette colour is still white
+    for mode, extra in (("P", {"transparency": 0}), ("1", {}), ("I;16", {})):
         odd = io.BytesIO()
-        Image.new(mode, (2 * UPLOAD_SIDE, 2 * UPLOAD_SIDE)).save(odd, "PNG")
+        Image.new(mode, (4 * UPLOAD_SIDE + 100, 2 * UPLOAD_SIDE + 300)).save(odd, "PNG", **extra)
         img = load_image_bytes(odd.getvalue())
-        assert img.mode == "RGB" and img.size == (2 * UPLOAD_SIDE, 2 * UPLOAD_SIDE), mode
+        assert img.mode == "RGB" and UPLOAD_SIDE <= min(img.size) < 2 * UPLOAD_SIDE, mode
+        assert img.getpixel((0, 0)) == ((255, 255, 255) if extra else (0, 0, 0)), mode
+
+
+def test_thumbnails_keep_the_recent_within_their_bytes():
+    from mmsearch.media.thumbnails import Thumbnails
+
+    drawn: list[str] = []
+
+    def draw(key: str, size: int = 40):
+        def drawing():
+            drawn.append(key)
+            return None if key == "broken" else key.encode() * size
+        return drawing
+
+    cache = Thumbnails(limit=100)
+    for key in ("a", "b", "a", "broken", "broken"):  # a and b fit (80 bytes); a failure is kept too
+        cache.get(key, draw(key))
+    assert drawn == ["a", "b", "broken"] and cache.held == 80
+    assert cache.get("c", draw("c")) == b"c" * 40  # 120 bytes: the least recently used (b) goes
+    assert cache.held == 80 and cache.get("b", draw("b")) == b"b" * 40 and drawn[-1] == "b"
+    assert cache.get("huge", draw("huge", 101)) == b"huge" * 101 and cache.held == 80  # never kept, nothing pushed out
+
+
+def test_a_thumbnail_asked_for_at_once_is_drawn_once():
+    import threading
+    import time
+
+    from mmsearch.media.thumbnails import Thumbnails
+
+    cache, calls = Thumbnails(), []
+
+    def slow() -> bytes:
+        calls.append(1)
+        time.sleep(0.3)
+        return b"jpeg"
+
+    got: list[bytes | None] = []
+    threads = [threading.Thread(target=lambda: got.append(cache.get("k", slow))) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == [b"jpeg"] * 8 and len(calls) == 1
+    with pytest.raises(ZeroDivisionError):  # a drawing that raises is not kept, and frees its key
+        cache.get("bad", lambda: 1 // 0)
+    assert cache.get("bad", lambda: b"ok") == b"ok"
