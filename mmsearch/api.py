@@ -35,7 +35,7 @@ from .media.video import frame_at
 from .retrieval.index import Index
 from .retrieval.request import SearchRequest
 from .retrieval.search import Filters, Hit, Part, fusion_depth, hybrid, lexical_search, part_vector, run, search
-from .retrieval.store import File, Item, Tag, bump_generation, chunks, get_meta, set_meta
+from .retrieval.store import File, Item, Tag, bump_generation, chunks, get_list, set_list
 
 #: item ids are SQLite integers; a larger number names no item (and must not overflow a query)
 MAX_ITEM_ID = 2**63 - 1
@@ -64,15 +64,14 @@ class SearchIndex:
         """Forget files (and everything under folders), also for later updates of every root;
         returns how many files were removed."""
         with self.index.session() as s:
-            known = json.loads(get_meta(s, "roots") or "[]")
+            known = get_list(s, "roots")
             # a URI's query is options only where it names a root: else a "?" is part of a key
             roots = [p if is_uri(p) and "?" in p and p not in known else location(p) for p in map(os.path.expanduser, paths)]
             keys = [os.fsencode(r) for r in roots]  # (compared exactly: `under`)
             ids = [f.id for f in s.scalars(select(File)) if under(f.path_key, keys)]
-            set_meta(s, "roots", json.dumps([r for r in known if not under(r, keys)]))
+            set_list(s, "roots", [r for r in known if not under(r, keys)])
             # a removed part of a still-indexed folder stays out of later updates of that folder
-            removed = set(json.loads(get_meta(s, "removed") or "[]")) | {r for r in roots if r not in map(location, known)}
-            set_meta(s, "removed", json.dumps(sorted(removed)))
+            set_list(s, "removed", {*get_list(s, "removed"), *(r for r in roots if r not in map(location, known))})
             for part in chunks(ids):
                 s.execute(delete(File).where(File.id.in_(part)))
             if ids:
@@ -158,7 +157,7 @@ class SearchIndex:
     def _draw(self, item: Item, f: File, size: int) -> bytes | None:
         remote = is_uri(f.fs_path)
         if remote:  # fetched with its root's options (media/fetch.py)
-            fetch.remember(json.loads(self.index.meta("roots") or "[]"))
+            fetch.remember(self.index.meta_list("roots"))
         try:
             # (objects: a few fetches at once, so that a burst of requests holds a bounded disk and network)
             with _FETCHING if remote else nullcontext(), fetch.fetched(f.fs_path, f.size, fetch.MAX_THUMBNAIL_FETCH) as path:

@@ -22,7 +22,7 @@ from ..media.capture import Capture, read_capture
 from ..media.errors import DecodeError
 from ..media.image import load_image
 from ..retrieval import lexical
-from ..retrieval.store import File, Item, chunks, get_meta
+from ..retrieval.store import File, Item, chunks, get_list
 from .options import IndexOptions
 
 BATCH = 64
@@ -58,7 +58,7 @@ def ocr(s: Session, opts: IndexOptions) -> tuple[int, float]:
                      .where(Item.kind == "image", Item.ocr.is_(None), File.status == "ok")).all()
     start = time.perf_counter()
     # objects are fetched with their roots' options, also those of roots this run did not name
-    fetch.remember(json.loads(get_meta(s, "roots") or "[]"))
+    fetch.remember(get_list(s, "roots"))
 
     def read(row) -> tuple[int, list | None]:
         item_id, key = row

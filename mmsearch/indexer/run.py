@@ -5,7 +5,6 @@ everything up to its last batch and the next run resumes from there.
 """
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import time
@@ -32,6 +31,7 @@ from ..retrieval.store import (
     next_item_id,
     raw_key,
     segments,
+    set_list,
     set_meta,
 )
 from . import annotate
@@ -80,9 +80,9 @@ def index_paths(index: Index, roots: Iterable[str], opts: IndexOptions | None = 
 
 def _update(index: Index, roots: Iterable[str], opts: IndexOptions, embed: EmbedStage | None = None) -> Summary:
     start = time.perf_counter()
-    known = json.loads(index.meta("roots") or "[]")
+    known = index.meta_list("roots")
     paths = [given_root(r) for r in roots]
-    removed = json.loads(index.meta("removed") or "[]")  # parts of roots taken out by SearchIndex.remove
+    removed = index.meta_list("removed")  # parts of roots taken out by SearchIndex.remove
     if paths:  # naming a folder again brings back what was removed inside it
         removed = [p for p in removed if not under(os.fsencode(p), paths)]
     else:  # rescan everything indexed before; a vanished root is swept, not an error
@@ -108,8 +108,8 @@ def _update(index: Index, roots: Iterable[str], opts: IndexOptions, embed: Embed
         _skip(s, [(e, e.error or "unusable") for e in plan.broken] + plan.unreadable, summary)
         # (a URI root named again with other options replaces the one kept before)
         given = {location(p) for p in paths}
-        set_meta(s, "roots", json.dumps(sorted({*(r for r in known if location(r) not in given), *paths})))
-        set_meta(s, "removed", json.dumps(removed))
+        set_list(s, "roots", {*(r for r in known if location(r) not in given), *paths})
+        set_list(s, "removed", removed)
         if plan.remove or plan.reuse or plan.broken or plan.unreadable:
             bump_generation(s)
         _commit(s)

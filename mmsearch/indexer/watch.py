@@ -9,7 +9,6 @@ update, so the model is loaded once; the writer lock is held only while an updat
 from __future__ import annotations
 
 import errno
-import json
 import os
 import threading
 import time
@@ -128,9 +127,9 @@ class Watch:
     def __post_init__(self) -> None:
         # the first run chose the model and re-embedded what --reindex asked for: updates do neither
         self.opts = self.opts.model_copy(update={"model": None, "reindex": False})
-        local_only(self.paths or json.loads(self.index.meta("roots") or "[]"))
+        local_only(self.paths or self.index.meta_list("roots"))
         self.paths = [os.path.abspath(os.path.expanduser(p)) for p in self.paths]
-        self.roots = [r for r in self.paths or json.loads(self.index.meta("roots") or "[]") if os.path.lexists(r)]
+        self.roots = [r for r in self.paths or self.index.meta_list("roots") if os.path.lexists(r)]
 
     def __enter__(self) -> Watch:
         if not self.roots:

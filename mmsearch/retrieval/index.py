@@ -34,6 +34,7 @@ from .store import (
     Item,
     Tag,
     bump_generation,
+    get_list,
     get_meta,
     load_vectors,
     next_item_id,
@@ -125,6 +126,10 @@ class Index:
     def meta(self, key: str) -> str | None:
         with self.session() as s:
             return get_meta(s, key)
+
+    def meta_list(self, key: str) -> list[str]:
+        with self.session() as s:
+            return get_list(s, key)
 
     @property
     def model_spec(self) -> str | None:

@@ -7,9 +7,10 @@ database from version i to i+1.
 """
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 from sqlalchemy import (
@@ -306,6 +307,16 @@ def get_meta(session: Session, key: str) -> str | None:
 
 def set_meta(session: Session, key: str, value: str) -> None:
     session.merge(Meta(key=key, value=value))
+
+
+def get_list(session: Session, key: str) -> list[str]:
+    """A meta value that is a list of strings (JSON): "roots" (as the user gave them, a URI's
+    options included), "removed" (parts of roots taken out by `SearchIndex.remove`)."""
+    return json.loads(get_meta(session, key) or "[]")
+
+
+def set_list(session: Session, key: str, values: Iterable[str]) -> None:
+    set_meta(session, key, json.dumps(sorted(values)))
 
 
 def next_item_id(session: Session) -> int:
