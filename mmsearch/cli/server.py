@@ -285,9 +285,9 @@ class HostCheck:
 
 def host_name(host: str) -> str:
     """The name in a Host header, without its port: ``[::1]:8000`` → ``[::1]``; "" for anything
-    that is not a name or a bracketed address with an optional numeric port."""
-    m = re.fullmatch(r"(\[[0-9a-f:.]+\]|[^:\[\]@/\s]+)(?::\d{1,5})?", host.strip().lower())
-    return m.group(1) if m else ""
+    that is not a name or a bracketed address with an optional port (0–65535)."""
+    m = re.fullmatch(r"(\[[0-9a-f:.]+\]|[^:\[\]@/\s]+)(?::(\d{1,5}))?", host.strip().lower())
+    return m.group(1) if m and int(m.group(2) or 0) <= 65535 else ""
 
 
 def config(app: ASGIApp, host: str, port: int) -> Config:
