@@ -30,7 +30,7 @@ from .media.capture import iso_taken
 from .media.errors import DecodeError
 from .media.files import is_uri, location, under
 from .media.image import DEFAULT_MAX_PIXELS, load_image, load_image_bytes
-from .media.thumbnails import Thumbnails, jpeg
+from .media.thumbnails import SIDES, Thumbnails, jpeg, scaled
 from .media.video import frame_at
 from .retrieval.index import Index
 from .retrieval.request import SearchRequest
@@ -151,8 +151,12 @@ class SearchIndex:
         if row is None or row[0].kind == "text":
             return None
         item, f = row
-        key = (item_id, size, f.path_key, f.size, f.mtime_ns)  # (the file as indexed: a changed one is drawn anew)
-        return self._thumbnails.get(key, lambda: self._draw(item, f, size))
+        file = (item_id, f.path_key, f.size, f.mtime_ns)  # (the file as indexed: a changed one is drawn anew)
+        side = next((side for side in SIDES if side >= size), size)
+        drawn = self._thumbnails.get((*file, side), lambda: self._draw(item, f, side))
+        if drawn is None or side == size:
+            return drawn
+        return self._thumbnails.get((*file, size), lambda: scaled(drawn, size))
 
     def _draw(self, item: Item, f: File, size: int) -> bytes | None:
         remote = is_uri(f.fs_path)

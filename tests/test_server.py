@@ -74,7 +74,7 @@ def test_search_contract_and_filters(served):
     assert client.get("/search", params={"q": "a cat", "not": "a cat"}).status_code == 400  # parts cancel out
 
 
-def test_items_and_thumbnails(served):
+def test_items_and_thumbnails(served, monkeypatch):
     idx, lib, client, _ = served
     hit = client.get("/search", params={"q": "a rocket", "type": "image", "k": 1}).json()[0]
     item = client.get(f"/items/{hit['item_id']}").json()
@@ -82,6 +82,11 @@ def test_items_and_thumbnails(served):
     r = client.get(f"/thumb/{hit['item_id']}", params={"size": 64})
     assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
     assert max(Image.open(io.BytesIO(r.content)).size) == 64
+    drawn, draw = [], idx._draw  # sizes between those drawn from the file are scaled from the next larger
+    monkeypatch.setattr(idx, "_draw", lambda item, f, side: drawn.append(side) or draw(item, f, side))
+    for size in (100, 110, 128, 120, 110):
+        assert max(Image.open(io.BytesIO(idx.thumbnail(hit["item_id"], size))).size) == size
+    assert drawn == [128]
     moment = client.get("/search", params={"q": "a horse", "type": "video", "k": 1}).json()[0]
     assert Image.open(io.BytesIO(client.get(f"/thumb/{moment['item_id']}").content)).size == (256, 192)
     text = client.get("/search", params={"q": "coffee", "type": "text", "k": 1}).json()[0]
@@ -256,7 +261,8 @@ def test_connections_and_their_work_are_bounded(served, monkeypatch):
     connections and heads that never end are closed; a body has deadlines, and large ones take
     turns that small ones need not wait for; a client that reads no responses is cut off;
     thumbnails wait their turn on the event loop, not in a worker thread; beyond the connection
-    limit a new connection displaces one waiting on its client, or is closed if none waits."""
+    limit a new connection displaces the slowest waiting on its client, or is closed if none waits;
+    one client address's connections beyond its limit are closed as they arrive."""
     import httpx
 
     from mmsearch.cli import server
@@ -349,29 +355,77 @@ def test_connections_and_their_work_are_bounded(served, monkeypatch):
         assert entered.wait(10)
         time.sleep(0.3)
         with connect() as c:  # a new connection is closed as it arrives
-            assert _closed(c)
+            c.settimeout(0.5)
+            assert c.recv(1) == b""
         release.set()
         for c in busy:
             assert _response(c).startswith(b"HTTP/1.1 200")
             c.close()
-        waiting = [connect() for _ in range(4)]  # the limit reached by connections waiting on their clients
+        # the limit reached by connections waiting on their clients: a new one displaces the one
+        # feeding the server slowest, not the one heard from least recently
+        js = b'{"q": "a cat", "k": 1}'
+        fast = connect()  # half its body sent at once, then a pause
+        fast.sendall(b"POST /search HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 30000\r\n\r\n" + b" " * 15000)
+        drips = [connect() for _ in range(3)]  # heads dripping
         try:
-            waiting[1].sendall(b"GET /heal")
-            time.sleep(0.2)
-            with connect() as c:  # a new one displaces the one waiting longest (silent since it opened)
+            for byte in b"GET /heal":
+                for d in drips:
+                    d.sendall(bytes([byte]))
+                time.sleep(0.05)
+            with connect() as c:
                 c.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
                 assert _response(c).startswith(b"HTTP/1.1 200")
-            waiting[0].settimeout(0.5)
-            assert waiting[0].recv(1) == b""
-            for c in waiting[1:]:  # the others still wait (for IDLE_SECONDS)
-                c.settimeout(0.2)
-                with pytest.raises(TimeoutError):
-                    c.recv(1)
+            drips[0].settimeout(0.5)
+            assert drips[0].recv(1) == b""  # the oldest of the slowest
+            fast.sendall(b" " * (15000 - len(js)) + js)
+            assert _response(fast).startswith(b"HTTP/1.1 200")
         finally:
-            for c in waiting:
+            for c in (fast, *drips):
+                c.close()
+        monkeypatch.setattr(server, "MAX_PER_CLIENT", 2)  # one address's connections beyond: closed on arrival
+
+        def connect_from(address: str) -> socket.socket:
+            return socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(address, 0))
+
+        mine = [connect_from("127.0.0.2") for _ in range(2)]
+        try:
+            with connect_from("127.0.0.2") as c:
+                c.settimeout(0.5)
+                assert c.recv(1) == b""  # (at once: not by the head's deadline)
+            with connect_from("127.0.0.3") as c:
+                c.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                assert _response(c).startswith(b"HTTP/1.1 200")
+        finally:
+            for c in mine:
                 c.close()
 
 
+def test_the_connection_displaced_is_the_slowest_waiting_on_its_client():
+    """`_slowest`: bytes a second since the connection began its wait (at least 1 s counted), the
+    oldest of equals; never one being served, one whose body waits for its turn, or one closing."""
+    from types import SimpleNamespace
+
+    import h11
+
+    from mmsearch.cli.server import _slowest
+
+    def conn(state=h11.IDLE, got=0, since=0.0, paused=False, closing=False):
+        return SimpleNamespace(conn=SimpleNamespace(their_state=state), got=got, since=since,
+                               flow=SimpleNamespace(read_paused=paused),
+                               transport=SimpleNamespace(is_closing=lambda: closing))
+
+    upload = conn(h11.SEND_BODY, got=3_000_000, since=0.0)  # 300 KB/s for 10 s
+    drip = conn(h11.SEND_BODY, got=200, since=0.0)  # 20 B/s
+    fresh = conn(h11.IDLE, got=100, since=9.9)  # 100 bytes of a head in its first 0.1 s: 100 B/s
+    assert _slowest([upload, fresh, drip], now=10.0) is drip
+    idle, older = conn(since=5.0), conn(since=2.0)
+    assert _slowest([upload, drip, idle, older], now=10.0) is older
+    queued = conn(h11.SEND_BODY, got=10, since=0.0, paused=True)
+    served = conn(h11.DONE, since=0.0)
+    closing = conn(closing=True)
+    assert _slowest([queued, served, closing], now=10.0) is None
+    assert _slowest([queued, served, closing, upload], now=10.0) is upload
 def _an_image_id(idx) -> int:
     return idx.search("a cat", k=1, type="image")[0].item_id
 

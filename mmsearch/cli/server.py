@@ -16,6 +16,7 @@ import asyncio
 import ctypes
 import hmac
 import re
+from collections import Counter
 from contextlib import asynccontextmanager, nullcontext
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Iterable, TypeVar
@@ -43,12 +44,17 @@ T = TypeVar("T")
 PAGE = Path(__file__).parent / "web" / "index.html"
 #: Host names every server answers to: its own loopback names
 LOOPBACK = ("localhost", "127.0.0.1", "[::1]")
-#: connections held at once. At the limit a new connection displaces the one whose client has kept
-#: the server waiting longest for a request's head or body bytes (what a slowloris holds), and is
-#: closed as it arrives only if every connection is being served. (uvicorn's limit_concurrency
-#: counted waiting connections too: 130 that sent `GET /heal` every 4.5 s made 99 % of a normal
-#: client's requests 503; 21,000 held connections flooded stderr with asyncio's accept errors.)
+#: connections held at once. At the limit a new connection displaces the one that is feeding the
+#: server slowest (the fewest bytes a second since it began its request or its wait for one: an
+#: idle keep-alive connection, a slowloris), never one whose request the server is working on or
+#: whose body waits for its turn; and is closed as it arrives if there is none. (uvicorn's
+#: limit_concurrency counted waiting connections: 130 that sent `GET /heal` every 4.5 s made 99 %
+#: of a normal client's requests 503; 21,000 held connections flooded stderr with accept errors.)
 MAX_CONNECTIONS = 512
+#: connections one client address may hold; a new one beyond is closed as it arrives, before any of
+#: its bytes are read (600 connections dripping a body a byte every 50 ms from one address, each
+#: displaced one reopened at once, had the event loop at 100 % and a normal client timing out)
+MAX_PER_CLIENT = 128
 #: seconds a client may keep the server waiting: for a request's head to arrive whole (from the
 #: connection's opening or its last response: 512 connections that each sent `GET /heal` held the
 #: server), for the next bytes of a body (408), for the client to read a response
@@ -107,9 +113,12 @@ def create_app(index: SearchIndex, token: str | None = None, max_upload: int = D
         where = "; ".join(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors())
         return JSONResponse({"error": where}, status_code=422)
 
-    @app.api_route("/health", methods=["GET", "HEAD"])  # (HEAD: what monitors send)
+    @app.get("/health")
     async def health() -> dict:  # (on the event loop: it answers while every worker thread is busy)
         return {"status": "ok"}
+
+    # (HEAD: what monitors send; out of the API description, where it repeated GET's operation id)
+    app.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:
@@ -297,33 +306,37 @@ def config(app: ASGIApp, host: str, port: int) -> Config:
 
 
 class _Connection(H11Protocol):
-    """uvicorn's HTTP/1.1 protocol with the deadlines it lacks. Its keep-alive timer closes a
-    connection silent after a response, but any byte cancels it: here a request's head must
-    arrive whole within IDLE_SECONDS of the connection's opening or its last response, and a
-    response the client does not read for IDLE_SECONDS closes it. Beyond MAX_CONNECTIONS a new
-    connection displaces the one waiting longest on its client (`_displace`)."""
+    """uvicorn's HTTP/1.1 protocol with the deadlines and limits it lacks. Its keep-alive timer
+    closes a connection silent after a response, but any byte cancels it: here a request's head
+    must arrive whole within IDLE_SECONDS of the connection's opening or its last response, and a
+    response the client does not read for IDLE_SECONDS closes it. Connections are limited per
+    client address (MAX_PER_CLIENT) and in all (MAX_CONNECTIONS, `_displace`)."""
 
     head: asyncio.TimerHandle | None = None
     stalled: asyncio.TimerHandle | None = None
-    heard = 0.0  # (loop time) when the client last sent bytes or was answered
+    address: str | None = None  # the client's, once its connection counts towards its limit
+    since, got = 0.0, 0  # when this connection began its request or its wait for one; bytes since
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self.heard = self.loop.time()
-        if len(self.connections) > MAX_CONNECTIONS and not self._displace():
+        self.since, held = self.loop.time(), _held(self.server_state)
+        address = (transport.get_extra_info("peername") or ("",))[0]
+        if held[address] >= MAX_PER_CLIENT or (len(self.connections) > MAX_CONNECTIONS and not self._displace()):
             transport.close()
-        else:
-            self._await_head()
+            return
+        self.address = address
+        held[address] += 1
+        self._await_head()
 
     def data_received(self, data: bytes) -> None:
-        self.heard = self.loop.time()
+        self.got += len(data)
         super().data_received(data)
         if self.head is not None and self.conn.their_state is not h11.IDLE:  # a request's head is in
             self.head.cancel()
             self.head = None
 
     def on_response_complete(self) -> None:
-        self.heard = self.loop.time()
+        self.since, self.got = self.loop.time(), 0
         super().on_response_complete()
         if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:  # (else pipelined: in)
             self._await_head()
@@ -342,17 +355,19 @@ class _Connection(H11Protocol):
         for timer in (self.head, self.stalled):
             if timer is not None:
                 timer.cancel()
+        if self.address is not None:
+            held = _held(self.server_state)
+            held[self.address] -= 1
+            if not held[self.address]:
+                del held[self.address]
         super().connection_lost(exc)
 
     def _displace(self) -> bool:
-        """Close the other connection whose client has kept the server waiting longest, for a
-        request's head or its body; False when every other one is being served."""
-        waiting = [c for c in self.connections if c is not self and isinstance(c, _Connection)
-                   and c.conn.their_state in (h11.IDLE, h11.SEND_BODY) and not c.transport.is_closing()]
-        if not waiting:
-            return False
-        min(waiting, key=lambda c: c.heard).transport.close()
-        return True
+        """Close the other connection feeding the server slowest; False if there is none."""
+        victim = _slowest([c for c in self.connections if c is not self], self.loop.time())
+        if victim is not None:
+            victim.transport.close()
+        return victim is not None
 
     def _await_head(self) -> None:
         if self.head is not None:
@@ -363,6 +378,23 @@ class _Connection(H11Protocol):
         self.head = None
         if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
             self.transport.close()
+
+
+def _slowest(connections: Iterable[Any], now: float) -> Any:
+    """Of `connections` (`_Connection`s), the one that feeds the server the fewest bytes a second
+    while it waits on its client, for a request's head or body bytes it is reading (the oldest of
+    equals); None if none waits. One whose request is being served, whose body waits for its turn
+    (reading paused), or that is closing is never chosen."""
+    waiting = [c for c in connections if c.conn.their_state in (h11.IDLE, h11.SEND_BODY)
+               and not c.flow.read_paused and not c.transport.is_closing()]
+    return min(waiting, key=lambda c: (c.got / max(now - c.since, 1.0), c.since), default=None)
+
+
+def _held(state: Any) -> Counter[str]:
+    """Connections held per client address on the server of `state` (uvicorn's ServerState)."""
+    if not hasattr(state, "held"):
+        state.held = Counter()
+    return state.held
 
 
 def fewer_arenas() -> None:

@@ -81,8 +81,10 @@ def _decode(path, max_pixels: int, draft: int | None, shrink: bool = False) -> I
                     decoded = opened.reduce(min(opened.size) // draft)
                 except ValueError:  # a mode Pillow cannot reduce (palette, 1-bit, 16-bit grey): converted
                     # first, here, where decoding is bounded (a 12 KB 1-bit PNG of 10,000² was
-                    # otherwise held as 400 MB of RGB while it waited for the model)
-                    decoded = to_rgb(opened).reduce(min(opened.size) // draft)
+                    # otherwise held as 400 MB of RGB while it waited for the model); 1-bit to
+                    # grey, a byte a pixel as it is held, not RGB's four
+                    wider = opened.convert("L") if opened.mode == "1" else to_rgb(opened)
+                    decoded = wider.reduce(min(opened.size) // draft)
             img = to_rgb(ImageOps.exif_transpose(decoded))
             rotated = img.size[0] != img.size[1] and (img.size[0] > img.size[1]) != (w > h)
             img.info["source_size"] = (h, w) if rotated else (w, h)

@@ -14,12 +14,23 @@ from PIL import Image
 CACHE_BYTES = 32 << 20
 
 
+#: the sizes thumbnails are drawn at from their files; one of another size is scaled from the next
+#: larger of these (a flood asking one 100 M-pixel image's thumbnail at ever other sizes decoded
+#: the image each time)
+SIDES = (64, 128, 256, 512, 1024)
+
+
 def jpeg(img: Image.Image, size: int) -> bytes:
     """`img` shrunk to fit `size` × `size`, as JPEG."""
     img.thumbnail((size, size))
     buf = io.BytesIO()
     img.convert("RGB").save(buf, "JPEG", quality=85)
     return buf.getvalue()
+
+
+def scaled(data: bytes, size: int) -> bytes:
+    """The thumbnail `data` (JPEG) shrunk to fit `size` × `size`."""
+    return jpeg(Image.open(io.BytesIO(data)), size)
 
 
 class Thumbnails:
