@@ -6,9 +6,9 @@ static page needs ``Authorization: Bearer`` (OpenAPI too; `/docs` is then off); 
 only for indexed items, by id, never by a client-supplied path, and a query naming a file is
 refused by its syntax; bodies are capped while they stream in; JSON is taken only as
 ``application/json`` (a cross-site form cannot send it); model work runs in the thread pool, never
-on the event loop. Every request's work is bounded: connections (`MAX_CONNECTIONS`), silence
-(`IDLE_SECONDS`), a body's pace (`MIN_BODY_RATE`) and memory (`BODIES_AT_ONCE` × --max-upload),
-thumbnails drawn at once (`THUMBS_AT_ONCE`). Every error is JSON ``{"error": ...}``.
+on the event loop. Every request's work is bounded: connections (`MAX_CONNECTIONS`,
+`MAX_PER_CLIENT`), silence (`IDLE_SECONDS`), a body's pace (`MIN_BODY_RATE`) and memory
+(`BODIES_AT_ONCE` × --max-upload), thumbnails drawn at once (`THUMBS_AT_ONCE`). Every error is JSON ``{"error": ...}``.
 """
 from __future__ import annotations
 
