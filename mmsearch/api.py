@@ -153,7 +153,7 @@ class SearchIndex:
         item, f = row
         file = (item_id, f.path_key, f.size, f.mtime_ns)  # (the file as indexed: a changed one is drawn anew)
         side = next((side for side in SIDES if side >= size), size)
-        drawn = self._thumbnails.get((*file, side), lambda: self._draw(item, f, side))
+        drawn = self._thumbnails.get((*file, side), lambda: self._draw(item, f, side), source=file)
         if drawn is None or side == size:
             return drawn
         return self._thumbnails.get((*file, size), lambda: scaled(drawn, size))

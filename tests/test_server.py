@@ -402,8 +402,8 @@ def test_connections_and_their_work_are_bounded(served, monkeypatch):
 
 
 def test_the_connection_displaced_is_the_slowest_waiting_on_its_client():
-    """`_slowest`: bytes a second since the connection began its wait (at least 1 s counted), the
-    oldest of equals; never one being served, one whose body waits for its turn, or one closing."""
+    """`_slowest`: bytes a second since the connection began its wait (credited a request head's
+    bytes, at least 1 s counted), the oldest of equals; never one being served, one whose body waits for its turn, or one closing."""
     from types import SimpleNamespace
 
     import h11
@@ -417,10 +417,12 @@ def test_the_connection_displaced_is_the_slowest_waiting_on_its_client():
 
     upload = conn(h11.SEND_BODY, got=3_000_000, since=0.0)  # 300 KB/s for 10 s
     drip = conn(h11.SEND_BODY, got=200, since=0.0)  # 20 B/s
-    fresh = conn(h11.IDLE, got=100, since=9.9)  # 100 bytes of a head in its first 0.1 s: 100 B/s
+    fresh = conn(h11.IDLE, got=100, since=9.9)  # 100 bytes of a head in its first 0.1 s
     assert _slowest([upload, fresh, drip], now=10.0) is drip
-    idle, older = conn(since=5.0), conn(since=2.0)
-    assert _slowest([upload, drip, idle, older], now=10.0) is older
+    idle, older = conn(since=5.0), conn(since=2.0)  # keep-alive connections waiting for a request
+    assert _slowest([upload, idle, older], now=10.0) is older
+    opened, heal = conn(since=9.95), conn(got=9, since=6.0)  # nothing read yet; "GET /heal" in 4 s
+    assert _slowest([opened, heal], now=10.0) is heal
     queued = conn(h11.SEND_BODY, got=10, since=0.0, paused=True)
     served = conn(h11.DONE, since=0.0)
     closing = conn(closing=True)

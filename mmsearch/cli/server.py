@@ -55,6 +55,8 @@ MAX_CONNECTIONS = 512
 #: its bytes are read (600 connections dripping a body a byte every 50 ms from one address, each
 #: displaced one reopened at once, had the event loop at 100 % and a normal client timing out)
 MAX_PER_CLIENT = 128
+#: bytes a connection is credited in `_slowest`, about a request head
+HEAD_CREDIT = 1024
 #: seconds a client may keep the server waiting: for a request's head to arrive whole (from the
 #: connection's opening or its last response: 512 connections that each sent `GET /heal` held the
 #: server), for the next bytes of a body (408), for the client to read a response
@@ -321,7 +323,8 @@ class _Connection(H11Protocol):
         super().connection_made(transport)
         self.since, held = self.loop.time(), _held(self.server_state)
         address = (transport.get_extra_info("peername") or ("",))[0]
-        if held[address] >= MAX_PER_CLIENT or (len(self.connections) > MAX_CONNECTIONS and not self._displace()):
+        # (counted from `held`: `connections` has those just refused too, until their close is done)
+        if held[address] >= MAX_PER_CLIENT or (held.total() >= MAX_CONNECTIONS and not self._displace()):
             transport.close()
             return
         self.address = address
@@ -387,7 +390,9 @@ def _slowest(connections: Iterable[Any], now: float) -> Any:
     (reading paused), or that is closing is never chosen."""
     waiting = [c for c in connections if c.conn.their_state in (h11.IDLE, h11.SEND_BODY)
                and not c.flow.read_paused and not c.transport.is_closing()]
-    return min(waiting, key=lambda c: (c.got / max(now - c.since, 1.0), c.since), default=None)
+    # (a connection is credited a request head's bytes: one just opened, whose first bytes are not
+    # read yet, ranked below a partial-head slowloris, and 268 were displaced at once)
+    return min(waiting, key=lambda c: ((c.got + HEAD_CREDIT) / max(now - c.since, 1.0), c.since), default=None)
 
 
 def _held(state: Any) -> Counter[str]:

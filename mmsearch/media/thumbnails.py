@@ -34,35 +34,42 @@ def scaled(data: bytes, size: int) -> bytes:
 
 
 class Thumbnails:
-    """The last thumbnails drawn, at most `limit` bytes, least recently used out first; a key
-    being drawn is drawn once, its other requests wait for it (a burst for one large image
-    decodes it once). A failed drawing (None) is kept too, so a broken file is not decoded again."""
+    """The last thumbnails drawn, at most `limit` bytes, least recently used out first. Drawings
+    of one `source` take turns, and a key is drawn once, its other requests waiting for it: a
+    burst for one 100 M-pixel image's thumbnail decodes it once, and one at its five sizes decodes
+    it five times one after another, not at once (2.4 GB). A failed drawing (None) is kept too, so
+    a broken file is not decoded again."""
 
     def __init__(self, limit: int = CACHE_BYTES):
         self.limit, self.held = limit, 0
         self._kept: OrderedDict[Hashable, bytes | None] = OrderedDict()
-        self._drawing: dict[Hashable, threading.Lock] = {}
+        self._turns: dict[Hashable, tuple[threading.Lock, list[int]]] = {}  # a source's turn, and its users
         self._lock = threading.Lock()
 
-    def get(self, key: Hashable, draw: Callable[[], bytes | None]) -> bytes | None:
-        """The thumbnail kept for `key`, else `draw()`'s, kept."""
+    def get(self, key: Hashable, draw: Callable[[], bytes | None], source: Hashable = None) -> bytes | None:
+        """The thumbnail kept for `key`, else `draw()`'s, kept; drawn in `source`'s turn (default:
+        the key's own)."""
+        source = key if source is None else source
         with self._lock:
             if key in self._kept:
                 self._kept.move_to_end(key)
                 return self._kept[key]
-            turn = self._drawing.setdefault(key, threading.Lock())
-        with turn:
-            with self._lock:
-                if key in self._kept:  # drawn while this request waited its turn
-                    return self._kept[key]
-            try:
-                data = draw()
-            finally:
+            turn, users = self._turns.setdefault(source, (threading.Lock(), [0]))
+            users[0] += 1
+        try:
+            with turn:
                 with self._lock:
-                    self._drawing.pop(key, None)
+                    if key in self._kept:  # drawn while this request waited its turn
+                        return self._kept[key]
+                data = draw()
+                with self._lock:
+                    self._keep(key, data)
+                return data
+        finally:
             with self._lock:
-                self._keep(key, data)
-            return data
+                users[0] -= 1
+                if not users[0]:
+                    del self._turns[source]
 
     def _keep(self, key: Hashable, data: bytes | None) -> None:
         size = len(data or b"")

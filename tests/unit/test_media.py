@@ -482,6 +482,26 @@ def test_a_thumbnail_asked_for_at_once_is_drawn_once():
     for t in threads:
         t.join()
     assert got == [b"jpeg"] * 8 and len(calls) == 1
+    active, most, counting = [0], [0], threading.Lock()
+
+    def counted() -> bytes:
+        with counting:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+        time.sleep(0.2)
+        with counting:
+            active[0] -= 1
+        return b"jpeg"
+
+    for sources, expected in ((("s", "s", "s"), 1), (("s", "t", "u"), 3)):  # one source's drawings take turns
+        most[0] = 0
+        threads = [threading.Thread(target=cache.get, args=((expected, i), counted, source))
+                   for i, source in enumerate(sources)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert most[0] == expected
     with pytest.raises(ZeroDivisionError):  # a drawing that raises is not kept, and frees its key
         cache.get("bad", lambda: 1 // 0)
     assert cache.get("bad", lambda: b"ok") == b"ok"
