@@ -12,8 +12,6 @@ from PIL import Image
 #: page of results asks for the same ones again; without it a flood of requests for one 100 M-pixel
 #: image's thumbnail decoded it each time, and other thumbnails waited 12.6 s (median)
 CACHE_BYTES = 32 << 20
-
-
 #: the sizes thumbnails are drawn at from their files; one of another size is scaled from the next
 #: larger of these (a flood asking one 100 M-pixel image's thumbnail at ever other sizes decoded
 #: the image each time)
@@ -73,7 +71,7 @@ class Thumbnails:
 
     def _keep(self, key: Hashable, data: bytes | None) -> None:
         size = len(data or b"")
-        if size > self.limit:
+        if size > self.limit or key in self._kept:  # (kept already: drawn in another source's turn)
             return
         self._kept[key] = data
         self.held += size
