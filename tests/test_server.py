@@ -326,16 +326,16 @@ def test_connections_and_their_work_are_bounded(served, monkeypatch):
             b.sendall(big)
             assert _response(b).startswith(b"HTTP/1.1 503")  # no turn within WAIT_SECONDS
             assert _response(a).startswith(b"HTTP/1.1 408")  # silent for IDLE_SECONDS
-        with socket.socket() as c:  # pipelined requests, no response read: cut off after IDLE_SECONDS
-            c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            c.settimeout(10)
-            c.connect(("127.0.0.1", port))
-            c.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n" * 2000)  # ~13 MB of pages
-            time.sleep(4.5)
-            got = b""
-            while chunk := c.recv(1 << 20):  # what the kernel held; the rest was dropped with the connection
-                got += chunk
-            assert got.count(b"HTTP/1.1 200") < 1000
+        for pages in (2000, 300):  # pipelined requests, no response read: reset after IDLE_SECONDS,
+            with socket.socket() as c:  # whether their pages wait here (~13 MB) or in the kernel (~2 MB)
+                c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                c.settimeout(10)
+                c.connect(("127.0.0.1", port))
+                c.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n" * pages)
+                time.sleep(4.5)
+                with pytest.raises(ConnectionResetError):  # (closed, the kernel went on sending them)
+                    while c.recv(1 << 20):
+                        pass
         thumb_id = _an_image_id(idx)
         with httpx.Client(timeout=30) as a, httpx.Client(timeout=30) as b:
             drawing = threading.Thread(target=lambda: a.get(f"{url}/thumb/{thumb_id}"))

@@ -16,8 +16,10 @@ import asyncio
 import ctypes
 import hmac
 import re
+import socket
+import struct
 from collections import Counter
-from contextlib import asynccontextmanager, nullcontext
+from contextlib import asynccontextmanager, nullcontext, suppress
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Iterable, TypeVar
 
@@ -346,7 +348,7 @@ class _Connection(H11Protocol):
 
     def pause_writing(self) -> None:
         super().pause_writing()
-        self.stalled = self.loop.call_later(IDLE_SECONDS, self.transport.abort)
+        self.stalled = self.loop.call_later(IDLE_SECONDS, self._close)
 
     def resume_writing(self) -> None:
         if self.stalled is not None:
@@ -365,6 +367,22 @@ class _Connection(H11Protocol):
                 del held[self.address]
         super().connection_lost(exc)
 
+    def timeout_keep_alive_handler(self) -> None:  # (uvicorn's, for a connection idle after a response)
+        if not self.transport.is_closing():
+            self._close()
+
+    def _close(self) -> None:
+        """Close; with a reset if the client has not taken all that was sent: closed, the kernel
+        keeps trying to send it as an orphan socket (a client that pipelined 2 MB of pages and
+        read none left 1.9 MB a connection in the kernel, after its close)."""
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None and _unsent(sock):
+            with suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.transport.abort()
+        else:
+            self.transport.close()
+
     def _displace(self) -> bool:
         """Close the other connection feeding the server slowest; False if there is none."""
         victim = _slowest([c for c in self.connections if c is not self], self.loop.time())
@@ -380,7 +398,18 @@ class _Connection(H11Protocol):
     def _no_head(self) -> None:
         self.head = None
         if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
-            self.transport.close()
+            self._close()
+
+
+def _unsent(sock: Any) -> int:
+    """Bytes sent on `sock` that the peer has not taken (Linux's SIOCOUTQ); 0 where unknown (Windows)."""
+    try:
+        import fcntl
+        import termios
+
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, bytes(4)))[0]
+    except (ImportError, OSError):
+        return 0
 
 
 def _slowest(connections: Iterable[Any], now: float) -> Any:
