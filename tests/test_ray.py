@@ -462,7 +462,7 @@ def test_an_s3_prefix_embedded_on_the_cluster_is_a_local_run(cluster, s3_server,
 
     def digests(path: Path) -> dict[str, str | None]:
         with Index(path).session() as s:
-            return dict(s.execute(select(File.path, File.digest)).tuples().all())
+            return dict(s.execute(select(File.path, File.digest)).all())
 
     assert digests(tmp_path / "index") == digests(tmp_path / "local")
     assert digests(tmp_path / "index")["s3://cluster/lib/coffee.png"] == file_digest(photos / "coffee.png")
