@@ -313,8 +313,9 @@ class _Connection(H11Protocol):
     """uvicorn's HTTP/1.1 protocol with the deadlines and limits it lacks. Its keep-alive timer
     closes a connection silent after a response, but any byte cancels it: here a request's head
     must arrive whole within IDLE_SECONDS of the connection's opening or its last response, and a
-    response the client does not read for IDLE_SECONDS closes it. Connections are limited per
-    client address (MAX_PER_CLIENT) and in all (MAX_CONNECTIONS, `_displace`)."""
+    response the client does not read for IDLE_SECONDS closes it (`_close`: with a reset when the
+    client has not taken what was sent). Connections are limited per client address
+    (MAX_PER_CLIENT) and in all (MAX_CONNECTIONS, `_displace`)."""
 
     head: asyncio.TimerHandle | None = None
     stalled: asyncio.TimerHandle | None = None
