@@ -259,8 +259,8 @@ def test_connections_and_their_work_are_bounded(served, monkeypatch):
     """On a real server (the test client has no connections): a response sent before its body
     was read whole closes the connection (else the server drains an endless chunked body); silent
     connections and heads that never end are closed; a body has deadlines, and large ones take
-    turns that small ones need not wait for; a client that reads no responses is cut off;
-    thumbnails wait their turn on the event loop, not in a worker thread; beyond the connection
+    turns (a few an address) that small ones need not wait for; a client that reads no responses
+    is cut off; thumbnails wait their turn on the event loop, not in a worker thread; beyond the connection
     limit a new connection displaces the slowest waiting on its client, or is closed if none waits;
     one client address's connections beyond its limit are closed as they arrive."""
     import httpx
@@ -269,7 +269,7 @@ def test_connections_and_their_work_are_bounded(served, monkeypatch):
 
     idx = served[0]
     for name, value in (("IDLE_SECONDS", 2), ("MIN_BODY_RATE", 1000), ("MAX_CONNECTIONS", 4), ("THUMBS_AT_ONCE", 1),
-                        ("BODIES_AT_ONCE", 1), ("WAIT_SECONDS", 1)):
+                        ("BODIES_AT_ONCE", 2), ("BODIES_PER_CLIENT", 1), ("WAIT_SECONDS", 1)):
         monkeypatch.setattr(server, name, value)
     entered, release = threading.Event(), threading.Event()
     real = type(idx).thumbnail
@@ -283,6 +283,9 @@ def test_connections_and_their_work_are_bounded(served, monkeypatch):
     with _serving(create_app(idx)) as (url, port):
         def connect() -> socket.socket:
             return socket.create_connection(("127.0.0.1", port), timeout=10)
+
+        def connect_from(address: str) -> socket.socket:
+            return socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(address, 0))
 
         with connect() as c:  # refused early, the chunked body endless: answered and closed
             c.sendall(b"POST /search HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/plain\r\n"
@@ -317,13 +320,15 @@ def test_connections_and_their_work_are_bounded(served, monkeypatch):
             assert time.monotonic() - t0 < 5
         big = (b"POST /search HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
                b"Content-Length: 1000000\r\n\r\n")
-        with connect() as a, connect() as b:  # large bodies take turns (one here); a small one never waits
-            a.sendall(big)
+        with connect() as a, connect() as b, connect_from("127.0.0.2") as c:
+            a.sendall(big)  # large bodies take turns (two here, one an address); a small one never waits
             time.sleep(0.3)
             t0 = time.monotonic()
             assert httpx.post(f"{url}/search", json={"q": "a cat", "k": 1}, timeout=10).status_code == 200
             assert time.monotonic() - t0 < 1
             b.sendall(big)
+            c.sendall(big + b'{"q": "a cat", "k": 1}'.ljust(1_000_000))  # another address: a turn
+            assert _response(c).startswith(b"HTTP/1.1 200")
             assert _response(b).startswith(b"HTTP/1.1 503")  # no turn within WAIT_SECONDS
             assert _response(a).startswith(b"HTTP/1.1 408")  # silent for IDLE_SECONDS
         for pages in (2000, 300):  # pipelined requests, no response read: reset after IDLE_SECONDS,
@@ -384,9 +389,6 @@ def test_connections_and_their_work_are_bounded(served, monkeypatch):
             for c in (fast, *drips):
                 c.close()
         monkeypatch.setattr(server, "MAX_PER_CLIENT", 2)  # one address's connections beyond: closed on arrival
-
-        def connect_from(address: str) -> socket.socket:
-            return socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(address, 0))
 
         mine = [connect_from("127.0.0.2") for _ in range(2)]
         try:

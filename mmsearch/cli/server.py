@@ -71,6 +71,9 @@ MIN_BODY_RATE = 64 << 10
 #: 20 MB body held 6.6 GB; 120 read bodies waiting for the decoder, 5.6 GB). Small bodies (a JSON
 #: search) need no turn: 16 clients holding large bodies unsent delayed every POST search 60 s
 BODIES_AT_ONCE = 16
+#: of those, turns one client address may hold: 16 connections from one address, each sending
+#: just over MIN_BODY_RATE (1.1 MiB/s in all), held every turn for minutes (uploads got 503)
+BODIES_PER_CLIENT = 4
 SMALL_BODY = 64 << 10
 #: thumbnails drawn at once, each in a worker thread: an object under a URI root waits on its store,
 #: and 120 requests with the store down held every thread (/health answered after 124 s)
@@ -89,7 +92,7 @@ def create_app(index: SearchIndex, token: str | None = None, max_upload: int = D
     if "*" not in allowed:
         app.add_middleware(HostCheck, allowed=allowed)
     app.add_middleware(CloseUnread)  # (the outermost: HostCheck answers early too)
-    bodies, thumbs = anyio.Semaphore(BODIES_AT_ONCE), anyio.Semaphore(THUMBS_AT_ONCE)
+    bodies, thumbs = _Turns(BODIES_AT_ONCE, BODIES_PER_CLIENT, "uploads"), _Turns(THUMBS_AT_ONCE)
 
     def authorised(request: Request) -> None:
         if token is None:
@@ -144,7 +147,8 @@ def create_app(index: SearchIndex, token: str | None = None, max_upload: int = D
             raise HTTPException(415, "send application/json or multipart/form-data")
         declared = request.headers.get("content-length", "")
         small = declared.isdigit() and int(declared) <= SMALL_BODY and "transfer-encoding" not in request.headers
-        async with nullcontext() if small else _turn(bodies, "uploads"):  # (held until the search is done)
+        client = request.client.host if request.client else ""
+        async with nullcontext() if small else bodies.turn(client):  # (held until the search is done)
             return await _search_post(request, ctype)
 
     async def _search_post(request: Request, ctype: str) -> list[dict]:
@@ -176,7 +180,7 @@ def create_app(index: SearchIndex, token: str | None = None, max_upload: int = D
     @app.get("/thumb/{item_id}", dependencies=[Depends(authorised)],
              responses={200: {"content": {"image/jpeg": {}}}}, response_class=Response)
     async def thumb(item_id: int, size: int = Query(256, ge=16, le=1024)) -> Response:
-        async with _turn(thumbs, "thumbnails"):
+        async with thumbs.turn():
             data = await run_in_threadpool(_trimmed(index.thumbnail), item_id, size)
         if data is None:
             raise HTTPException(404, f"no thumbnail for item {item_id}")
@@ -237,19 +241,47 @@ async def _capped_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-@asynccontextmanager
-async def _turn(turns: anyio.Semaphore, what: str) -> AsyncIterator[None]:
-    """One of `turns`, waited for on the event loop (never in a worker thread) at most
-    WAIT_SECONDS, else 503."""
-    try:
-        with anyio.fail_after(WAIT_SECONDS):
-            await turns.acquire()
-    except TimeoutError:
-        raise HTTPException(503, f"too many {what} at once: try again shortly", headers={"Retry-After": "5"}) from None
-    try:
-        yield
-    finally:
-        turns.release()
+class _Turns:
+    """`total` turns, at most `each` of them held by one client address; waited for on the event
+    loop (never in a worker thread) at most WAIT_SECONDS, else 503."""
+
+    def __init__(self, total: int, each: int | None = None, what: str = "thumbnails"):
+        self.all, self.each, self.what = anyio.Semaphore(total), each, what
+        self.mine: dict[str, tuple[anyio.Semaphore, list[int]]] = {}  # an address's turns, and its waiters
+
+    @asynccontextmanager
+    async def turn(self, address: str = "") -> AsyncIterator[None]:
+        """One turn, for a client at `address`."""
+        if self.each is None:
+            async with self._taken([self.all]):
+                yield
+            return
+        mine, users = self.mine.setdefault(address, (anyio.Semaphore(self.each), [0]))
+        users[0] += 1
+        try:
+            async with self._taken([mine, self.all]):
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self.mine[address]
+
+    @asynccontextmanager
+    async def _taken(self, turns: list[anyio.Semaphore]) -> AsyncIterator[None]:
+        taken: list[anyio.Semaphore] = []
+        try:
+            try:
+                with anyio.fail_after(WAIT_SECONDS):
+                    for turn in turns:
+                        await turn.acquire()
+                        taken.append(turn)
+            except TimeoutError:
+                raise HTTPException(503, f"too many {self.what} at once: try again shortly",
+                                    headers={"Retry-After": "5"}) from None
+            yield
+        finally:
+            for turn in reversed(taken):
+                turn.release()
 
 
 class CloseUnread:
