@@ -167,9 +167,10 @@ class SearchIndex:
             with _FETCHING if remote else nullcontext(), fetch.fetched(f.fs_path, f.size, fetch.MAX_THUMBNAIL_FETCH) as path:
                 with _DECODING:  # (a 100 M-pixel PNG takes ~1 GB: 40 drawn at once peaked at 8.6 GB)
                     img = frame_at(path, item.timestamp or 0.0) if item.kind == "video" else load_image(path, draft=size)
-                    return jpeg(img, size)
+                    img.thumbnail((size, size))  # (the full-size pixels freed inside the turn, encoded after it)
         except (DecodeError, OSError):
             return None
+        return jpeg(img, size)
 
     def info(self) -> dict:
         return self.index.info()
