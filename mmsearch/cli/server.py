@@ -8,7 +8,8 @@ refused by its syntax; bodies are capped while they stream in; JSON is taken onl
 ``application/json`` (a cross-site form cannot send it); model work runs in the thread pool, never
 on the event loop. Every request's work is bounded: connections (`MAX_CONNECTIONS`,
 `MAX_PER_CLIENT`), silence (`IDLE_SECONDS`), a body's pace (`MIN_BODY_RATE`) and memory
-(`BODIES_AT_ONCE` × --max-upload), thumbnails drawn at once (`THUMBS_AT_ONCE`). Every error is JSON ``{"error": ...}``.
+(`BODIES_AT_ONCE` × --max-upload, `BODIES_PER_CLIENT`), thumbnails drawn at once
+(`THUMBS_AT_ONCE`). Every error is JSON ``{"error": ...}``.
 """
 from __future__ import annotations
 
@@ -92,7 +93,7 @@ def create_app(index: SearchIndex, token: str | None = None, max_upload: int = D
     if "*" not in allowed:
         app.add_middleware(HostCheck, allowed=allowed)
     app.add_middleware(CloseUnread)  # (the outermost: HostCheck answers early too)
-    bodies, thumbs = _Turns(BODIES_AT_ONCE, BODIES_PER_CLIENT, "uploads"), _Turns(THUMBS_AT_ONCE)
+    bodies, thumbs = _Turns("uploads", BODIES_AT_ONCE, BODIES_PER_CLIENT), _Turns("thumbnails", THUMBS_AT_ONCE)
 
     def authorised(request: Request) -> None:
         if token is None:
@@ -242,11 +243,11 @@ async def _capped_body(request: Request, limit: int) -> bytes:
 
 
 class _Turns:
-    """`total` turns, at most `each` of them held by one client address; waited for on the event
-    loop (never in a worker thread) at most WAIT_SECONDS, else 503."""
+    """`total` turns at `what` (as the 503 names it), at most `each` of them held by one client
+    address; waited for on the event loop (never in a worker thread) at most WAIT_SECONDS."""
 
-    def __init__(self, total: int, each: int | None = None, what: str = "thumbnails"):
-        self.all, self.each, self.what = anyio.Semaphore(total), each, what
+    def __init__(self, what: str, total: int, each: int | None = None):
+        self.what, self.all, self.each = what, anyio.Semaphore(total), each
         self.mine: dict[str, tuple[anyio.Semaphore, list[int]]] = {}  # an address's turns, and its waiters
 
     @asynccontextmanager
