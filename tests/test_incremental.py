@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import shutil
 
+import pytest
 from PIL import Image
 
 
@@ -171,3 +172,46 @@ def test_a_run_rebuilds_the_approximate_index_an_earlier_run_failed_to_build(cli
         os.replace(current + suffix, older + suffix)
     cli("index", str(image_set))
     assert os.path.exists(current)
+
+
+def test_a_bulk_run_builds_the_digest_index_after_storing(tmp_path, tiny_clip, photos, monkeypatch):
+    """A run storing many files (here: 2 or more) drops the content-digest index while it stores
+    them and builds it after; one killed meanwhile leaves it missing, and the next run makes it
+    again before its plan, which finds renamed content by it."""
+    from sqlalchemy import text
+
+    from mmsearch.indexer import run
+    from mmsearch.indexer.options import IndexOptions
+    from mmsearch.retrieval.index import Index
+
+    def has_index(s) -> bool:
+        return s.scalar(text("SELECT count(*) FROM sqlite_master WHERE name = 'ix_files_digest'")) == 1
+
+    monkeypatch.setattr(run, "BULK_FILES", 2)
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    for n in ("chelsea.png", "coffee.png", "rocket.jpg"):
+        shutil.copy2(photos / n, lib / n)
+    index, opts, seen = Index(tmp_path / "index", create=True), IndexOptions(model=tiny_clip), []
+
+    def killed(s, *args):
+        seen.append(has_index(s))
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run.index_paths(index, [str(lib)], opts, embed=killed)
+    with index.session() as s:
+        assert seen == [False] and not has_index(s)
+
+    def here(s, *args):
+        seen.append(has_index(s))
+        run._embed_here(s, *args)
+
+    assert run.index_paths(index, [str(lib)], opts, embed=here).embedded == 3
+    with index.session() as s:
+        assert seen == [False, False] and has_index(s)
+    os.rename(lib / "chelsea.png", lib / "cat.png")
+    s = run.index_paths(index, [str(lib)], opts, embed=here)
+    assert (s.reused, s.embedded) == (1, 0)
+    with index.session() as s:
+        assert has_index(s)
