@@ -52,7 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mmsearch.indexer.plan import Plan  # noqa: E402
-from mmsearch.indexer.run import Summary, commit_batch, digests_after  # noqa: E402
+from mmsearch.indexer.run import Batch, Summary, commit_batch, digests_after  # noqa: E402
 from mmsearch.indexer.scan import Entry  # noqa: E402
 from mmsearch.retrieval.index import Index  # noqa: E402
 from mmsearch.retrieval.store import bump_generation, segments, set_meta  # noqa: E402
@@ -102,7 +102,7 @@ def merge(idx: Index, n: int, dim: int, batch: int, centres: np.ndarray, index_t
                 e, digest = synthetic_file(first + i)
                 files.append((e, digest, [{"kind": "image", "vector": v[i]}], (4032, 3024), None))
             t = time.perf_counter()
-            commit_batch(s, plan, summary, files)
+            commit_batch(s, plan, summary, Batch.of(files))
             committing += time.perf_counter() - t
             if (first // batch) % 25 == 0:
                 print(f"  merged {first + m:,} ({(first + m) / committing:,.0f} items/s in commit_batch)", flush=True)

@@ -224,7 +224,7 @@ def test_search_by_codes_alone_drops_items_deleted_since_the_build(tmp_path):
     from sqlalchemy import delete, select
 
     from mmsearch.indexer.plan import Plan
-    from mmsearch.indexer.run import Summary, commit_batch
+    from mmsearch.indexer.run import Batch, Summary, commit_batch
     from mmsearch.indexer.scan import Entry
     from mmsearch.retrieval.index import Index
     from mmsearch.retrieval.store import File, Item, set_meta
@@ -236,7 +236,7 @@ def test_search_by_codes_alone_drops_items_deleted_since_the_build(tmp_path):
             set_meta(s, key, value)
         files = [(Entry(f"/lib/{i:05}.jpg", "image", 1, 1), f"{i:032x}", [{"kind": "image", "vector": v}], None, None)
                  for i, v in enumerate(x)]
-        commit_batch(s, Plan(), Summary(), files)
+        commit_batch(s, Plan(), Summary(), Batch.of(files))
     loaded = idx.faiss_index()
     assert loaded.plan.factory.endswith(",SQfp16") and loaded.plan.rerank == 0, loaded.plan
     with idx.session() as s:

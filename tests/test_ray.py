@@ -246,7 +246,7 @@ def _synthetic(path: Path, n: int, kind: str) -> np.ndarray:
     """An index of `n` clustered 64-d vectors stored by `commit_batch` (as shards are), every
     tenth file removed again so that the item ids have gaps, `kind` forced; its vectors."""
     from mmsearch.indexer.plan import Plan
-    from mmsearch.indexer.run import Summary, commit_batch
+    from mmsearch.indexer.run import Batch, Summary, commit_batch
     from mmsearch.retrieval.store import bump_generation
 
     rng = np.random.default_rng(0)
@@ -255,8 +255,8 @@ def _synthetic(path: Path, n: int, kind: str) -> np.ndarray:
     with Index(path, create=True).session() as s:
         for key, value in [("model_spec", "synthetic"), ("model_identity", "synthetic-64"), ("dim", "64"), ("index_type", kind)]:
             set_meta(s, key, value)
-        commit_batch(s, Plan(), Summary(), [(Entry(f"/lib/{i:05}.jpg", "image", 1, 1), f"{i:032x}",
-                                             [{"kind": "image", "vector": v}], None, None) for i, v in enumerate(x)])
+        commit_batch(s, Plan(), Summary(), Batch.of([(Entry(f"/lib/{i:05}.jpg", "image", 1, 1), f"{i:032x}",
+                                                      [{"kind": "image", "vector": v}], None, None) for i, v in enumerate(x)]))
         s.execute(File.__table__.delete().where(File.id % 10 == 0))
         bump_generation(s)
         s.commit()

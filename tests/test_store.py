@@ -133,7 +133,7 @@ def test_bulk_settings_are_put_back_after_a_batch(tmp_path):
     """commit_batch's bulk-merge cache and checkpoint interval stay with its batch: the pooled
     connection a later session reads through has SQLite's own again."""
     from mmsearch.indexer.plan import Plan
-    from mmsearch.indexer.run import Summary, commit_batch
+    from mmsearch.indexer.run import Batch, Summary, commit_batch
     from mmsearch.indexer.scan import Entry
     from mmsearch.retrieval.index import Index
     from mmsearch.retrieval.store import set_meta
@@ -148,5 +148,5 @@ def test_bulk_settings_are_put_back_after_a_batch(tmp_path):
     before = pragmas()
     with idx.session() as s:
         set_meta(s, "dim", "4")
-        commit_batch(s, Plan(), Summary(), [(Entry("/x/a.jpg", "image", 1, 1), "d" * 32, [{"kind": "image", "vector": np.ones(4, np.float32)}], None, None)])
+        commit_batch(s, Plan(), Summary(), Batch.of([(Entry("/x/a.jpg", "image", 1, 1), "d" * 32, [{"kind": "image", "vector": np.ones(4, np.float32)}], None, None)]))
     assert pragmas() == before != (-262144, 20000)

@@ -55,7 +55,7 @@ from ..retrieval.vectors import Segments
 from .annotate import capture_fields, read_ocr
 from .options import IndexOptions
 from .plan import Plan
-from .run import Summary, _export_for_queries, commit_batch
+from .run import Batch, Summary, _export_for_queries, commit_batch
 from .scan import Entry
 
 #: most files in a slice (one actor call, one shard): ~6 s of embedding for `lite` on two cores,
@@ -373,8 +373,7 @@ class Merger:
     def __init__(self, s: Session, plan: Plan, summary: Summary, identity: str,
                  wanted: dict[bytes, tuple[Entry, str]], refuse: bool):
         self.s, self.plan, self.summary, self.identity, self.wanted, self.refuse = s, plan, summary, identity, wanted, refuse
-        self.files: list[tuple] = []
-        self.captures: list[dict | None] = []  # each file's, stored with its row (None: the driver reads it after)
+        self.batch = Batch(captures=[])  # (a file's capture None: the driver reads it after)
         self.items, self.last = 0, time.monotonic()
         # commits run in a thread of their own while the next shards are read (below, `_commit`)
         self.writer = ThreadPoolExecutor(1, thread_name_prefix="mmsearch-merge")
@@ -411,9 +410,9 @@ class Merger:
         own, without the GIL). The session is the writer's until `_wait`: nothing else here uses
         it, and `wanted` is this thread's alone."""
         self._wait()
-        if self.files:
-            self.committing = self.writer.submit(commit_batch, self.s, self.plan, self.summary, self.files, self.captures)
-        self.files, self.captures, self.items, self.last = [], [], 0, time.monotonic()
+        if self.batch.entries or self.batch.skipped:
+            self.committing = self.writer.submit(commit_batch, self.s, self.plan, self.summary, self.batch)
+        self.batch, self.items, self.last = Batch(captures=[]), 0, time.monotonic()
 
     def _wait(self) -> None:
         """Wait for the commit under way; its error, if it failed, is raised here."""
@@ -441,7 +440,7 @@ class Merger:
         names = [c for c in SHARD.names if c != "vectors"]
         columns = [table.column(c).to_pylist() if c in table.column_names else [None] * len(table) for c in names]
         vectors, starts = _vectors(table.column("vectors"), dim)
-        captures = []
+        b, taken, rows, captures = self.batch, 0, [], []
         for r, (key, digest, error, width, height, items, capture) in enumerate(zip(*columns)):
             job = self.wanted.get(key)
             # stored already (a slice delivered twice), or changed since; an object under a URI root is
@@ -450,18 +449,30 @@ class Merger:
             if job is None or (job[1] != digest if job[1] else not self.refuse):
                 continue
             del self.wanted[key]
+            taken += 1
+            if error:
+                b.skipped.append((job[0], error))
+                self.items += 1
+                continue
             fields = _fields(items)
-            mine = vectors[starts[r] : starts[r + 1]]
-            if len(mine) != len(fields):
-                raise ValueError(f"{shard}: {len(fields)} item(s) of {key!r} but {len(mine)} vector(s)")
-            size = (width, height) if width is not None else None
-            self.files.append((job[0], digest, [{**f, "vector": v} for f, v in zip(fields, mine)], size, error))
-            self.items += max(1, len(fields))
+            if len(fields) != starts[r + 1] - starts[r]:
+                raise ValueError(f"{shard}: {len(fields)} item(s) of {key!r} but {starts[r + 1] - starts[r]} vector(s)")
+            b.owners += [len(b.entries)] * len(fields)
+            b.entries.append(job[0])
+            b.digests.append(digest)
+            b.sizes.append((width, height) if width is not None else None)
+            b.fields += fields
+            rows.append(r)
+            captures.append(capture)
+            self.items += max(1, len(fields))  # (a text file without passages is a row too)
             if '"ocr"' in items:
                 self.summary.ocr_images += sum(f.get("ocr") is not None for f in fields)
-            captures.append(capture)
-        self.captures += _decoded(captures)
-        return len(captures)
+        # the vectors of the rows taken, in their order (all of them, mostly)
+        b.vectors.append(vectors if len(rows) == len(starts) - 1 else
+                         vectors[np.concatenate([np.arange(starts[r], starts[r + 1]) for r in rows] or [np.arange(0)])])
+        assert b.captures is not None
+        b.captures += _decoded(captures)
+        return taken
 
 
 def _vectors(column: pa.ChunkedArray, dim: int) -> tuple[np.ndarray, list[int]]:
