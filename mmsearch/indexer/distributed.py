@@ -64,9 +64,10 @@ SLICE_FILES = 256
 #: most items the driver stores in one transaction, from as many arrived shards as they fill: a
 #: transaction a shard (≤ 256 files) paid its WAL frames, FTS5 flush, meta rows and a capture
 #: commit each time (benchmarks/scale.py --shards 256, 1M: 11.8k → 24.0k items/s). 50k rather
-#: than 20k: each transaction dirties most pages of the random content-digest index whatever its
+#: than 20k: each transaction dirtied most pages of the random content-digest index whatever its
 #: size (1M, 2 cores: 27.7k, 31.0k → 33.7k, 32.9k items/s; 100k: 32.5k, the last commit and
-#: first read no longer hidden); ~100 MB of 512-d vectors held (peak RSS 1.03 → 1.31 GiB)
+#: first read no longer hidden; measured before a bulk run built that index after storing,
+#: `run.digests_after`); ~100 MB of 512-d vectors held (peak RSS 1.03 → 1.31 GiB)
 MERGE_ITEMS = 50_000
 #: ...or what has arrived once this long has passed since the last commit, so that a slow
 #: cluster's files still show in the index shard by shard
