@@ -199,17 +199,21 @@ class Batch:
         for i, (e, digest, items, size, error) in enumerate(files):
             if error:
                 b.skipped.append((e, error))
-                continue
-            b.owners += [len(b.entries)] * len(items)
-            b.entries.append(e)
-            b.digests.append(digest)
-            b.sizes.append(size)
-            if b.captures is not None and captures is not None:
-                b.captures.append(captures[i])
-            if items:
-                b.fields += items
-                b.vectors.append(np.stack([it["vector"] for it in items]))
+            else:
+                b.add(e, digest, size, items, captures[i] if captures is not None else None)
+                if items:
+                    b.vectors.append(np.stack([it["vector"] for it in items]))
         return b
+
+    def add(self, e: Entry, digest: str, size: tuple[int, int] | None, fields: list[dict], capture: dict | None) -> None:
+        """One file and its items' fields; their vectors the caller appends to `vectors`, in order."""
+        self.owners += [len(self.entries)] * len(fields)
+        self.entries.append(e)
+        self.digests.append(digest)
+        self.sizes.append(size)
+        self.fields += fields
+        if self.captures is not None:
+            self.captures.append(capture)
 
 
 def commit_batch(s: Session, plan: Plan, summary: Summary, batch: Batch) -> None:
