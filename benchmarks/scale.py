@@ -7,7 +7,9 @@
 
 Items are merged through `commit_batch` (indexer/run.py), the path by which a run's embedded
 batches — local, or shards from a Ray cluster — enter the store: file rows, item rows, lexical
-rows (file names) in SQLite, vectors in segment files. Vectors are clustered (random centres plus
+rows (file names) in SQLite, vectors in segment files; as a run storing N files does, the merge
+drops the content-digest index first and builds it after (`run.digests_after`), which its time
+includes. Vectors are clustered (random centres plus
 noise, unit length), so approximate search is as hard as on real collections rather than on
 uniform noise. Then the FAISS index is built by the index policy (the kind it chooses for N),
 and searched with new vectors from the same distribution.
