@@ -395,6 +395,34 @@ def test_shard_vectors_are_stored_with_their_items_in_order(tmp_path):
         assert np.array_equal(vectors[item_id], np.full(4, int(p[3]) + offset / 10, np.float32))
 
 
+def test_a_shard_whose_items_and_vectors_disagree_takes_nothing(tmp_path):
+    """A shard is checked whole before any of its files is taken: one bad row leaves the batch and
+    the files still wanted as they were (this run's shard: an error; an earlier run's: unused)."""
+    import pyarrow as pa
+
+    from mmsearch.indexer.plan import Plan
+    from mmsearch.indexer.run import Summary
+
+    index = _synthetic_index(tmp_path)
+    files = [(f"/p/{i}.jpg", f"{i:032x}", None) for i in range(3)]
+    path = _shard(tmp_path / "s.parquet", "synthetic-4", files)
+    table = pq.read_table(path)
+    items = table.column("items").to_pylist()
+    items[2] = json.dumps([{"kind": "image"}] * 2)  # the last row claims two items, with one vector
+    pq.write_table(table.set_column(table.schema.get_field_index("items"), "items", pa.array(items, pa.string())), path)
+    for refuse in (True, False):
+        wanted = {os.fsencode(p): (Entry(p, "image", 1, 1), d) for p, d, _ in files}
+        with index.session() as s, distributed.Merger(s, Plan(), Summary(), "synthetic-4", wanted, refuse=refuse) as merger:
+            if refuse:
+                with pytest.raises(ValueError, match="2 item"):
+                    merger.add(path)
+            else:
+                assert merger.add(path) == 0
+            assert len(wanted) == 3 and not merger.batch.entries and not merger.batch.vectors
+            merger.flush()
+    assert _files(tmp_path / "index") == {}
+
+
 def test_the_driver_reads_shards_while_its_last_batch_commits(tmp_path, monkeypatch):
     """A batch commits in the Merger's writer thread while the next shards are read; its error
     comes out of the next call, and leaving the Merger (an error, Ctrl-C) waits for the commit

@@ -441,7 +441,17 @@ class Merger:
         names = [c for c in SHARD.names if c != "vectors"]
         columns = [table.column(c).to_pylist() if c in table.column_names else [None] * len(table) for c in names]
         vectors, starts = _vectors(table.column("vectors"), dim)
-        columns[-1] = _decoded(columns[-1])  # (each capture JSON, in one call)
+        try:  # decoded and checked before anything is taken: a bad shard leaves the batch as it was
+            columns[-1] = _decoded(columns[-1])  # (each capture JSON, in one call)
+            fields_of = [None if error else _fields(items) for error, items in zip(columns[2], columns[5])]
+            for r, fields in enumerate(fields_of):
+                if fields is not None and len(fields) != starts[r + 1] - starts[r]:
+                    raise ValueError(f"{shard}: {len(fields)} item(s) of {columns[0][r]!r} but "
+                                     f"{starts[r + 1] - starts[r]} vector(s)")
+        except ValueError:
+            if self.refuse:
+                raise
+            return 0
         b, taken, rows = self.batch, 0, []
         for r, (key, digest, error, width, height, items, capture) in enumerate(zip(*columns)):
             job = self.wanted.get(key)
@@ -456,9 +466,8 @@ class Merger:
                 b.skipped.append((job[0], error))
                 self.items += 1
                 continue
-            fields = _fields(items)
-            if len(fields) != starts[r + 1] - starts[r]:
-                raise ValueError(f"{shard}: {len(fields)} item(s) of {key!r} but {starts[r + 1] - starts[r]} vector(s)")
+            fields = fields_of[r]
+            assert fields is not None
             b.add(job[0], digest, (width, height) if width is not None else None, fields, capture)
             rows.append(r)
             self.items += max(1, len(fields))  # (a text file without passages is a row too)
@@ -489,7 +498,7 @@ def _decoded(texts: Sequence[str | None]) -> list[Any]:
 
 def _fields(items: str) -> list[dict]:
     """A shard row's item fields: short ones cached, as most files' are alike (an image:
-    `[{"kind": "image"}]`; each is copied before it gets its vector); long ones (a text file's
+    `[{"kind": "image"}]`; shared by their items, never changed); long ones (a text file's
     passages, OCR lines: 256 of ~1 MB each held 737 MiB) not."""
     return _alike(items) if len(items) < 256 else json.loads(items)
 
