@@ -178,8 +178,9 @@ Embedded = tuple[Entry, str, list[dict], tuple[int, int] | None, str | None]
 class Batch:
     """Files to store in one transaction, as columns: a value a file from `entries` to `captures`,
     a value an item from `owners` to `vectors`; `skipped` files are recorded without items. The
-    Ray driver builds one straight from its shards' columns: a dict and a vector view an item,
-    made there and taken apart again here, cost it ~15 % of its merge."""
+    Ray driver builds one straight from its shards' columns: it had made a dict and a vector view
+    an item, taken apart again here (1M items from 256-file shards: 41.9/41.2k → 53.1/52.8k
+    items/s without them)."""
 
     entries: list[Entry] = field(default_factory=list)
     digests: list[str] = field(default_factory=list)
@@ -355,10 +356,8 @@ def _write(s: Session, b: Batch) -> None:
     store = segments(s)
     with ThreadPoolExecutor(1) as pool:
         synced = pool.submit(lambda: store.put(first, np.concatenate(b.vectors)))  # (rows of its dim: `put`)
-        # (the items table's own fields only: a shard from another mmsearch may carry others; the
-        # Ray driver's items share a few dicts)
-        keys = set().union(*{id(f): f for f in b.fields}.values()) & ITEM_FIELDS
-        columns = {c: [f.get(c) for f in b.fields] for c in sorted(keys)}
+        # (the items table's own fields only: a shard from another mmsearch may carry others)
+        columns = {c: [f.get(c) for f in b.fields] for c in sorted(set().union(*b.fields) & ITEM_FIELDS)}
         _insert(s, "items", {"id": ids, "file_id": owners, **columns})
         # searchable words: the file's name on its first item, each item's text or OCR text
         named = {file_id: lexical.compact(lexical.name_text(e.path)) for file_id, e in zip(file_ids, b.entries)}
