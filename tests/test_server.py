@@ -260,9 +260,9 @@ def test_connections_and_their_work_are_bounded(served, monkeypatch):
     was read whole closes the connection (else the server drains an endless chunked body); silent
     connections and heads that never end are closed; a body has deadlines, and large ones take
     turns (a few an address) that small ones need not wait for; a client that reads no responses
-    is cut off; thumbnails wait their turn on the event loop, not in a worker thread; beyond the connection
-    limit a new connection displaces the slowest waiting on its client, or is closed if none waits;
-    one client address's connections beyond its limit are closed as they arrive."""
+    is cut off; thumbnails wait their turn on the event loop, not in a worker thread; beyond the
+    connection limit a new connection displaces the slowest waiting on its client, or is closed if
+    none waits; one client address's connections beyond its limit are closed as they arrive."""
     import httpx
 
     from mmsearch.cli import server
@@ -405,7 +405,8 @@ def test_connections_and_their_work_are_bounded(served, monkeypatch):
 
 def test_the_connection_displaced_is_the_slowest_waiting_on_its_client():
     """`_slowest`: bytes a second since the connection began its wait (credited a request head's
-    bytes, at least 1 s counted), the oldest of equals; never one being served, one whose body waits for its turn, or one closing."""
+    bytes, at least 1 s counted), the oldest of equals; never one being served, one whose body
+    waits for its turn, or one closing."""
     from types import SimpleNamespace
 
     import h11
