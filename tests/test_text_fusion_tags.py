@@ -111,7 +111,9 @@ def test_early_fusion_is_the_normalised_weighted_sum(lib_cli, library):
     expected = search(idx, v / np.linalg.norm(v), k=5, filters=Filters(kinds={"image"}))
     got = fused_search(idx, [Part(text="a cat", weight=2), Part(text="a rocket"), Part(text="people", weight=-0.5)],
                        SearchRequest(k=5, kind="image"))
-    assert [(h.path, h.score) for h in got] == [(h.path, h.score) for h in expected]
+    assert [h.path for h in got] == [h.path for h in expected]
+    # (the same sum, rounded to 6 places: on an AVX2-only CPU one score came out 1e-6 apart)
+    assert [h.score for h in got] == pytest.approx([h.score for h in expected], abs=2e-6)
     cli_hits = lib_cli.json("search", "2:a cat + a rocket - 0.5:people", "--type", "image", "-k", "5")
     assert [h["path"] for h in cli_hits] == [h.path for h in expected]
 
