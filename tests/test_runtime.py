@@ -151,7 +151,7 @@ def test_index_on_onnx_runtime_searches_with_pytorch_queries(cli, tiny_clip, ima
 
 def test_unknown_runtime_is_a_one_line_error(cli, image_set):
     r = cli("index", str(image_set), "--runtime", "tensorrt", ok=False)
-    assert r.exit_code != 0 and "--runtime: Input should be 'auto', 'torch', 'torch-bf16', 'onnx' or 'onnx-int8'" in r.output and "Traceback" not in r.output
+    assert r.exit_code != 0 and "--runtime: Input should be 'auto', 'torch', 'torch-bf16', 'onnx', 'onnx-int8' or 'cuda'" in r.output and "Traceback" not in r.output
 
 
 @pytest.mark.quality

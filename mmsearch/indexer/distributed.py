@@ -37,7 +37,7 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -48,6 +48,7 @@ from sqlalchemy.orm import Session
 
 from ..errors import UserError
 from ..media import fetch
+from ..retrieval.encoders.exported import CUDA
 from ..retrieval.index import Index
 from ..retrieval.policy import CHUNK
 from ..retrieval.store import get_meta, segments
@@ -130,6 +131,29 @@ class Run:
         return run
 
 
+@dataclass(frozen=True)
+class Actors:
+    """The embedding actors a cluster runs: how many, and what each asks Ray for."""
+
+    count: int
+    cpus: int  # each decodes with this many threads
+    gpus: int = 0  # 1: it embeds on its GPU (runtime cuda)
+
+    @classmethod
+    def plan(cls, nodes: Sequence[dict[str, float]], runtime: str = "auto") -> Actors:
+        """For the live nodes' resources: one actor per GPU, with an equal share of its node's
+        CPUs to decode on (the least any GPU node offers), where the cluster has GPUs and
+        `runtime` may use them — a GPU embeds faster than any number of CPU actors, and decoding
+        is what it waits for; else one actor per ACTOR_CPUS CPUs."""
+        gpu_nodes = [n for n in nodes if n.get("GPU", 0) >= 1] if runtime in ("auto", CUDA) else []
+        if gpu_nodes:
+            share = min(int(n.get("CPU", 0)) // int(n["GPU"]) for n in gpu_nodes)
+            return cls(sum(int(n["GPU"]) for n in gpu_nodes), max(1, share), 1)
+        if runtime == CUDA:
+            raise UserError("--runtime cuda on Ray needs a cluster with GPUs (ray status lists none)")
+        return cls(max(1, sum(int(n.get("CPU", 0)) for n in nodes) // ACTOR_CPUS), ACTOR_CPUS)
+
+
 @dataclass
 class RayStage:
     """The embed stage (`run.EmbedStage`) on the Ray cluster at `address`, connected for the
@@ -137,7 +161,7 @@ class RayStage:
 
     address: str = "local"  # local | auto | HOST:PORT (or any address `ray.init` takes)
     slice_files: int | None = None  # default: SLICES_PER_ACTOR slices an actor, at most SLICE_FILES files
-    actors: int | None = None  # default: one per ACTOR_CPUS of the cluster's CPUs
+    actors: int | None = None  # default: one per GPU of the cluster, else one per ACTOR_CPUS of its CPUs (`Actors.plan`)
     exit_once: str | None = None  # test hook: the first actor to create this file exits (os._exit) before writing its shard
     # -- what the last run did
     resumed: int = 0  # files stored from the shards of an earlier, interrupted run
@@ -165,8 +189,12 @@ class RayStage:
             with connected(self.address):
                 import ray
 
-                actors = self.actors or max(1, int(ray.cluster_resources().get("CPU", 0)) // ACTOR_CPUS)
-                size = self.slice_files or min(SLICE_FILES, -(-len(todo) // (SLICES_PER_ACTOR * actors)))
+                actors = Actors.plan([n["Resources"] for n in ray.nodes() if n.get("Alive")], opts.runtime)
+                if self.actors:
+                    actors = replace(actors, count=self.actors)
+                if actors.gpus:  # (an actor sees only its own GPU: auto would choose it; said, for small jobs too)
+                    opts = opts.model_copy(update={"runtime": CUDA})
+                size = self.slice_files or min(SLICE_FILES, -(-len(todo) // (SLICES_PER_ACTOR * actors.count)))
                 # OCR (~0.4 s an image) is read where the images are decoded anyway; what a shard
                 # lacks (an earlier run's without it) the driver reads after, as a local run does
                 ocr = opts.ocr if opts.ocr is not None else get_meta(s, "ocr") == "on"
@@ -182,7 +210,7 @@ class RayStage:
             summary.query_export = _export_for_queries(encoder)
         self.seconds = time.perf_counter() - start
 
-    def _embed(self, s: Session, run: Run, actors: int, plan: Plan, opts: IndexOptions, summary: Summary,
+    def _embed(self, s: Session, run: Run, actors: Actors, plan: Plan, opts: IndexOptions, summary: Summary,
                wanted: dict[bytes, tuple[Entry, str]]) -> set[str]:
         """Embed `run`'s slices on `actors` actors, storing each shard as it comes; the runtimes used."""
         import ray.data
@@ -194,11 +222,9 @@ class RayStage:
         slices = ray.data.from_items([{"slice": i} for i in range(run.slices)], override_num_blocks=run.slices)
         ds = slices.map_batches(
             _SliceEmbedder, batch_size=1, fn_constructor_kwargs={"run": run, "opts": opts, "exit_once": self.exit_once,
-                                                                 "roots": fetch.remembered()},
-            compute=ray.data.ActorPoolStrategy(size=min(actors, run.slices), max_tasks_in_flight_per_actor=1),
-            # CPUs only: mmsearch's models run on the CPU (PyTorch, ONNX Runtime's CPU provider),
-            # so a GPU an actor held would idle
-            num_cpus=ACTOR_CPUS)
+                                                                 "roots": fetch.remembered(), "workers": actors.cpus},
+            compute=ray.data.ActorPoolStrategy(size=min(actors.count, run.slices), max_tasks_in_flight_per_actor=1),
+            num_cpus=actors.cpus, num_gpus=actors.gpus or None)
         runtimes: set[str] = set()
         bar = tqdm(total=len(wanted), desc="embedding on Ray", unit="file", disable=not opts.progress)
         rows = ds.iter_rows()
@@ -222,13 +248,14 @@ class RayStage:
 class _SliceEmbedder:
     """A Ray Data actor: loads the model once, then turns each slice it is given into a shard."""
 
-    def __init__(self, run: Run, opts: IndexOptions, exit_once: str | None = None, roots: list[str] | None = None):
+    def __init__(self, run: Run, opts: IndexOptions, exit_once: str | None = None, roots: list[str] | None = None,
+                 workers: int = ACTOR_CPUS):
         import ray
 
         from ..retrieval.encoders import load_indexer
         from ..retrieval.encoders.exported import image_forward
 
-        self.run, self.opts, self.exit_once = run, opts, exit_once
+        self.run, self.opts, self.exit_once, self.workers = run, opts, exit_once, workers
         fetch.remember(roots or [])  # the driver's URI roots: objects are fetched with their options
         self.encoder = load_indexer(run.model, opts.runtime, run.images)
         self.encode_pixels, self.runtime = image_forward(self.encoder, opts.runtime, run.images)
@@ -257,7 +284,7 @@ class _SliceEmbedder:
         todo = [(Entry(os.fsdecode(r["key"]), r["kind"], r["size"], r["mtime_ns"]), r["digest"]) for r in m]
         files: list[tuple[Any, list[dict]]] = []
         # decode threads: one per CPU the actor holds (the driver's --workers counts the driver's cores)
-        for done in embedded(todo, self.encoder, self.opts, batch_size=self.opts.batch_size, workers=ACTOR_CPUS,
+        for done in embedded(todo, self.encoder, self.opts, batch_size=self.opts.batch_size, workers=self.workers,
                              progress=False, encode_pixels=self.encode_pixels, processes=self.opts.processes):
             for d in done:
                 files.append((d, d.items() if not d.error else []))

@@ -125,7 +125,7 @@ def embedded(todo: list[tuple[Entry, str]], encoder: Encoder | ExportedEncoder, 
             pending: deque[Future] = deque()
 
             def refill() -> None:
-                while len(pending) < batch_size * 2 and (job := next(jobs, None)) is not None:
+                while len(pending) < max(2 * batch_size, 4 * workers) and (job := next(jobs, None)) is not None:
                     pending.append(pool.submit(decode, *job, prep, opts))
 
             refill()

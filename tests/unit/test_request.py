@@ -194,7 +194,7 @@ def test_index_options_values():
 
 
 @pytest.mark.parametrize("kw, message", [
-    ({"runtime": "gpu"}, "runtime: Input should be 'auto', 'torch', 'torch-bf16', 'onnx' or 'onnx-int8'"),
+    ({"runtime": "gpu"}, "runtime: Input should be 'auto', 'torch', 'torch-bf16', 'onnx', 'onnx-int8' or 'cuda'"),
     ({"batch_size": 0}, "batch_size: Input should be greater than or equal to 1"),
     ({"batch_size": 4097}, "batch_size: Input should be less than or equal to 4096"),
     ({"workers": 0}, "workers: Input should be greater than or equal to 1"),

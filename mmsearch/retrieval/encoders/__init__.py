@@ -19,7 +19,7 @@ DEFAULT_CONSE_WEIGHT = 0.7
 #: text towers read, at a few characters a token
 MAX_TEXT_CHARS = 4096
 #: what runs the image tower while indexing (see runtime.py)
-Runtime = Literal["auto", "torch", "torch-bf16", "onnx", "onnx-int8"]
+Runtime = Literal["auto", "torch", "torch-bf16", "onnx", "onnx-int8", "cuda"]
 RUNTIMES: tuple[str, ...] = get_args(Runtime)
 
 

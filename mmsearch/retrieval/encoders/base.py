@@ -7,6 +7,7 @@ the same way.
 """
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from functools import cached_property
@@ -89,6 +90,24 @@ class Encoder(ABC):
         `lite` offers none: its ConSE block follows the top ImageNet classes, which bfloat16's
         rounding reorders (cosine to float32 0.92 on calibration images, 0.977 on a photo)."""
         return None
+
+    def on_device(self, device: str | torch.device) -> Encoder:
+        """A copy of this encoder whose modules and tensors (and dicts of tensors: `lite`'s head)
+        live on `device`, for `_forward_pixels` there; this one keeps its own on the CPU.
+        Scalars stay: PyTorch mixes a CPU scalar into any device's arithmetic, and reading one
+        (`float(head["conse_weight"])`) then waits for no GPU."""
+        def move(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device) if t.dim() else t
+
+        moved = copy.copy(self)
+        for name, value in vars(self).items():
+            if isinstance(value, torch.nn.Module):
+                setattr(moved, name, copy.deepcopy(value).to(device))
+            elif isinstance(value, torch.Tensor):
+                setattr(moved, name, move(value))
+            elif isinstance(value, dict) and value and all(isinstance(v, torch.Tensor) for v in value.values()):
+                setattr(moved, name, {k: move(v) for k, v in value.items()})
+        return moved
 
     @abstractmethod
     def _forward_texts(self, texts: list[str]) -> torch.Tensor:

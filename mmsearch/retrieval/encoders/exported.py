@@ -43,6 +43,8 @@ VISUAL = {"onnx": "visual.onnx", "onnx-int8": "visual.int8.onnx"}
 CHOICE = "choice.json"
 #: the runtime that is PyTorch with the image tower in bfloat16 (runtime.py)
 BF16 = "torch-bf16"
+#: the runtime that is PyTorch with the image tower in float32 on a CUDA GPU (runtime.py)
+CUDA = "cuda"
 #: choice.json's format: 2 from when bf16 is a contender, saved as PyTorch with a dtype (an older
 #: mmsearch, which knows no torch-bf16, then runs float32 rather than fail)
 CHOICE_VERSION = 2
@@ -111,6 +113,15 @@ def bf16_hardware() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
+def gpu_present() -> bool:
+    """Whether an NVIDIA GPU may serve this process, judged without loading PyTorch (which
+    confirms: `runtime.cuda_ready`): the driver's control device is there, and CUDA_VISIBLE_DEVICES
+    does not hide every GPU (Ray sets it empty in an actor that asked for none)."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", "0").strip() in ("", "-1"):
+        return False
+    return os.path.exists("/dev/nvidiactl")
+
+
 #: a runtime choice timed while other processes kept more than this share of our CPUs busy is
 #: measured again by the next run, up to `MEASURES` times: under load PyTorch's OpenMP threads
 #: lose far more than ONNX Runtime's lanes (float32 3.9-8.5, bf16 5.8-19 images/s against int8
@@ -171,7 +182,10 @@ class ExportedEncoder:
         is made for (None: not known yet) or where PyTorch bfloat16 was chosen, the query export's own
         fp32 tower, which was never slower than PyTorch's float32 forward (`lite` 41 vs 10
         images/s). `runtime`: auto, or that very runtime. None where PyTorch was chosen for a
-        bigger job, a choice is still to be made, or anything is missing."""
+        bigger job, a GPU may take a bigger job (`gpu_present`), a choice is still to be made,
+        or anything is missing."""
+        if runtime == "auto" and images is not None and images >= AUTO_MIN_IMAGES and gpu_present():
+            return None
         stored, ident = identity.of(spec)
         folder = model_dir(ident)
         query = QueryEncoder.read(ident, folder)

@@ -156,6 +156,10 @@ class LiteEncoder(Encoder):
         conse = (top.values.unsqueeze(-1) * self.class_texts[top.indices]).sum(1)
         return pooled, F.normalize(conse, dim=-1)
 
+    def on_device(self, device: str | torch.device) -> LiteEncoder:
+        _ = self.class_texts  # (a cached tensor once computed: the copy moves it with the head)
+        return super().on_device(device)  # type: ignore[return-value]
+
     def _forward_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         pooled, conse = self.image_features(pixels)
         return project_image(self.head, pooled, conse)

@@ -50,14 +50,15 @@ class PixelPrep:
         return np.asarray(self.geometry(image.convert("RGB")), dtype=np.uint8)
 
     def normalise(self, batch: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """uint8 NHWC batch -> the float NCHW tensor the model's forward takes (also traced into
-        the ONNX export, so both runtimes share this one definition)."""
+        """uint8 NHWC batch -> the float NCHW tensor the model's forward takes, on the batch's
+        device (also traced into the ONNX export, so every runtime shares this one definition)."""
         import torch
 
         if isinstance(batch, np.ndarray) and not batch.flags.writeable:
             batch = batch.copy()  # torch cannot share read-only memory (it warned on every run)
         x = torch.as_tensor(batch).permute(0, 3, 1, 2).contiguous().float().div(255)
-        return x.sub(torch.tensor(self.mean).view(1, 3, 1, 1)).div(torch.tensor(self.std).view(1, 3, 1, 1))
+        mean, std = (torch.tensor(v, device=x.device).view(1, 3, 1, 1) for v in (self.mean, self.std))
+        return x.sub(mean).div(std)
 
     def torch_encoder(self, encoder: Encoder) -> PixelEncoder:
         """The encoder's PyTorch forward on uint8 batches (one at a time: it uses every core)."""

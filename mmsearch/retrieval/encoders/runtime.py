@@ -1,5 +1,5 @@
 """Which runtime embeds images while indexing: PyTorch in float32 or bfloat16, or ONNX Runtime
-in fp32 or dynamic int8.
+in fp32 or dynamic int8, on the CPU; PyTorch in float32 on a CUDA GPU wherever PyTorch has one.
 
 Indexing spends nearly all its time in the image tower. On CPU, ONNX Runtime with int8 weights
 runs a ViT about twice as fast as PyTorch float32 (1.8–3× measured, with or without VNNI integer
@@ -354,6 +354,31 @@ def bf16_encoder(encoder: Encoder) -> PixelEncoder | None:
     return PixelEncoder(encode)
 
 
+def cuda_ready() -> bool:
+    """Whether PyTorch can run on a CUDA GPU here (asked only where a GPU's driver is present)."""
+    return exported.gpu_present() and torch.cuda.is_available()
+
+
+def cuda_encoder(encoder: Encoder) -> PixelEncoder:
+    """The encoder's image forward in float32 on the current CUDA GPU, uint8 batches in (4 × less
+    to copy than floats; normalised there). The GPU copy of its weights is made at the first
+    batch, not here: a first run forks its query-export child before embedding (side_export.py),
+    and a child of a process that has started CUDA must not touch it. Two lanes: one batch is
+    copied and finished while the GPU runs the next."""
+    made: list[Encoder] = []
+    lock = threading.Lock()
+
+    @torch.inference_mode()
+    def encode(batch: np.ndarray) -> np.ndarray:
+        with lock:
+            if not made:
+                made.append(encoder.on_device(exported.CUDA))
+        pixels = torch.from_numpy(batch).to(exported.CUDA, non_blocking=True)
+        return unit(made[0]._forward_pixels(encoder.pixel_prep.normalise(pixels)).float().cpu().numpy())
+
+    return PixelEncoder(encode, lanes=2)
+
+
 def _write_choice(folder: Path, choice: dict) -> None:
     """`choice.json`, written aside and renamed: a reader (another run) sees it whole or not at all."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -363,9 +388,11 @@ def _write_choice(folder: Path, choice: dict) -> None:
 
 
 def _auto(encoder: Encoder, folder: Path, images: int) -> tuple[str, PixelEncoder | None]:
-    """The runtime `auto` means here, with its forward when it is ready already: the cached
-    choice, else a fresh measurement (the ONNX part of it only for a job worth it; torch,
-    recorded with its reason, when the model cannot be exported)."""
+    """The runtime `auto` means here, with its forward when it is ready already: a CUDA GPU
+    where PyTorch has one, else the cached choice, else a fresh measurement (the ONNX part of it
+    only for a job worth it; torch, recorded with its reason, when the model cannot be exported)."""
+    if cuda_ready():  # (nothing to measure: a GPU outruns every CPU runtime, and the decoders get the cores)
+        return exported.CUDA, None
     if (saved := saved_choice(folder)) is not None:
         return saved, None
     try:
@@ -383,6 +410,10 @@ def pixel_encoder(encoder: Encoder, folder: Path | None = None, runtime: str = "
     `images` images with `encoder` (or the one `runtime` names), and that runtime's name. Exports
     and the measured choice live in `folder` (default: the model's folder in the user cache)."""
     auto = runtime == "auto"
+    if runtime == exported.CUDA:
+        if not cuda_ready():
+            raise UserError("--runtime cuda needs a CUDA GPU that PyTorch can use (torch.cuda.is_available() is False here)")
+        return cuda_encoder(encoder), exported.CUDA
     if runtime not in ("torch", BF16):
         try:
             import onnxruntime  # noqa: F401
@@ -400,6 +431,8 @@ def pixel_encoder(encoder: Encoder, folder: Path | None = None, runtime: str = "
         return (bf16, BF16) if bf16 is not None else on_torch
     if runtime == "torch":
         return on_torch
+    if runtime == exported.CUDA:
+        return cuda_encoder(encoder), exported.CUDA
     try:
         return opened or onnx_encoder(export(encoder, folder)[runtime]), runtime
     except Exception:  # a damaged cached file: made anew (once), else PyTorch rather than fail
