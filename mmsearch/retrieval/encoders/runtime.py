@@ -410,11 +410,9 @@ def pixel_encoder(encoder: Encoder, folder: Path | None = None, runtime: str = "
     `images` images with `encoder` (or the one `runtime` names), and that runtime's name. Exports
     and the measured choice live in `folder` (default: the model's folder in the user cache)."""
     auto = runtime == "auto"
-    if runtime == exported.CUDA:
-        if not cuda_ready():
-            raise UserError("--runtime cuda needs a CUDA GPU that PyTorch can use (torch.cuda.is_available() is False here)")
-        return cuda_encoder(encoder), exported.CUDA
-    if runtime not in ("torch", BF16):
+    if runtime == exported.CUDA and not cuda_ready():
+        raise UserError("--runtime cuda needs a CUDA GPU that PyTorch can use (torch.cuda.is_available() is False here)")
+    if runtime not in ("torch", BF16, exported.CUDA):
         try:
             import onnxruntime  # noqa: F401
         except ImportError:
