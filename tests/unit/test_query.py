@@ -291,3 +291,20 @@ def test_nothing_to_search(kw):
 def test_a_bare_file_mark_is_an_error():
     with pytest.raises(UserError, match="needs a file name"):
         parse_compact("beach + @")
+
+
+def test_plain_ascii_skips_ftfy_and_cleans_as_it_would():
+    import html
+    import random
+    import string
+
+    import ftfy
+
+    from mmsearch.retrieval.encoders.query import clean_open_clip
+
+    rng = random.Random(0)
+    texts = ["  a dog on a beach ", "say \"hi\" <b>1/2</b>", "x"] + [
+        "".join(rng.choice(string.printable) for _ in range(rng.randint(0, 30))) for _ in range(3000)]
+    texts += ["Tom &amp; Jerry", "don’t", "ＦＵＬＬ", "line\r\nbreak", "bell\x07"]  # (these take ftfy's path)
+    for t in texts:
+        assert clean_open_clip(t) == html.unescape(html.unescape(ftfy.fix_text(t))).strip(), repr(t)

@@ -49,7 +49,11 @@ def clean_open_clip(text: str) -> str:
     """What open_clip's tokenizer does to a text before its BPE and that a `tokenizers` normaliser
     cannot: ftfy's repairs (curly quotes, full-width letters, mojibake, control characters) and
     HTML entities, unescaped twice. Without it "don’t" or "Tom &amp; Jerry" got other token ids,
-    and vectors at cosine 0.5–0.8 to the model's own (tiny test model; ftfy imports in 0.03 s)."""
+    and vectors at cosine 0.5–0.8 to the model's own (tiny test model). Printable ASCII without
+    "&" has nothing to repair or unescape: returned stripped, without importing ftfy (0.03 s on
+    the Xeon, 0.15 s of a 1.3 s one-shot query on the AMD EPYC)."""
+    if text.isascii() and text.isprintable() and "&" not in text:
+        return text.strip()
     import html
 
     import ftfy
