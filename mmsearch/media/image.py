@@ -85,7 +85,8 @@ def _decode(path, max_pixels: int, draft: int | None, shrink: bool = False) -> I
                     # grey, a byte a pixel as it is held, not RGB's four
                     wider = opened.convert("L") if opened.mode == "1" else to_rgb(opened)
                     decoded = wider.reduce(min(opened.size) // draft)
-            img = to_rgb(ImageOps.exif_transpose(decoded))
+            ImageOps.exif_transpose(decoded, in_place=True)  # (else a copy, also when nothing turns)
+            img = to_rgb(decoded)
             rotated = img.size[0] != img.size[1] and (img.size[0] > img.size[1]) != (w > h)
             img.info["source_size"] = (h, w) if rotated else (w, h)
             return img
@@ -181,7 +182,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
         bg = Image.new("RGB", rgba.size, (255, 255, 255))
         bg.paste(rgba, mask=rgba.getchannel("A"))
         return bg
-    return img.convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")  # (convert copies even an RGB image)
 
 
 @dataclass(frozen=True)

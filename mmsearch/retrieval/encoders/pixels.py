@@ -47,7 +47,7 @@ class PixelPrep:
 
     def __call__(self, image: Image.Image) -> np.ndarray:
         """PIL image -> uint8 HWC array of the model's input size."""
-        return np.asarray(self.geometry(image.convert("RGB")), dtype=np.uint8)
+        return np.asarray(self.geometry(image if image.mode == "RGB" else image.convert("RGB")), dtype=np.uint8)
 
     def normalise(self, batch: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8 NHWC batch -> the float NCHW tensor the model's forward takes, on the batch's
