@@ -48,7 +48,7 @@ from sqlalchemy.orm import Session
 
 from ..errors import UserError
 from ..media import fetch
-from ..retrieval.encoders.exported import CUDA
+from ..retrieval.encoders import CUDA
 from ..retrieval.index import Index
 from ..retrieval.policy import CHUNK
 from ..retrieval.store import get_meta, segments
@@ -192,7 +192,7 @@ class RayStage:
                 actors = Actors.plan([n["Resources"] for n in ray.nodes() if n.get("Alive")], opts.runtime)
                 if self.actors:
                     actors = replace(actors, count=self.actors)
-                if actors.gpus:  # (an actor sees only its own GPU: auto would choose it; said, for small jobs too)
+                if actors.gpus:  # named, not left to auto: a small job would embed from cached CPU exports beside its GPU
                     opts = opts.model_copy(update={"runtime": CUDA})
                 size = self.slice_files or min(SLICE_FILES, -(-len(todo) // (SLICES_PER_ACTOR * actors.count)))
                 # OCR (~0.4 s an image) is read where the images are decoded anyway; what a shard

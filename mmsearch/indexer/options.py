@@ -9,7 +9,7 @@ from pydantic import Field
 
 from ..media.image import DEFAULT_MAX_PIXELS
 from ..media.video import DEFAULT_MAX_GAP
-from ..retrieval.encoders import Runtime
+from ..retrieval.encoders import CUDA, Runtime
 from ..retrieval.policy import IndexType
 from ..validated import Validated
 
@@ -54,6 +54,6 @@ class IndexOptions(Validated):
 
     def decode_workers(self, runtime: str) -> int:
         """`workers` where it was given, else its default for the runtime that embeds."""
-        if runtime != "cuda" or "workers" in self.model_fields_set:
+        if runtime != CUDA or "workers" in self.model_fields_set:
             return self.workers
         return max(1, min(GPU_WORKERS, os.cpu_count() or 1))

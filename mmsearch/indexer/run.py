@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from ..errors import UserError
 from ..media.files import display_path, location, under
 from ..retrieval import lexical
+from ..retrieval.encoders import CUDA
 from ..retrieval.index import Index
 from ..retrieval.store import (
     DIGEST_INDEX,
@@ -156,7 +157,7 @@ def _embed_here(s: Session, index: Index, encoder, plan: Plan, opts: IndexOption
     # images with ViT-B-32-256 on PyTorch bf16, 2 cores: 13.4-13.9 s, vs 14.7-15.1 s in a
     # thread and ~20 s one after the other; after ONNX Runtime's forward (beside it, in a
     # thread: 27.6-28.5 s vs 26.2-27.2 s)
-    side = SideExport.start(encoder) if summary.runtime.startswith("torch") or summary.runtime == "cuda" else None
+    side = SideExport.start(encoder) if summary.runtime.startswith("torch") or summary.runtime == CUDA else None
     try:
         for batch in embedded(plan.embed, encoder, opts, batch_size=opts.batch_size, workers=opts.decode_workers(summary.runtime),
                               progress=opts.progress, encode_pixels=encode_pixels, processes=opts.processes):

@@ -21,6 +21,8 @@ MAX_TEXT_CHARS = 4096
 #: what runs the image tower while indexing (see runtime.py)
 Runtime = Literal["auto", "torch", "torch-bf16", "onnx", "onnx-int8", "cuda"]
 RUNTIMES: tuple[str, ...] = get_args(Runtime)
+#: the runtime that is PyTorch with the image tower in float32 on a CUDA GPU (runtime.py)
+CUDA = "cuda"
 
 
 #: one model load at a time: concurrent first loads (a server's first requests) raced inside the

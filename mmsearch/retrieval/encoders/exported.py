@@ -43,8 +43,6 @@ VISUAL = {"onnx": "visual.onnx", "onnx-int8": "visual.int8.onnx"}
 CHOICE = "choice.json"
 #: the runtime that is PyTorch with the image tower in bfloat16 (runtime.py)
 BF16 = "torch-bf16"
-#: the runtime that is PyTorch with the image tower in float32 on a CUDA GPU (runtime.py)
-CUDA = "cuda"
 #: choice.json's format: 2 from when bf16 is a contender, saved as PyTorch with a dtype (an older
 #: mmsearch, which knows no torch-bf16, then runs float32 rather than fail)
 CHOICE_VERSION = 2

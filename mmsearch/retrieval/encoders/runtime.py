@@ -35,7 +35,7 @@ import torch
 
 from ...errors import UserError
 from ...media.image import geometry
-from . import exported
+from . import CUDA, exported
 from .base import Encoder
 from .exported import AUTO_MIN_IMAGES, BF16, CHOICE, CHOICE_VERSION, INPUT, VISUAL, onnx_encoder, saved_choice, threads
 from .pixels import PixelEncoder
@@ -372,8 +372,8 @@ def cuda_encoder(encoder: Encoder) -> PixelEncoder:
     def encode(batch: np.ndarray) -> np.ndarray:
         with lock:
             if not made:
-                made.append(encoder.on_device(exported.CUDA))
-        pixels = torch.from_numpy(batch).to(exported.CUDA, non_blocking=True)
+                made.append(encoder.on_device(CUDA))
+        pixels = torch.from_numpy(batch).to(CUDA, non_blocking=True)
         return unit(made[0]._forward_pixels(encoder.pixel_prep.normalise(pixels)).float().cpu().numpy())
 
     return PixelEncoder(encode, lanes=2)
@@ -392,7 +392,7 @@ def _auto(encoder: Encoder, folder: Path, images: int) -> tuple[str, PixelEncode
     where PyTorch has one, else the cached choice, else a fresh measurement (the ONNX part of it
     only for a job worth it; torch, recorded with its reason, when the model cannot be exported)."""
     if cuda_ready():  # (nothing to measure: a GPU outruns every CPU runtime, and the decoders get the cores)
-        return exported.CUDA, None
+        return CUDA, None
     if (saved := saved_choice(folder)) is not None:
         return saved, None
     try:
@@ -410,9 +410,9 @@ def pixel_encoder(encoder: Encoder, folder: Path | None = None, runtime: str = "
     `images` images with `encoder` (or the one `runtime` names), and that runtime's name. Exports
     and the measured choice live in `folder` (default: the model's folder in the user cache)."""
     auto = runtime == "auto"
-    if runtime == exported.CUDA and not cuda_ready():
+    if runtime == CUDA and not cuda_ready():
         raise UserError("--runtime cuda needs a CUDA GPU that PyTorch can use (torch.cuda.is_available() is False here)")
-    if runtime not in ("torch", BF16, exported.CUDA):
+    if runtime not in ("torch", BF16, CUDA):
         try:
             import onnxruntime  # noqa: F401
         except ImportError:
@@ -429,8 +429,8 @@ def pixel_encoder(encoder: Encoder, folder: Path | None = None, runtime: str = "
         return (bf16, BF16) if bf16 is not None else on_torch
     if runtime == "torch":
         return on_torch
-    if runtime == exported.CUDA:
-        return cuda_encoder(encoder), exported.CUDA
+    if runtime == CUDA:
+        return cuda_encoder(encoder), CUDA
     try:
         return opened or onnx_encoder(export(encoder, folder)[runtime]), runtime
     except Exception:  # a damaged cached file: made anew (once), else PyTorch rather than fail
