@@ -9,14 +9,12 @@ empty model cache (a first-time user's) and again with the cache it left (export
 auto` (which takes the GPU) with the default decode workers (one per CPU), then, warm, with 4 (the
 CPU runtimes' default); then the CPU's own choice (the GPU hidden with
 CUDA_VISIBLE_DEVICES="") on `--cpu-images` of them, first and second. Then, in this process, the
-parts apart (`in_process`). Prints the GPU, the CPU's
-model and vector flags after the figures.
+parts apart (`in_process`). Prints the GPU, the CPU's model and vector flags after the figures.
 """
 from __future__ import annotations
 
 import argparse
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -25,7 +23,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "data")]
+sys.path[:0] = [str(ROOT), str(ROOT / "data"), str(ROOT / "benchmarks")]
 
 import numpy as np  # noqa: E402
 
@@ -56,7 +54,9 @@ def make_photos(n: int, out: Path) -> Path:
 
 
 def timed(cmd: list[str], env: dict) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS in MB, output) of a fresh process."""
+    """(wall seconds, peak RSS in MB, output) of a fresh process; its RSS from wait4, not from
+    /usr/bin/time as rclip_compare.timed reads it: nothing can be installed on a lent GPU machine,
+    and its image's listing does not name that program."""
     t = time.perf_counter()
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
     out = p.stdout.read() if p.stdout else ""
@@ -68,13 +68,12 @@ def timed(cmd: list[str], env: dict) -> tuple[float, float, str]:
 
 
 def machine() -> str:
+    """The GPU, the CPU and its vector flags (as rclip_compare.py prints them), torch's version."""
     import torch
+    from rclip_compare import cpu_flags  # (imports torch: asked after the timed runs)
 
-    info = Path("/proc/cpuinfo").read_text()
-    model = re.search(r"model name\s*:\s*(.*)", info)
-    flags = sorted({f for f in re.search(r"flags\s*:\s*(.*)", info)[1].split() if re.match(r"avx|amx", f)})  # type: ignore[index]
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    return f"{gpu}; {model[1] if model else '?'}; {os.cpu_count()} CPUs; {' '.join(flags)}; torch {torch.__version__}"
+    return f"{gpu}; {cpu_flags()}; torch {torch.__version__}"
 
 
 def in_process(spec: str, folder: Path, workers: list[int], n: int = 3000, batch: int = 32) -> None:
@@ -144,10 +143,12 @@ def main() -> None:
         cpus = os.cpu_count() or 1
         hidden = {"CUDA_VISIBLE_DEVICES": ""}
         # (name, folder, extra arguments, environment, cache: a new one empty, else the last one's)
-        runs = [("GPU first index", photos, [], {}, "new"), ("GPU second index", photos, [], {}, "last"),
-                ("GPU second index, 4 decode threads", photos, ["--workers", "4"], {}, "last"),
-                ("CPU first index (GPU hidden)", few, [], hidden, "new"), ("CPU second index (GPU hidden)", few, [], hidden, "last")]
-        runs = [r for r in runs if (args.cpu_images or r[3] != hidden) and (args.threads or "4 decode" not in r[0])]
+        runs: list[tuple[str, Path, list[str], dict[str, str], str]] = [
+            ("GPU first index", photos, [], {}, "new"), ("GPU second index", photos, [], {}, "last")]
+        if args.threads:
+            runs.append(("GPU second index, 4 decode threads", photos, ["--workers", "4"], {}, "last"))
+        if args.cpu_images:
+            runs += [("CPU first index (GPU hidden)", few, [], hidden, "new"), ("CPU second index (GPU hidden)", few, [], hidden, "last")]
         cache = root / "cache"
         for i, (name, folder, extra, env, fresh) in enumerate(runs):
             n = len(os.listdir(folder))
