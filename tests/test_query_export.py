@@ -309,3 +309,30 @@ def test_a_side_export_that_cannot_start_leaves_the_export_to_after_the_embeddin
 
     monkeypatch.setattr(os, "fork", no_fork)
     assert side_export.SideExport.start(enc) is None
+
+
+def test_the_query_export_runs_beside_the_image_towers_export_and_is_over_before_timing(tiny_clip, tmp_path, monkeypatch):
+    """A first run that measures the runtimes starts its query export (a forked child) as the
+    image tower's ONNX export begins, both tracing on a core of their own, and waits for it
+    before timing anything: nothing else runs on the CPUs while the runtimes are timed."""
+    from mmsearch.indexer.side_export import SideExport
+    from mmsearch.retrieval.encoders import exported, runtime
+
+    monkeypatch.setenv("MMSEARCH_CACHE", str(tmp_path))
+    monkeypatch.setattr(exported, "bf16_hardware", lambda: False)  # (bfloat16 would be timed before any export)
+    enc = load_encoder(tiny_clip)
+    folder = model_dir(enc.identity)
+    sides: list[SideExport] = []
+
+    def beside() -> SideExport:
+        assert not (folder / exported.VISUAL["onnx"]).exists()  # as the export begins
+        sides.append(SideExport(enc))  # (`start` forks only where no other Python thread runs; pytest has some)
+        return sides[-1]
+
+    timed = []
+    measure = runtime._measure
+    monkeypatch.setattr(runtime, "_measure", lambda *a, **k: timed.append(sides[0].process.exitcode) or measure(*a, **k))
+    choice, _ = runtime.choose(enc, folder, beside=beside)
+    assert len(sides) == 1 and timed == [0]  # the child had ended, without error, before the timing
+    assert sides[0].result() and QueryEncoder.read(enc.identity, folder) is not None  # (known: asked again)
+    assert choice["runtime"] in exported.VISUAL and choice["others"] < exported.MAX_OTHERS

@@ -150,15 +150,24 @@ def _embed_here(s: Session, index: Index, encoder, plan: Plan, opts: IndexOption
     images = sum(e.kind != "text" for e, _ in plan.embed)
     # (chosen again now that the job's size is known: a loaded model is cached, exports are cheap to find)
     encoder = index.indexer(opts.runtime, images)
-    encode_pixels, summary.runtime = image_forward(encoder, opts.runtime, images)
     summary.processes = opts.processes
-    # the model is loaded now: its query export, for searches without PyTorch, is made while a
-    # PyTorch forward embeds the files, in a forked child (side_export.py): a first run of 300
-    # images with ViT-B-32-256 on PyTorch bf16, 2 cores: 13.4-13.9 s, vs 14.7-15.1 s in a
-    # thread and ~20 s one after the other; after ONNX Runtime's forward (beside it, in a
-    # thread: 27.6-28.5 s vs 26.2-27.2 s)
-    side = SideExport.start(encoder) if summary.runtime.startswith("torch") or summary.runtime == CUDA else None
+    # a first run with a model loaded also makes its query export, for searches without PyTorch,
+    # in a forked child (side_export.py) beside other work: the image tower's ONNX export when
+    # the runtimes are measured (`runtime.choose`: both trace on one core each), else the
+    # embedding when PyTorch embeds (300 images, ViT-B-32-256 on PyTorch bf16, 2 cores:
+    # 13.4-13.9 s, vs 14.7-15.1 s in a thread and ~20 s one after the other); after ONNX
+    # Runtime's forward, which takes every core (beside it, in a thread: 27.6-28.5 s vs 26.2-27.2 s)
+    side: SideExport | None = None
+
+    def beside() -> SideExport | None:
+        nonlocal side
+        side = SideExport.start(encoder)
+        return side
+
     try:
+        encode_pixels, summary.runtime = image_forward(encoder, opts.runtime, images, beside)
+        if side is None and (summary.runtime.startswith("torch") or summary.runtime == CUDA):
+            side = SideExport.start(encoder)
         for batch in embedded(plan.embed, encoder, opts, batch_size=opts.batch_size, workers=opts.decode_workers(summary.runtime),
                               progress=opts.progress, encode_pixels=encode_pixels, processes=opts.processes):
             commit_batch(s, plan, summary, Batch.of([(d.entry, d.digest, d.items(), d.size, d.error) for d in batch],

@@ -1,7 +1,8 @@
-"""The query export of a first run, made in a child process while the parent embeds.
+"""The query export of a first run, made in a child process while the parent works.
 
-A first index run with a new model on PyTorch also writes the model's query export (searches
-without PyTorch: runtime.export_for_queries). Made beside the embedding, not after it; in a
+A first index run with a new model also writes the model's query export (searches without
+PyTorch: runtime.export_for_queries). Made beside other work, not after it: the image tower's
+ONNX export where the runtimes are measured, else a PyTorch embedding (run._embed_here); in a
 child forked with the model loaded, not in a thread: tracing holds the GIL for a second or
 more at a time, which stalled the embedding's Python between operators (ViT-B-32-256, 300
 images on 2 cores, a thread: the embedding ran at 36 images/s beside it instead of ~100).
@@ -47,6 +48,7 @@ class SideExport:
     def __init__(self, encoder: Any):
         import multiprocessing
 
+        self.ok: bool | None = None  # (the answer, once `result` has it)
         fork = multiprocessing.get_context("fork")
         # the answer comes through a pipe, not the exit code: a program that ignores SIGCHLD (or
         # reaps its children itself) leaves no exit code to read, and waiting for one never ended
@@ -69,7 +71,8 @@ class SideExport:
             told.close()
 
     def result(self) -> bool:
-        """Whether the export is in place (False: failed or rejected; queries then load PyTorch).
+        """Whether the export is in place (False: failed or rejected; queries then load PyTorch);
+        waited for once, then known.
         A child whose CPU time stands still for `STALLED` seconds is taken as deadlocked, killed,
         and the run goes on without it: a fork copies no other thread, and a lock one held stays
         locked (the cause found, a garbage collection, is prevented above; an unknown one must
@@ -77,6 +80,8 @@ class SideExport:
         and writing all take CPU time."""
         from multiprocessing.connection import wait
 
+        if self.ok is not None:
+            return self.ok
         last, still = -1, 0.0
         while not wait([self.answer, self.process.sentinel], 1.0):
             spent = _cpu_ticks(self.process.pid or 0)  # (started: it has a pid)
@@ -84,13 +89,14 @@ class SideExport:
             last = spent
             if still >= STALLED:
                 self.cancel()
+                self.ok = False
                 return False
         try:
-            ok = bool(self.answer.recv()) if self.answer.poll() else False
+            self.ok = bool(self.answer.recv()) if self.answer.poll() else False
         except (EOFError, OSError):  # ended without a word: killed, or died
-            ok = False
+            self.ok = False
         self.cancel()  # (reaped: it has told, or ended)
-        return ok
+        return self.ok
 
     def cancel(self) -> None:
         """End the child at once (a failed or interrupted run): what it wrote is unsealed, and

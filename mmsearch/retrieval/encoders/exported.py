@@ -17,7 +17,7 @@ import os
 import queue
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
@@ -205,9 +205,11 @@ class ExportedEncoder:
         return cls(stored, ident, query.dim, prep, chosen, visual, query)
 
 
-def image_forward(encoder: Encoder | ExportedEncoder, runtime: str, images: int) -> tuple[PixelEncoder, str]:
+def image_forward(encoder: Encoder | ExportedEncoder, runtime: str, images: int,
+                  beside: Callable[[], Any] | None = None) -> tuple[PixelEncoder, str]:
     """The image forward an indexing run of `images` images uses, and its runtime's name: the
-    exported encoder's own, else the one `runtime.pixel_encoder` picks (loading PyTorch)."""
+    exported encoder's own, else the one `runtime.pixel_encoder` picks (loading PyTorch;
+    `beside` as `runtime.choose` takes it)."""
     if isinstance(encoder, ExportedEncoder):
         try:
             return onnx_encoder(encoder.visual), encoder.runtime
@@ -220,4 +222,4 @@ def image_forward(encoder: Encoder | ExportedEncoder, runtime: str, images: int)
             encoder = load_encoder(encoder.spec)
     from .runtime import pixel_encoder
 
-    return pixel_encoder(encoder, runtime=runtime, images=images)
+    return pixel_encoder(encoder, runtime=runtime, images=images, beside=beside)

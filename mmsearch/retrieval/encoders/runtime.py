@@ -28,7 +28,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -280,7 +280,8 @@ def _usage() -> tuple[float, float, float] | None:
     return time.perf_counter(), ticks / os.sysconf("SC_CLK_TCK"), time.process_time()
 
 
-def choose(encoder: Encoder, folder: Path, onnx: bool = True) -> tuple[dict | None, PixelEncoder | None]:
+def choose(encoder: Encoder, folder: Path, onnx: bool = True,
+           beside: Callable[[], Any] | None = None) -> tuple[dict | None, PixelEncoder | None]:
     """Measure the runtimes once; the fastest whose vectors agree with PyTorch's float32 wins
     (PyTorch itself when none does). Returns the choice, as saved, and the winner's forward,
     ready (None: PyTorch float32). PyTorch bfloat16 goes first where the CPU has bfloat16
@@ -289,7 +290,10 @@ def choose(encoder: Encoder, folder: Path, onnx: bool = True) -> tuple[dict | No
     nothing is saved. PyTorch float32 is the reference, not a contender: ONNX Runtime fp32 does
     the same arithmetic and was never slower (lite 41 vs 10 images/s, ViT-B-32 15.6 vs 8.2), and
     timing it took two thirds of the choice (ViT-B-32: 12 of 18 s); it is timed only to judge
-    bfloat16 (8 images)."""
+    bfloat16 (8 images). `beside`, when given, is called as the ONNX export begins, to start
+    other work (the query export, in a child process: side_export.py) on the cores it leaves
+    idle; what it returns, unless None, has a `result()`, awaited before the ONNX runtimes are
+    timed so that nothing else runs on the CPUs meanwhile."""
     measured: dict[str, dict] = {"torch": {"min_cosine": 1.0, "role": "reference"}}
     others: list[float] = []  # (how busy other processes kept the CPUs while timing: `_chosen`)
     bf16 = None
@@ -318,7 +322,12 @@ def choose(encoder: Encoder, folder: Path, onnx: bool = True) -> tuple[dict | No
         return None, None
     if not timed:
         reference = torch_forward(pixels)
+    # tracing and quantising the image tower hold one core for seconds (ViT-B-32-256 on the AMD
+    # EPYC: 7 + 2.3 s), time enough for the query export beside them
+    running = beside() if beside is not None else None
     files = export(encoder, folder)
+    if running is not None:
+        running.result()
     encoders: dict[str, PixelEncoder] = {name: onnx_encoder(path) for name, path in files.items()}
     measured |= {name: _judged(speed, out, reference) for name, (speed, out) in _measure(encoders, pixels, others=others).items()}
     if bf16 is not None:
@@ -398,7 +407,7 @@ def _write_choice(folder: Path, choice: dict) -> None:
     os.replace(tmp, folder / CHOICE)
 
 
-def _auto(encoder: Encoder, folder: Path, images: int) -> tuple[str, PixelEncoder | None]:
+def _auto(encoder: Encoder, folder: Path, images: int, beside: Callable[[], Any] | None) -> tuple[str, PixelEncoder | None]:
     """The runtime `auto` means here, with its forward when it is ready already: a CUDA GPU
     where PyTorch has one, else the cached choice, else a fresh measurement (the ONNX part of it
     only for a job worth it; torch, recorded with its reason, when the model cannot be exported)."""
@@ -407,7 +416,7 @@ def _auto(encoder: Encoder, folder: Path, images: int) -> tuple[str, PixelEncode
     if (saved := saved_choice(folder)) is not None:
         return saved, None
     try:
-        choice, winner = choose(encoder, folder, onnx=images >= AUTO_MIN_IMAGES)
+        choice, winner = choose(encoder, folder, onnx=images >= AUTO_MIN_IMAGES, beside=beside)
         return (choice["runtime"] if choice else "torch"), winner
     except Exception as e:  # an architecture the exporter cannot trace still indexes, on PyTorch
         _write_choice(folder, {"version": CHOICE_VERSION, "runtime": "torch", "threads": threads(),
@@ -416,10 +425,11 @@ def _auto(encoder: Encoder, folder: Path, images: int) -> tuple[str, PixelEncode
 
 
 def pixel_encoder(encoder: Encoder, folder: Path | None = None, runtime: str = "auto",
-                  images: int = AUTO_MIN_IMAGES) -> tuple[PixelEncoder, str]:
+                  images: int = AUTO_MIN_IMAGES, beside: Callable[[], Any] | None = None) -> tuple[PixelEncoder, str]:
     """The fastest faithful image forward (uint8 NHWC batches -> unit vectors) for indexing
     `images` images with `encoder` (or the one `runtime` names), and that runtime's name. Exports
-    and the measured choice live in `folder` (default: the model's folder in the user cache)."""
+    and the measured choice live in `folder` (default: the model's folder in the user cache);
+    `beside` as `choose` takes it."""
     auto = runtime == "auto"
     if runtime == CUDA and not cuda_ready():
         raise UserError("--runtime cuda needs a CUDA GPU that PyTorch can use (torch.cuda.is_available() is False here)")
@@ -433,7 +443,7 @@ def pixel_encoder(encoder: Encoder, folder: Path | None = None, runtime: str = "
     folder = folder or model_dir(encoder.identity)
     opened = None
     if runtime == "auto":
-        runtime, opened = _auto(encoder, folder, images)
+        runtime, opened = _auto(encoder, folder, images, beside)
     on_torch = encoder.pixel_prep.torch_encoder(encoder), "torch"
     if runtime == BF16:
         bf16 = opened or bf16_encoder(encoder)
