@@ -152,11 +152,11 @@ def _embed_here(s: Session, index: Index, encoder, plan: Plan, opts: IndexOption
     encoder = index.indexer(opts.runtime, images)
     summary.processes = opts.processes
     # a first run with a model loaded also makes its query export, for searches without PyTorch,
-    # in a forked child (side_export.py) beside other work: the image tower's ONNX export when
-    # the runtimes are measured (`runtime.choose`: both trace on one core each), else the
-    # embedding when PyTorch embeds (300 images, ViT-B-32-256 on PyTorch bf16, 2 cores:
-    # 13.4-13.9 s, vs 14.7-15.1 s in a thread and ~20 s one after the other); after ONNX
-    # Runtime's forward, which takes every core (beside it, in a thread: 27.6-28.5 s vs 26.2-27.2 s)
+    # in a forked child (side_export.py) beside other work: the image tower's quantising when
+    # the runtimes are measured (`runtime.choose`), else the embedding when PyTorch embeds (300
+    # images, ViT-B-32-256 on PyTorch bf16, 2 cores: 13.4-13.9 s, vs 14.7-15.1 s in a thread and
+    # ~20 s one after the other); after ONNX Runtime's forward, which takes every core (beside
+    # it, in a thread: 27.6-28.5 s vs 26.2-27.2 s)
     side: SideExport | None = None
 
     def beside() -> SideExport | None:
