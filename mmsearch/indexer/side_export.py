@@ -2,7 +2,7 @@
 
 A first index run with a new model also writes the model's query export (searches without
 PyTorch: runtime.export_for_queries). Made beside other work, not after it: the image tower's
-ONNX export where the runtimes are measured, else a PyTorch embedding (run._embed_here); in a
+quantising where the runtimes are measured, else a PyTorch embedding (run._embed_here); in a
 child forked with the model loaded, not in a thread: tracing holds the GIL for a second or
 more at a time, which stalled the embedding's Python between operators (ViT-B-32-256, 300
 images on 2 cores, a thread: the embedding ran at 36 images/s beside it instead of ~100).

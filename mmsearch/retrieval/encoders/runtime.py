@@ -290,10 +290,10 @@ def choose(encoder: Encoder, folder: Path, onnx: bool = True,
     nothing is saved. PyTorch float32 is the reference, not a contender: ONNX Runtime fp32 does
     the same arithmetic and was never slower (lite 41 vs 10 images/s, ViT-B-32 15.6 vs 8.2), and
     timing it took two thirds of the choice (ViT-B-32: 12 of 18 s); it is timed only to judge
-    bfloat16 (8 images). `beside`, when given, is called as the ONNX export begins, to start
-    other work (the query export, in a child process: side_export.py) on the cores it leaves
-    idle; what it returns, unless None, has a `result()`, awaited before the ONNX runtimes are
-    timed so that nothing else runs on the CPUs meanwhile."""
+    bfloat16 (8 images). `beside`, when given, is called once the image tower is traced, to
+    start other work (the query export, in a child process: side_export.py) on the cores its
+    quantising leaves idle; what it returns, unless None, has a `result()`, awaited before the
+    ONNX runtimes are timed so that nothing else runs on the CPUs meanwhile."""
     measured: dict[str, dict] = {"torch": {"min_cosine": 1.0, "role": "reference"}}
     others: list[float] = []  # (how busy other processes kept the CPUs while timing: `_chosen`)
     bf16 = None
