@@ -14,8 +14,9 @@ from ..retrieval.policy import IndexType
 from ..validated import Validated
 
 
-def default_workers() -> int:
-    return max(1, min(4, os.cpu_count() or 1))
+def default_workers(limit: int = 4) -> int:
+    """One decode worker per core, up to `limit`."""
+    return max(1, min(limit, os.cpu_count() or 1))
 
 
 #: decode workers by default when a GPU embeds: the cores are the decoders' (PIL's decode and
@@ -56,4 +57,4 @@ class IndexOptions(Validated):
         """`workers` where it was given, else its default for the runtime that embeds."""
         if runtime != CUDA or "workers" in self.model_fields_set:
             return self.workers
-        return max(1, min(GPU_WORKERS, os.cpu_count() or 1))
+        return default_workers(GPU_WORKERS)
