@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -98,6 +99,24 @@ class Cli:
 @pytest.fixture
 def cli(tmp_path) -> Cli:
     return Cli(tmp_path / "index")
+
+
+def stored_items(index_dir: Path) -> dict[tuple, np.ndarray]:
+    """Every item's vector in the index at `index_dir` by (path, kind, offset, timestamp); fails
+    if one is stored twice."""
+    from sqlalchemy import select
+
+    from mmsearch.retrieval.index import Index
+    from mmsearch.retrieval.store import File, Item, vectors_by_id
+
+    with Index(index_dir).session() as s:
+        rows = s.execute(select(Item.id, File.path, Item.kind, Item.offset, Item.timestamp).join(File)).all()
+        vectors = vectors_by_id(s, [r[0] for r in rows])
+    out: dict[tuple, np.ndarray] = {}
+    for item_id, *key in rows:
+        assert tuple(key) not in out, f"stored twice: {key}"
+        out[tuple(key)] = vectors[item_id]
+    return out
 
 
 def run_mmsearch(*args: str, env: dict | None = None, **kw) -> subprocess.CompletedProcess:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import run_mmsearch
+from conftest import run_mmsearch, stored_items
 
 from mmsearch.errors import UserError
 from mmsearch.indexer.distributed import ACTOR_CPUS, Actors
@@ -79,8 +79,6 @@ def test_cuda_vectors_agree_with_the_cpu(which, request, image_set):
 
 @GPU
 def test_an_index_run_embeds_on_the_gpu_what_a_cpu_run_embeds(tmp_path, image_set, tiny_clip):
-    from test_ray import _items  # (every item's vector by path and place)
-
     from mmsearch.indexer.options import IndexOptions
     from mmsearch.indexer.run import index_paths
     from mmsearch.retrieval.index import Index
@@ -90,6 +88,6 @@ def test_an_index_run_embeds_on_the_gpu_what_a_cpu_run_embeds(tmp_path, image_se
         summary = index_paths(Index(tmp_path / runtime, create=True), [str(image_set)],
                               IndexOptions(model=tiny_clip, runtime=runtime))
         assert summary.runtime == ("cuda" if runtime == "auto" else "torch") and summary.embedded >= 20
-        runs[runtime] = _items(tmp_path / runtime)
+        runs[runtime] = stored_items(tmp_path / runtime)
     assert runs["auto"].keys() == runs["torch"].keys()
     assert min(float(runs["auto"][k] @ runs["torch"][k]) for k in runs["torch"]) >= 0.999

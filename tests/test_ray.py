@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import run_mmsearch, s3_client
+from conftest import run_mmsearch, s3_client, stored_items
 from sqlalchemy import select
 
 from mmsearch.errors import UserError
@@ -87,25 +87,13 @@ def local(folder, tmp_path_factory) -> Path:
     return path
 
 
-def _items(path: Path) -> dict[tuple, np.ndarray]:
-    """Every item's vector by (path, kind, offset, timestamp); fails if one is stored twice."""
-    with Index(path).session() as s:
-        rows = s.execute(select(Item.id, File.path, Item.kind, Item.offset, Item.timestamp).join(File)).all()
-        vectors = vectors_by_id(s, [r[0] for r in rows])
-    out: dict[tuple, np.ndarray] = {}
-    for item_id, *key in rows:
-        assert tuple(key) not in out, f"stored twice: {key}"
-        out[tuple(key)] = vectors[item_id]
-    return out
-
-
 def _files(path: Path) -> dict[str, tuple]:
     with Index(path).session() as s:
         return {p: rest for p, *rest in s.execute(select(File.path, File.status, File.error, File.width, File.height))}
 
 
 def _same_as_local(path: Path, local: Path) -> None:
-    ours, theirs = _items(path), _items(local)
+    ours, theirs = stored_items(path), stored_items(local)
     assert ours.keys() == theirs.keys()
     assert min(float(ours[k] @ theirs[k]) for k in ours) >= 0.9999
     assert _files(path) == _files(local)
