@@ -19,7 +19,9 @@ its peak resident memory:
   * text query and image query on that index (rclip: `-n`, no re-indexing).
 rclip and mmsearch alternate for `--rounds` rounds, each round with fresh caches, so that the
 machine's drift falls on both; the ratio is taken within each round and the median printed.
-`--lite` adds mmsearch's default model (no rclip counterpart) in the same rounds.
+`--lite` adds mmsearch's default model (no rclip counterpart) in the same rounds. `--queries N`
+then times the two queries alone for N more alternating rounds, on each side's last indexes: a
+query is ~1 s, and three rounds of it measure less than the machine drifts.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "data")]
@@ -116,6 +119,8 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=300)
     ap.add_argument("--rounds", type=int, default=3, help="rclip and mmsearch alternate; medians are reported")
     ap.add_argument("--lite", action="store_true", help="also mmsearch's default model, lite")
+    ap.add_argument("--queries", type=int, default=0, metavar="N",
+                    help="then N more rounds of the two queries alone, on the last round's indexes")
     args = ap.parse_args()
     if not RCLIP.exists():
         raise SystemExit("rclip is not installed: run benchmarks/setup_peers.sh")
@@ -149,41 +154,50 @@ def main() -> None:
             first = timed([str(RCLIP), "-f", "-t", "1", "a dog"], folder, env)
             (rdata / "db.sqlite3").unlink(missing_ok=True)  # a second new database: rclip keeps no other cache
             second = timed([str(RCLIP), "-f", "-t", "1", "a dog"], folder, env)
-            text = timed([str(RCLIP), "-n", "-f", "-t", "5", "a photo"], folder, env)
-            image = timed([str(RCLIP), "-n", "-f", "-t", "5", str(photo)], folder, env)
-            return {"first index": first, "second index": second, "text query": text, "image query": image}
+            again["rclip"] = lambda: {"text query": timed([str(RCLIP), "-n", "-f", "-t", "5", "a photo"], folder, env),
+                                      "image query": timed([str(RCLIP), "-n", "-f", "-t", "5", str(photo)], folder, env)}
+            return {"first index": first, "second index": second, **again["rclip"]()}
 
-        def ours(model: str) -> dict[str, tuple[float, float]]:
+        def ours(name: str, model: str) -> dict[str, tuple[float, float]]:
             env = {**base_env, "XDG_CACHE_HOME": str(tmp / f"cache-{next(runs)}")}  # empty, as a first-time user's
             mm = [sys.executable, "-m", "mmsearch"]
             out = {}
             for job in ("first index", "second index"):
                 index = str(tmp / f"index-{next(runs)}")
                 out[job] = timed([*mm, "index", str(folder), "--index", index, "--model", model], ROOT, env)
-            out["text query"] = timed([*mm, "search", "a photo", "--index", index, "-k", "5"], ROOT, env)
-            out["image query"] = timed([*mm, "search", "--image", str(photo), "--index", index, "-k", "5"], ROOT, env)
-            return out
+            again[name] = lambda: {
+                "text query": timed([*mm, "search", "a photo", "--index", index, "-k", "5"], ROOT, env),
+                "image query": timed([*mm, "search", "--image", str(photo), "--index", index, "-k", "5"], ROOT, env)}
+            return {**out, **again[name]()}
 
         print(f"{len(os.listdir(folder))} images, {ARCH} (random weights); {cpu_flags()}")
-        sides = {"rclip": rclip_jobs, "mmsearch": lambda: ours(spec)}
+        sides = {"rclip": rclip_jobs, "mmsearch": lambda: ours("mmsearch", spec)}
         if args.lite:
-            sides["mmsearch lite"] = lambda: ours("lite")
-        results: dict[str, list[dict]] = {k: [] for k in sides}
-        for r in range(args.rounds):
-            for name, run in sides.items():  # alternating, round after round
-                results[name].append(run())
-            line = "; ".join(f"{job} rclip {results['rclip'][-1][job][0]:.2f} s, mmsearch {results['mmsearch'][-1][job][0]:.2f} s"
-                             for job in results["rclip"][-1])
-            print(f"round {r + 1}: {line}", flush=True)
-        print(f"median of {args.rounds} rounds (wall s / peak RSS MB; ratio = rclip's wall / mmsearch's, >1: mmsearch faster):")
-        for job in results["rclip"][0]:
-            cells = []
-            for name in sides:
-                walls = [x[job][0] for x in results[name]]
-                cells.append(f"{name} {statistics.median(walls):6.2f} s / {statistics.median(x[job][1] for x in results[name]):5.0f} MB")
-            ratios = [a[job][0] / b[job][0] for a, b in zip(results["rclip"], results["mmsearch"])]
-            print(f"  {job:13s} " + "  ".join(cells) + f"  ratio {statistics.median(ratios):.2f} "
-                  f"(rounds {', '.join(f'{x:.2f}' for x in ratios)})")
+            sides["mmsearch lite"] = lambda: ours("mmsearch lite", "lite")
+        again: dict[str, Callable[[], dict[str, tuple[float, float]]]] = {}  # each side's queries on its last indexes
+        report(sides, args.rounds)
+        if args.queries:
+            report(again, args.queries)
+
+
+def report(sides: dict[str, Callable[[], dict[str, tuple[float, float]]]], rounds: int) -> None:
+    """Run the sides' jobs alternating, round after round, and print their medians."""
+    results: dict[str, list[dict]] = {k: [] for k in sides}
+    for r in range(rounds):
+        for name, run in sides.items():
+            results[name].append(run())
+        line = "; ".join(f"{job} rclip {results['rclip'][-1][job][0]:.2f} s, mmsearch {results['mmsearch'][-1][job][0]:.2f} s"
+                         for job in results["rclip"][-1])
+        print(f"round {r + 1}: {line}", flush=True)
+    print(f"median of {rounds} rounds (wall s / peak RSS MB; ratio = rclip's wall / mmsearch's, >1: mmsearch faster):")
+    for job in results["rclip"][0]:
+        cells = []
+        for name in sides:
+            walls = [x[job][0] for x in results[name]]
+            cells.append(f"{name} {statistics.median(walls):6.2f} s / {statistics.median(x[job][1] for x in results[name]):5.0f} MB")
+        ratios = [a[job][0] / b[job][0] for a, b in zip(results["rclip"], results["mmsearch"])]
+        print(f"  {job:13s} " + "  ".join(cells) + f"  ratio {statistics.median(ratios):.2f} "
+              f"(rounds {', '.join(f'{x:.2f}' for x in ratios)})", flush=True)
 
 
 if __name__ == "__main__":

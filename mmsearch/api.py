@@ -19,9 +19,7 @@ import json
 import os
 import threading
 from contextlib import nullcontext
-from typing import Any, Iterable, Sequence
-
-from sqlalchemy import delete, select
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from .errors import UserError
 from .indexer.options import IndexOptions
@@ -35,7 +33,9 @@ from .media.video import frame_at
 from .retrieval.index import Index
 from .retrieval.request import SearchRequest
 from .retrieval.search import Filters, Hit, Part, fusion_depth, hybrid, lexical_search, part_vector, run, search
-from .retrieval.store import File, Item, Tag, bump_generation, chunks, get_list, set_list
+
+if TYPE_CHECKING:
+    from .retrieval.store import File, Item
 
 #: item ids are SQLite integers; a larger number names no item (and must not overflow a query)
 MAX_ITEM_ID = 2**63 - 1
@@ -63,6 +63,11 @@ class SearchIndex:
     def remove(self, paths: Iterable[str]) -> int:
         """Forget files (and everything under folders), also for later updates of every root;
         returns how many files were removed."""
+        from sqlalchemy import delete, select
+
+        from .retrieval.db import chunks
+        from .retrieval.store import File, bump_generation, get_list, set_list
+
         with self.index.session() as s:
             known = get_list(s, "roots")
             # a URI's query is options only where it names a root: else a "?" is part of a key
@@ -126,6 +131,10 @@ class SearchIndex:
         """Metadata of one item and its file; None if there is no such item."""
         if not 0 <= item_id <= MAX_ITEM_ID:
             return None
+        from sqlalchemy import select
+
+        from .retrieval.store import File, Item, Tag
+
         with self.index.session() as s:
             row = s.execute(select(Item, File).join(File).where(Item.id == item_id)).one_or_none()
             if row is None:
@@ -146,6 +155,10 @@ class SearchIndex:
         missing items. Only indexed files are ever opened, by id."""
         if not 0 <= item_id <= MAX_ITEM_ID:
             return None
+        from sqlalchemy import select
+
+        from .retrieval.store import File, Item
+
         with self.index.session() as s:
             row = s.execute(select(Item, File).join(File).where(Item.id == item_id)).one_or_none()
         if row is None or row[0].kind == "text":

@@ -51,7 +51,7 @@ def test_the_export_agrees_with_pytorch(spec, tiny_clip, photos, tuxpaint, tmp_p
     assert (query.encode_images(images) * enc.encode_images(images)).sum(1).min() >= 0.999
 
 
-def test_a_text_query_imports_no_torch_and_answers_the_same(cli, tiny_clip, image_set):
+def test_a_text_query_imports_neither_torch_nor_sqlalchemy_and_answers_the_same(cli, tiny_clip, image_set):
     from conftest import ROOT
 
     from mmsearch.retrieval.index import Index
@@ -59,9 +59,11 @@ def test_a_text_query_imports_no_torch_and_answers_the_same(cli, tiny_clip, imag
 
     assert cli.json("index", str(image_set), "--model", tiny_clip)["query_export"] is True
     code = ("import json, sys\nfrom mmsearch.cli.main import main\n"
-            "sys.argv = ['mmsearch', 'search', 'a cup of coffee', '--index', sys.argv[1], '-k', '5', '--json']\n"
+            # (a filter that every item passes: filters are read without SQLAlchemy too)
+            "sys.argv = ['mmsearch', 'search', 'a cup of coffee', '--index', sys.argv[1], '-k', '5', '--type', 'image', '--json']\n"
             "try:\n    main()\nexcept SystemExit as e:\n    assert e.code in (0, None), e.code\n"
-            "assert not {'torch', 'open_clip', 'transformers'} & set(sys.modules), 'a model library was imported'\n")
+            "assert not {'torch', 'open_clip', 'transformers'} & set(sys.modules), 'a model library was imported'\n"
+            "assert 'sqlalchemy' not in sys.modules, 'SQLAlchemy was imported'\n")
     r = subprocess.run([sys.executable, "-c", code, str(cli.index)], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     idx = Index(cli.index)

@@ -22,7 +22,8 @@ from ..media.capture import Capture, read_capture
 from ..media.errors import DecodeError
 from ..media.image import load_image
 from ..retrieval import lexical
-from ..retrieval.store import File, Item, chunks, get_list
+from ..retrieval.db import chunks
+from ..retrieval.store import File, Item, get_list
 from .options import IndexOptions
 
 BATCH = 64

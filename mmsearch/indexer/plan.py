@@ -22,7 +22,8 @@ from tqdm import tqdm
 from ..media.errors import may_pass_later, os_reason
 from ..media.files import file_digest, is_uri, under
 from ..media.kinds import is_table
-from ..retrieval.store import File, Item, chunks, files_by_key, stored_keys
+from ..retrieval.db import chunks
+from ..retrieval.store import File, Item, files_by_key, stored_keys
 from .scan import FOLDER, Entry
 
 

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from ..errors import UserError
 from ..media.files import display_path, location, under
 from ..retrieval import lexical
+from ..retrieval.db import chunks
 from ..retrieval.encoders import CUDA
 from ..retrieval.index import Index
 from ..retrieval.store import (
@@ -28,7 +29,6 @@ from ..retrieval.store import (
     File,
     Item,
     bump_generation,
-    chunks,
     ensure_digest_index,
     get_meta,
     next_item_id,

@@ -11,43 +11,30 @@ import glob
 import json
 import math
 import os
+import sqlite3
 import threading
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 import faiss
 import numpy as np
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 
 from ..errors import IndexBusy, ModelLoadError, UserError
 from ..media.kinds import ITEM_KINDS
 from ..paths import default_index_dir
+from . import db
 from .encoders import DEFAULT_MODEL, load_encoder, load_indexer
 from .encoders.query import QueryEncoder, preloaded
 from .policy import MIN_VECTORS, Adder, IndexPlan, build, choose_index, extend, search_params
-from .store import (
-    DB_NAME,
-    File,
-    Item,
-    Tag,
-    bump_generation,
-    get_list,
-    get_meta,
-    load_vectors,
-    next_item_id,
-    open_engine,
-    segments,
-    set_meta,
-    stored_ids,
-    vectors_by_id,
-    vectors_to_file,
-)
 from .vectors import DIR as VECTORS_DIR
+from .vectors import Segments, opened
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+    from sqlalchemy.orm import Session
+
     from .encoders.base import Encoder
     from .encoders.exported import ExportedEncoder
 
@@ -85,14 +72,23 @@ def _read_index(fn: str, flags: int = 0) -> faiss.Index | None:
 
 
 class Index:
+    """An index folder. Queries read its database through sqlite3 (`reading`, db.py); writes and
+    whatever else needs the schema go through SQLAlchemy (`session`, store.py), imported and
+    connected the first time one is asked for, or at once where the database must first be
+    created or migrated."""
+
     def __init__(self, path: str | os.PathLike | None = None, create: bool = False):
         # absolute: segment and shard folders go to Ray tasks, which may run in another directory
         self.path = os.path.abspath(Path(path or default_index_dir()).expanduser())
-        if not os.path.exists(os.path.join(self.path, DB_NAME)):
+        exists = os.path.exists(os.path.join(self.path, db.DB_NAME))
+        if not exists:
             if not create:
                 raise UserError(f"no index at {self.path}; run `mmsearch index PATH...` first (or pass --index DIR)")
             os.makedirs(self.path, exist_ok=True)
-        self.engine = open_engine(self.path)
+        self._engine: Engine | None = None
+        self._engine_lock = threading.Lock()
+        if not exists or self._schema_version() != db.SCHEMA_VERSION:
+            self.engine  # noqa: B018  # (created, migrated, or refused with the reason: store.open_engine)
         self._loaded: Loaded | None = None
         self._queries: dict[str, QueryEncoder] = {}  # the model's query export, once loaded
         self._lock = threading.Lock()
@@ -100,8 +96,31 @@ class Index:
         # whose cluster then builds it; None: here (policy.build)
         self.adder: Adder | None = None
 
+    def _schema_version(self) -> int:
+        with self.reading() as conn:
+            return db.schema_version(conn)
+
+    @property
+    def engine(self) -> Engine:
+        with self._engine_lock:
+            if self._engine is None:
+                from .store import open_engine
+
+                self._engine = open_engine(self.path)
+            return self._engine
+
     def session(self) -> Session:
+        from sqlalchemy.orm import Session
+
         return Session(self.engine, expire_on_commit=False)
+
+    def reading(self) -> AbstractContextManager[sqlite3.Connection]:
+        """A sqlite3 connection to read the database with (no SQLAlchemy), closed after."""
+        return db.reading(self.path)
+
+    def segments(self) -> Segments:
+        """The stored vectors."""
+        return opened(self.path, int(self.meta("dim") or 0), int(self.meta("vectors_base") or 1))
 
     @contextmanager
     def writer(self) -> Iterator[None]:
@@ -124,12 +143,11 @@ class Index:
 
     # -- model -------------------------------------------------------------------------------
     def meta(self, key: str) -> str | None:
-        with self.session() as s:
-            return get_meta(s, key)
+        with self.reading() as conn:
+            return db.get_meta(conn, key)
 
     def meta_list(self, key: str) -> list[str]:
-        with self.session() as s:
-            return get_list(s, key)
+        return db.as_list(self.meta(key))
 
     @property
     def model_spec(self) -> str | None:
@@ -175,6 +193,8 @@ class Index:
         returned as `indexer` returns it. Another model than the index's is refused unless
         `reindex`; `reindex` forgets every stored file, so that the caller embeds everything
         afresh (skipped files are retried too)."""
+        from .store import File, bump_generation, next_item_id, segments, set_meta
+
         enc = load_indexer(spec or self.model_spec or DEFAULT_MODEL, runtime)
         if not reindex:
             self._check(enc, spec)
@@ -244,7 +264,11 @@ class Index:
         return newest[1] if newest else None
 
     def _build(self, fn: str) -> tuple[faiss.Index, IndexPlan]:
-        with self.session() as s:
+        from sqlalchemy import select
+
+        from .store import Item, load_vectors, vectors_to_file
+
+        with self.session() as s:  # (one snapshot: the ids and their vectors)
             ids = np.array(s.scalars(select(Item.id).order_by(Item.id)).all(), np.int64)
             dim = int(self.meta("dim") or 1)
             plan = choose_index(len(ids), dim, kind=self.meta("index_type") or "auto")
@@ -301,20 +325,21 @@ class Index:
             return found
         if len(found) < min(k, pool):  # the graph or lists came up short (a narrow filter, k near the size)
             if allowed is None:
-                with self.session() as s:
-                    allowed = np.array(s.scalars(select(Item.id)).all(), np.int64)
+                with self.reading() as conn:
+                    allowed = np.array(db.stored_ids(conn), np.int64)
             return self._rescore(q[0], allowed.tolist())[:k]
         if plan.rerank == 0:
-            with self.session() as s:
-                live = set(stored_ids(s, [i for i, _ in found]))
+            with self.reading() as conn:
+                live = set(db.stored_ids(conn, [i for i, _ in found]))
             return [hit for hit in found if hit[0] in live][:k]
         return self._rescore(q[0], [i for i, _ in found])[:k]
 
     def _rescore(self, q: np.ndarray, ids: list[int]) -> list[tuple[int, float]]:
         """(id, exact score) best first, from the stored vectors; ids no longer stored are dropped."""
-        with self.session() as s:
-            vecs = vectors_by_id(s, ids)
-        return sorted(((i, float(v @ q)) for i, v in vecs.items()), key=lambda t: -t[1])
+        with self.reading() as conn:
+            live = db.stored_ids(conn, ids)
+        scores = self.segments().get(live) @ q if live else []
+        return sorted(zip(live, map(float, scores)), key=lambda t: -t[1])
 
     def _extended(self, plan: IndexPlan, ids: np.ndarray, s: Session) -> tuple[faiss.Index, IndexPlan] | None:
         """The newest approximate index on disk, brought up to `ids` in place (policy.extend),
@@ -327,14 +352,14 @@ class Index:
         if index is None:
             return None
 
-        def load(new: np.ndarray) -> np.ndarray:
-            vecs = vectors_by_id(s, new.tolist())
-            return np.stack([vecs[int(i)] for i in new])
-
-        return (index, old) if extend(old, index, ids, load) else None
+        return (index, old) if extend(old, index, ids, self.segments().get) else None
 
     # -- description --------------------------------------------------------------------------
     def info(self) -> dict:
+        from sqlalchemy import func, select
+
+        from .store import File, Item, Tag
+
         with self.session() as s:
             counts = dict(s.execute(select(Item.kind, func.count()).group_by(Item.kind)).all())
             files = dict(s.execute(select(File.kind, func.count()).where(File.status == "ok").group_by(File.kind)).all())

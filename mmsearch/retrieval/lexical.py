@@ -21,12 +21,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import sqlite3
 import unicodedata
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from sqlalchemy import text
-from sqlalchemy.engine import Connection
-from sqlalchemy.orm import Session
+if TYPE_CHECKING:  # (writers only: a query searches through sqlite3, db.py)
+    from sqlalchemy.engine import Connection
+    from sqlalchemy.orm import Session
 
 DDL = [
     "CREATE VIRTUAL TABLE IF NOT EXISTS lexical USING fts5(name, body, tokenize='trigram')",
@@ -112,7 +114,7 @@ class LexicalQuery:
         return " AND ".join(f'"{t}"' for t in self.terms)
 
 
-def search(session: Session, query: str, limit: int, allowed: set[int] | None = None) -> list[tuple[int, float]]:
+def search(conn: sqlite3.Connection, query: str, limit: int, allowed: set[int] | None = None) -> list[tuple[int, float]]:
     """Item ids matching every term of `query`, best first, with a score (higher is better:
     BM25 negated); at most `limit`, within `allowed` ids when given."""
     q = LexicalQuery.parse(query)
@@ -128,7 +130,7 @@ def search(session: Session, query: str, limit: int, allowed: set[int] | None = 
         sql = (f"SELECT rowid, 1.0 / (1 + length(name) + length(body)) FROM "
                f"(SELECT rowid, name, body FROM lexical LIMIT {MAX_SCAN}) WHERE {likes} ORDER BY 2 DESC")
     out: list[tuple[int, float]] = []
-    for rowid, score in session.execute(text(sql), params):
+    for rowid, score in conn.execute(sql, params):
         if allowed is None or rowid in allowed:
             out.append((int(rowid), float(score)))
             if len(out) >= limit:
@@ -138,6 +140,8 @@ def search(session: Session, query: str, limit: int, allowed: set[int] | None = 
 
 def add_rows(conn: Connection | Session, rows: list[tuple[int, str, str]]) -> None:
     """Index (item id, name, body) rows; the texts are compacted here."""
+    from sqlalchemy import text
+
     if rows:
         conn.execute(text("INSERT OR REPLACE INTO lexical(rowid, name, body) VALUES (:i, :n, :b)"),
                      [{"i": i, "n": compact(n), "b": compact(b)} for i, n, b in rows])
@@ -151,4 +155,6 @@ def ocr_text(lines: list | str | None) -> str:
 
 
 def set_body(session: Session, item_id: int, body: str) -> None:
+    from sqlalchemy import text
+
     session.execute(text("UPDATE lexical SET body = :b WHERE rowid = :i"), {"i": item_id, "b": compact(body)})

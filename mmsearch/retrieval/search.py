@@ -10,7 +10,6 @@ from datetime import date, datetime
 
 import numpy as np
 from PIL import Image
-from sqlalchemy import Select, select
 
 from ..errors import UserError
 from ..media.capture import FILE_TIME, distance_km, iso_taken, wall_ns
@@ -20,9 +19,9 @@ from ..media.image import load_image
 from ..media.kinds import kind_of
 from ..media.video import frame_at
 from . import lexical
+from .db import Found, found
 from .index import Index
 from .request import DEFAULT_PER_VIDEO, MAX_PARTS, MAX_WEIGHT, SearchRequest
-from .store import File, Item, Tag
 
 RRF_K = 60  # reciprocal-rank fusion constant (Cormack et al.)
 #: a lexical match's rank credit against a semantic one's in hybrid search
@@ -76,42 +75,49 @@ class Filters:
         bounds = (self.after_ns, self.before_ns, self.taken_after_ns, self.taken_before_ns, self.near)
         return bool(self.kinds or self.path_glob or self.tags) or any(b is not None for b in bounds)
 
-    def query(self) -> Select:
-        """The ids of the items that pass every filter."""
-        q = select(Item.id).join(File)
+    def query(self) -> tuple[str, list]:
+        """The ids of the items that pass every filter (with their files' lat and lon under
+        `near`), as SQL and its parameters."""
+        where: list[str] = []
+        params: list = []
+
+        def cond(sql: str, *values) -> None:
+            where.append(sql)
+            params.extend(values)
+
         if self.kinds:
-            q = q.where(Item.kind.in_(self.kinds))
+            cond(f"items.kind IN ({', '.join('?' * len(self.kinds))})", *sorted(self.kinds))
         if self.path_glob:
-            q = q.where(File.path.op("GLOB")(path_pattern(self.path_glob)))
+            cond("files.path GLOB ?", path_pattern(self.path_glob))
         if self.after_ns is not None:
-            q = q.where(File.mtime_ns >= self.after_ns)
+            cond("files.mtime_ns >= ?", self.after_ns)
         if self.before_ns is not None:
-            q = q.where(File.mtime_ns < self.before_ns)
+            cond("files.mtime_ns < ?", self.before_ns)
         for tag in self.tags:
-            q = q.where(File.id.in_(select(Tag.file_id).where(Tag.label == tag)))
+            cond("files.id IN (SELECT file_id FROM tags WHERE label = ?)", tag)
         if self.taken_after_ns is not None:
-            q = q.where(File.taken_ns >= self.taken_after_ns)
+            cond("files.taken_ns >= ?", self.taken_after_ns)
         if self.taken_before_ns is not None:
-            q = q.where(File.taken_ns < self.taken_before_ns)
+            cond("files.taken_ns < ?", self.taken_before_ns)
         if self.near is not None:  # a box around the circle in SQL; the circle itself in `allowed_ids`
             lat, lon, km = self.near
             dlat = km / 111.0
             dlon = km / (111.32 * max(math.cos(math.radians(lat)), 1e-6))
-            q = q.where(File.lat.between(lat - dlat, lat + dlat))
+            cond("files.lat BETWEEN ? AND ?", lat - dlat, lat + dlat)
             if dlon < 180:  # (a box wider than the globe, or near a pole: every longitude)
-                lo, hi = lon - dlon, lon + dlon
-                wrap = (File.lon >= lo + 360) | (File.lon <= hi - 360)  # across the antimeridian
-                q = q.where(File.lon.between(lo, hi) | wrap)
-            q = q.add_columns(File.lat, File.lon)
-        return q
+                lo, hi = lon - dlon, lon + dlon  # (or across the antimeridian)
+                cond("(files.lon BETWEEN ? AND ? OR files.lon >= ? OR files.lon <= ?)", lo, hi, lo + 360, hi - 360)
+        columns = "items.id, files.lat, files.lon" if self.near is not None else "items.id"
+        sql = f"SELECT {columns} FROM items JOIN files ON files.id = items.file_id"
+        return (f"{sql} WHERE {' AND '.join(where)}" if where else sql), params
 
     def allowed_ids(self, index: Index) -> np.ndarray | None:
         if not self.active():
             return None
-        with index.session() as s:
+        with index.reading() as conn:
             if self.near is None:
-                return np.fromiter(s.scalars(self.query()), dtype=np.int64)
-            rows = s.execute(self.query()).all()
+                return np.fromiter((row[0] for row in conn.execute(*self.query())), np.int64)
+            rows = conn.execute(*self.query()).fetchall()
         if not rows:
             return np.zeros(0, np.int64)
         ids, lats, lons = (np.array(c) for c in zip(*rows))
@@ -259,9 +265,9 @@ def lexical_search(index: Index, words: str, request: SearchRequest, depth: int 
     """Hits whose file name, text or text in the image contains every word of `words`."""
     filters = Filters.of(request)
     allowed = filters.allowed_ids(index)
-    with index.session() as s:
-        found = lexical.search(s, words, depth or request.k * 4 + 16, None if allowed is None else set(allowed.tolist()))
-    return _group(_rows(index, found), depth or request.k, None, request.per_video)
+    with index.reading() as conn:
+        matched = lexical.search(conn, words, depth or request.k * 4 + 16, None if allowed is None else set(allowed.tolist()))
+    return _group(_rows(index, matched), depth or request.k, None, request.per_video)
 
 
 def hybrid(index: Index, dense: list[Hit], words: str, request: SearchRequest) -> list[Hit]:
@@ -322,38 +328,36 @@ def search(index: Index, vector: np.ndarray, k: int, *, min_score: float | None 
         fetch *= 4
 
 
-def _rows(index: Index, found: list[tuple[int, float]]) -> list[tuple[Item, File, float]]:
-    if not found:
+def _rows(index: Index, ranked: list[tuple[int, float]]) -> list[tuple[Found, float]]:
+    if not ranked:
         return []
-    with index.session() as s:
-        rows = {item.id: (item, f) for item, f in s.execute(
-            select(Item, File).join(File).where(Item.id.in_([i for i, _ in found]))).all()}
+    with index.reading() as conn:
+        rows = found(conn, [i for i, _ in ranked])
     # an id missing from the store was removed after the FAISS snapshot was taken
-    return [(*rows[i], score) for i, score in found if i in rows]
+    return [(rows[i], score) for i, score in ranked if i in rows]
 
 
-def _hit(item: Item, f: File, score: float) -> Hit:
+def _hit(row: Found, score: float) -> Hit:
     # a capture time from the file's own clock is no capture time: only metadata is shown
-    taken = iso_taken(f.taken_ns, f.offset_min) if f.taken_ns is not None and f.taken_from not in (None, FILE_TIME) else None
-    return Hit(f.path, round(score, 6), item.kind, item.id, item.timestamp, item.start, item.end, item.text,
-               item.offset, item.link_path, lexical.ocr_text(item.ocr) or None, taken,
-               f.camera, f.lat, f.lon)
+    taken = iso_taken(row.taken_ns, row.offset_min) if row.taken_ns is not None and row.taken_from not in (None, FILE_TIME) else None
+    return Hit(row.path, round(score, 6), row.kind, row.id, row.timestamp, row.start, row.end, row.text,
+               row.offset, row.link_path, lexical.ocr_text(row.ocr) or None, taken, row.camera, row.lat, row.lon)
 
 
-def _group(rows, k, min_score, per_video) -> list[Hit]:
+def _group(rows: list[tuple[Found, float]], k: int, min_score: float | None, per_video: int) -> list[Hit]:
     hits: list[Hit] = []
     shots_seen: set[tuple[int, float | None]] = set()
     per_file: dict[int, int] = {}
-    for item, f, score in rows:
+    for row, score in rows:
         if min_score is not None and score < min_score:
             continue
-        if item.kind == "video":
-            shot = (item.file_id, item.start)
-            if shot in shots_seen or per_file.get(item.file_id, 0) >= per_video:
+        if row.kind == "video":
+            shot = (row.file_id, row.start)
+            if shot in shots_seen or per_file.get(row.file_id, 0) >= per_video:
                 continue
             shots_seen.add(shot)
-            per_file[item.file_id] = per_file.get(item.file_id, 0) + 1
-        hits.append(_hit(item, f, score))
+            per_file[row.file_id] = per_file.get(row.file_id, 0) + 1
+        hits.append(_hit(row, score))
         if len(hits) >= k:
             break
     return hits

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 from sqlalchemy import (
@@ -37,21 +37,9 @@ from sqlalchemy.schema import CreateTable
 
 from ..errors import UserError
 from . import lexical
+from .db import SCHEMA_VERSION, SQL_CHUNK, as_list, chunks, location, prepare, stored_ids
 from .vectors import DIR as VECTORS_DIR
-from .vectors import Segments
-
-DB_NAME = "mmsearch.db"
-#: most parameters in one statement (`IN (...)` lists are cut to this): SQLite allows 32,766
-#: since 3.32 and 999 before
-SQL_CHUNK = 30_000 if sqlite3.sqlite_version_info >= (3, 32) else 900
-
-T = TypeVar("T")
-
-
-def chunks(seq: Sequence[T], size: int = SQL_CHUNK) -> Iterator[Sequence[T]]:
-    """`seq` in slices small enough to be the parameters of one statement."""
-    for i in range(0, len(seq), size):
-        yield seq[i : i + size]
+from .vectors import Segments, opened
 
 
 class Base(DeclarativeBase):
@@ -270,30 +258,18 @@ def _v5(conn: Connection) -> None:
 
 
 MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5]
-SCHEMA_VERSION = len(MIGRATIONS)
+assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
 def open_engine(index_dir: str) -> Engine:
-    """The index's database, migrated to this release's schema. An index in a folder we may not
-    write (a read-only mount, someone else's copy) opens read-only. SQLite cannot create WAL's
-    files there: with them present it reads through them; without them the database file holds
-    every commit, and it is opened immutable (else it could not be opened at all)."""
-    path = os.path.join(index_dir, DB_NAME)
-    read_only = os.path.exists(path) and not os.access(index_dir, os.W_OK)
+    """The index's database, migrated to this release's schema; read-only where `db.location`
+    says so."""
+    where, read_only = location(index_dir)
     if read_only:
-        wal = all(os.path.exists(path + suffix) for suffix in ("-wal", "-shm"))
-        engine = create_engine(f"sqlite:///file:{path}?mode=ro{'' if wal else '&immutable=1'}&uri=true")
+        engine = create_engine(f"sqlite:///{where}&uri=true")
     else:
-        engine = create_engine(f"sqlite:///{path}")
-
-        @event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn, _):  # WAL: readers never block the indexer, and vice versa
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=30000")
-            cur.close()
+        engine = create_engine(f"sqlite:///{where}")
+        event.listen(engine, "connect", lambda dbapi_conn, _: prepare(dbapi_conn))
 
     with engine.begin() as conn:
         version = conn.execute(text("PRAGMA user_version")).scalar_one()
@@ -320,9 +296,7 @@ def set_meta(session: Session, key: str, value: str) -> None:
 
 
 def get_list(session: Session, key: str) -> list[str]:
-    """A meta value that is a list of strings (JSON): "roots" (as the user gave them, a URI's
-    options included), "removed" (parts of roots taken out by `SearchIndex.remove`)."""
-    return json.loads(get_meta(session, key) or "[]")
+    return as_list(get_meta(session, key))
 
 
 def set_list(session: Session, key: str, values: Iterable[str]) -> None:
@@ -346,17 +320,9 @@ def _folder(bind: Engine | Connection) -> str:
     return os.path.dirname(str(engine.url.database).removeprefix("file:"))
 
 
-_SEGMENTS: dict[tuple[str, int, int], Segments] = {}
-
-
 def segments(session: Session) -> Segments:
-    """The vector store of the session's index (one per folder, dimension and first id, so its
-    memory maps outlive a session)."""
-    folder = os.path.join(_folder(session.get_bind()), VECTORS_DIR)
-    key = (folder, int(get_meta(session, "dim") or 0), int(get_meta(session, "vectors_base") or 1))
-    if key not in _SEGMENTS:
-        _SEGMENTS[key] = Segments(*key)
-    return _SEGMENTS[key]
+    """The vector store of the session's index."""
+    return opened(_folder(session.get_bind()), int(get_meta(session, "dim") or 0), int(get_meta(session, "vectors_base") or 1))
 
 
 def put_vectors(session: Session, first_id: int, vectors: np.ndarray) -> None:
@@ -372,17 +338,9 @@ def load_vectors(session: Session) -> tuple[np.ndarray, np.ndarray]:
     return ids, segments(session).get(ids)
 
 
-def stored_ids(session: Session, ids: list[int]) -> list[int]:
-    """Those of `ids` whose items are still stored."""
-    live: list[int] = []
-    for part in chunks(ids):
-        live += session.scalars(select(Item.id).where(Item.id.in_(part))).all()
-    return live
-
-
 def vectors_by_id(session: Session, ids: list[int]) -> dict[int, np.ndarray]:
     """The stored vectors of `ids` (ids no longer stored are absent)."""
-    live = stored_ids(session, ids)
+    live = stored_ids(_dbapi(session), ids)
     return dict(zip(live, segments(session).get(live))) if live else {}
 
 
@@ -399,6 +357,13 @@ def vectors_to_file(session: Session, path: str, n: int, dim: int, chunk: int = 
     return ids, vecs[: len(ids)]
 
 
+def _dbapi(session: Session) -> sqlite3.Connection:
+    """The sqlite3 connection under `session` (plain tuples, no statement compiling)."""
+    dbapi = session.connection().connection.driver_connection
+    assert dbapi is not None
+    return dbapi
+
+
 def files_by_key(session: Session, keys: Sequence[bytes]) -> dict[bytes, tuple[int, int, int, str, str | None]]:
     """What the file plan compares with the disk, for the files at path keys `keys`: (id, size,
     mtime_ns, status, error) by path key, found by display path (indexed). Asked a chunk of the
@@ -407,8 +372,7 @@ def files_by_key(session: Session, keys: Sequence[bytes]) -> dict[bytes, tuple[i
     parameters doubled the plan's time."""
     wanted: set[bytes] = set(keys)
     out: dict[bytes, tuple[int, int, int, str, str | None]] = {}
-    dbapi = session.connection().connection.driver_connection
-    assert dbapi is not None
+    dbapi = _dbapi(session)
     for part in chunks(sorted({k.decode("utf-8", errors="replace") for k in wanted})):
         sql = f"SELECT path_key, id, size, mtime_ns, status, error FROM files WHERE path IN ({', '.join('?' * len(part))})"
         out |= {r[0]: r[1:] for r in dbapi.execute(sql, part) if r[0] in wanted}
@@ -417,6 +381,4 @@ def files_by_key(session: Session, keys: Sequence[bytes]) -> dict[bytes, tuple[i
 
 def stored_keys(session: Session) -> Iterator[tuple[bytes, int]]:
     """Every stored file's (path key, id), streamed."""
-    dbapi = session.connection().connection.driver_connection
-    assert dbapi is not None
-    yield from dbapi.execute("SELECT path_key, id FROM files")
+    yield from _dbapi(session).execute("SELECT path_key, id FROM files")

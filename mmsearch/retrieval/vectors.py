@@ -99,3 +99,15 @@ class Segments:
 
     def disk_bytes(self) -> int:
         return sum(os.path.getsize(f) for f in glob.glob(os.path.join(self.folder, "seg-*.f32")))
+
+
+_OPENED: dict[tuple[str, int, int], Segments] = {}
+
+
+def opened(index_dir: str, dim: int, base: int) -> Segments:
+    """The vector store of the index at `index_dir`: one per folder, dimension and first id, so
+    that its memory maps outlive a database session."""
+    key = (os.path.join(index_dir, DIR), dim, base)
+    if key not in _OPENED:
+        _OPENED[key] = Segments(*key)
+    return _OPENED[key]

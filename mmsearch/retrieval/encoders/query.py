@@ -33,6 +33,7 @@ from PIL import Image
 
 from ...media.image import geometry
 from ...paths import cache_root
+from ..db import DB_NAME, get_meta
 from . import MAX_TEXT_CHARS
 
 #: changes whenever the exported graphs' inputs, outputs, quantisation or files change, so older
@@ -195,15 +196,15 @@ def preload(index_dir: str, texts: bool = True, images: bool = False, ahead: Seq
     rest (~0.4 s). For ViT-B-32-256 the thread's work is ~0.25 s: tokenizer 0.10 s (holding the
     GIL), session 0.05 s, one text 0.06–0.11 s (ONNX Runtime releases the GIL), so the text is
     ready when the search asks for it. Reads the index's model with sqlite3 alone: this runs
-    before SQLAlchemy is imported. Does nothing when anything is missing."""
+    before the rest is imported. Does nothing when anything is missing."""
+    db = Path(index_dir).expanduser() / DB_NAME
     try:
-        db = Path(index_dir).expanduser() / "mmsearch.db"  # retrieval.store.DB_NAME, its `meta` table
         with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
-            row = conn.execute("SELECT value FROM meta WHERE key = 'model_identity'").fetchone()
+            identity = get_meta(conn, "model_identity")
     except sqlite3.Error:
         return
-    if row and row[0] not in _PRELOADING:
-        _PRELOADING[row[0]] = ThreadPoolExecutor(1).submit(_open, row[0], texts, images, list(ahead))
+    if identity and identity not in _PRELOADING:
+        _PRELOADING[identity] = ThreadPoolExecutor(1).submit(_open, identity, texts, images, list(ahead))
 
 
 def _open(identity: str, texts: bool, images: bool, ahead: list[str]) -> QueryEncoder | None:

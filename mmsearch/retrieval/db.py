@@ -1,0 +1,122 @@
+"""The index's SQLite database through the standard library alone: how it is opened (its pragmas,
+its read-only rules) and the reads a query makes (meta values, the hits' rows, which ids are
+still stored). A one-shot query reads through this module only: SQLAlchemy (store.py: the
+schema, the writes, the migrations), with its ORM, costs ~0.3 s of imports, a third of a text
+query on 2 cores. The schema itself is declared once, in store.py; the columns read here are
+named in `FOUND`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from contextlib import closing, contextmanager
+from typing import Iterator, NamedTuple, Sequence, TypeVar
+
+DB_NAME = "mmsearch.db"
+#: the schema this release reads and writes (SQLite's ``user_version``; store.MIGRATIONS reach it)
+SCHEMA_VERSION = 5
+#: every writable connection's: WAL, so that readers never block the indexer, and vice versa
+PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL", "PRAGMA foreign_keys=ON", "PRAGMA busy_timeout=30000")
+#: most parameters in one statement (`IN (...)` lists are cut to this): SQLite allows 32,766
+#: since 3.32 and 999 before
+SQL_CHUNK = 30_000 if sqlite3.sqlite_version_info >= (3, 32) else 900
+
+
+def location(index_dir: str) -> tuple[str, bool]:
+    """The database of the index at `index_dir` as a path or a ``file:`` URI, and whether it is
+    read-only. An index in a folder we may not write (a read-only mount, someone else's copy) is
+    read-only. SQLite cannot create WAL's files there: with them present it reads through them;
+    without them the database file holds every commit, and it is opened immutable (else it could
+    not be opened at all)."""
+    path = os.path.join(index_dir, DB_NAME)
+    if not os.path.exists(path) or os.access(index_dir, os.W_OK):
+        return path, False
+    wal = all(os.path.exists(path + suffix) for suffix in ("-wal", "-shm"))
+    return f"file:{path}?mode=ro{'' if wal else '&immutable=1'}", True
+
+
+def prepare(conn: sqlite3.Connection) -> None:
+    """Set `PRAGMAS` on a new writable connection."""
+    for pragma in PRAGMAS:
+        conn.execute(pragma)
+
+
+@contextmanager
+def reading(index_dir: str) -> Iterator[sqlite3.Connection]:
+    """A connection to read the index at `index_dir` with, closed after."""
+    where, read_only = location(index_dir)
+    with closing(sqlite3.connect(where, uri=read_only)) as conn:
+        if not read_only:
+            prepare(conn)
+        yield conn
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    return conn.execute("PRAGMA user_version").fetchone()[0]
+
+
+def get_meta(conn: sqlite3.Connection, key: str) -> str | None:
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return row[0] if row else None
+
+
+def as_list(value: str | None) -> list[str]:
+    """A meta value that is a list of strings (JSON): "roots" (as the user gave them, a URI's
+    options included), "removed" (parts of roots taken out by `SearchIndex.remove`)."""
+    return json.loads(value or "[]")
+
+
+T = TypeVar("T")
+
+
+def chunks(seq: Sequence[T], size: int = SQL_CHUNK) -> Iterator[Sequence[T]]:
+    """`seq` in slices small enough to be the parameters of one statement."""
+    for i in range(0, len(seq), size):
+        yield seq[i : i + size]
+
+
+class Found(NamedTuple):
+    """An item as a hit shows it, with its file's path and capture metadata."""
+
+    id: int
+    file_id: int
+    kind: str
+    timestamp: float | None
+    start: float | None
+    end: float | None
+    text: str | None
+    offset: int | None
+    link_path: str | None
+    ocr: str | None
+    path: str
+    taken_ns: int | None
+    offset_min: int | None
+    taken_from: str | None
+    camera: str | None
+    lat: float | None
+    lon: float | None
+
+
+#: the table of each of `Found`'s columns (the rest: items)
+_FILE_COLUMNS = {"path", "taken_ns", "offset_min", "taken_from", "camera", "lat", "lon"}
+FOUND = ", ".join(f'{"files" if c in _FILE_COLUMNS else "items"}."{c}"' for c in Found._fields)
+
+
+def found(conn: sqlite3.Connection, ids: Sequence[int]) -> dict[int, Found]:
+    """The rows of those of items `ids` still stored, by id."""
+    out: dict[int, Found] = {}
+    for part in chunks(ids):
+        sql = f"SELECT {FOUND} FROM items JOIN files ON files.id = items.file_id WHERE items.id IN ({', '.join('?' * len(part))})"
+        out |= {row[0]: Found(*row) for row in conn.execute(sql, part)}
+    return out
+
+
+def stored_ids(conn: sqlite3.Connection, ids: Sequence[int] | None = None) -> list[int]:
+    """Those of `ids` (default: all) whose items are still stored, in id order for all."""
+    if ids is None:
+        return [row[0] for row in conn.execute("SELECT id FROM items ORDER BY id")]
+    live: list[int] = []
+    for part in chunks(ids):
+        live += (row[0] for row in conn.execute(f"SELECT id FROM items WHERE id IN ({', '.join('?' * len(part))})", part))
+    return live
