@@ -41,6 +41,13 @@ def test_missing_index_is_a_clean_error(tmp_path):
     assert str(tmp_path / "nope2") in msg
 
 
+def test_a_damaged_database_is_a_clean_error(tmp_path):
+    (tmp_path / "mmsearch.db").write_bytes(b"not a database, " * 512)
+    for command in (("search", "a cat"), ("info",), ("index", str(tmp_path))):
+        msg = _one_line_error(run_mmsearch(*command, "--index", str(tmp_path)))
+        assert "cannot read its database" in msg and "not a database" in msg
+
+
 @pytest.mark.parametrize(
     "spec, words",
     [

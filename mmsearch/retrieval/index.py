@@ -87,7 +87,11 @@ class Index:
             os.makedirs(self.path, exist_ok=True)
         self._engine: Engine | None = None
         self._engine_lock = threading.Lock()
-        if not exists or self._schema_version() != db.SCHEMA_VERSION:
+        try:
+            current = exists and self._schema_version() == db.SCHEMA_VERSION
+        except sqlite3.DatabaseError as e:  # (a damaged file, another program's, no permission)
+            raise UserError(f"index {self.path}: cannot read its database {db.DB_NAME}: {e}") from None
+        if not current:
             self.engine  # noqa: B018  # (created, migrated, or refused with the reason: store.open_engine)
         self._loaded: Loaded | None = None
         self._queries: dict[str, QueryEncoder] = {}  # the model's query export, once loaded
