@@ -22,6 +22,7 @@ from mmsearch.retrieval.encoders.query import (
     model_dir,
     preload,
     preloaded,
+    unit,
 )
 from mmsearch.retrieval.encoders.runtime import export, export_for_queries
 
@@ -232,8 +233,9 @@ def test_a_side_export_cancelled_or_orphaned_dies_and_leaves_the_folder_unsealed
 
 def test_towers_are_traced_without_their_weights_and_optimised_from_memory(tiny_clip, tmp_path):
     """The traced graph carries no weights (ONNX Runtime takes them from the module's memory: no
-    serialising and parsing them back, no 2 GiB protobuf limit for big towers), and what it
-    optimises into computes what a tower exported with its weights in the file does."""
+    serialising and parsing them back, no 2 GiB protobuf limit for big towers); what it optimises
+    into computes what PyTorch does, with ONNX Runtime's fused operators (the query towers) or
+    with standard operators only (the indexer's visual.onnx, which the int8 quantiser reads)."""
     import onnx
     import onnxruntime as ort
 
@@ -245,13 +247,18 @@ def test_towers_are_traced_without_their_weights_and_optimised_from_memory(tiny_
     graph = onnx.load_from_string(traced.graph).graph
     assert [v.name for v in graph.input] == [runtime.INPUT] and len(graph.initializer) == len(traced.weights) > 10
     assert all(t.data_location == onnx.TensorProto.EXTERNAL and not t.raw_data for t in graph.initializer)
-    runtime.optimise(traced, tmp_path / "apart.onnx")
-    files = runtime.export(enc, tmp_path / "inline", int8=False)  # (weights in the file, folded)
-    runtime.optimise(files["onnx"], tmp_path / "inline.onnx")
+    runtime.optimise(traced, tmp_path / "fused.onnx")
+    runtime.optimise(traced, tmp_path / "plain.onnx", fusions=False)
     pixels = runtime.calibration_pixels(enc, 3)
-    a, b = (ort.InferenceSession(str(tmp_path / f), providers=["CPUExecutionProvider"]).run(None, {runtime.INPUT: pixels})[0]
-            for f in ("apart.onnx", "inline.onnx"))
-    assert np.allclose(a, b, atol=1e-5) and not list(tmp_path.glob("*.tmp*"))
+    reference = enc.pixel_prep.torch_encoder(enc)(pixels)
+    for name in ("fused.onnx", "plain.onnx"):
+        out = ort.InferenceSession(str(tmp_path / name), providers=["CPUExecutionProvider"]).run(None, {runtime.INPUT: pixels})[0]
+        assert np.allclose(unit(out), reference, atol=1e-4), name
+    fused, plain = (onnx.load(str(tmp_path / name), load_external_data=False).graph for name in ("fused.onnx", "plain.onnx"))
+    assert {n.domain for n in plain.node} <= {"", "ai.onnx"} and "com.microsoft" in {n.domain for n in fused.node}
+    assert not {n.op_type for n in plain.node} & {"Constant", "Identity"}  # (folded)
+    assert all(t.data_location == onnx.TensorProto.EXTERNAL for t in plain.initializer if t.dims and np.prod(t.dims) > 256)
+    assert not list(tmp_path.glob("*.tmp*")) and not list(tmp_path.glob(".*"))
 
 
 def test_a_side_export_that_stops_working_is_killed_and_the_run_goes_on(tiny_clip, tmp_path, monkeypatch):

@@ -68,6 +68,13 @@ def test_the_quantiser_makes_what_onnxruntimes_quantize_dynamic_makes(tiny_clip,
     ours, theirs = (onnx.load(str(tmp_path / f)) for f in ("ours.onnx", "theirs.onnx"))
     assert [n.op_type for n in ours.graph.node] == [n.op_type for n in theirs.graph.node]
     assert sum(n.op_type == "MatMulInteger" for n in ours.graph.node) >= 4  # quantised, not copied
+    # every product with a weight was quantised: no float one is left whose second input is a
+    # weight, and none computes on weights alone (folded: a transposed weight is a weight)
+    graph = onnx.load(str(fp32)).graph
+    constant = {i.name for i in graph.initializer}
+    assert all(any(i not in constant for i in n.input if i) for n in graph.node)
+    weights_of_ours = {i.name for i in ours.graph.initializer}
+    assert not [n.name for n in ours.graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in weights_of_ours]
     weights = {i.name: onnx.numpy_helper.to_array(i) for i in theirs.graph.initializer}
     assert all(np.array_equal(onnx.numpy_helper.to_array(i), weights[i.name]) for i in ours.graph.initializer)
     assert len(ours.graph.initializer) == len(weights)
