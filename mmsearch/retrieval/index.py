@@ -124,7 +124,7 @@ class Index:
 
     def segments(self) -> Segments:
         """The stored vectors."""
-        return opened(self.path, int(self.meta("dim") or 0), int(self.meta("vectors_base") or 1))
+        return opened(self.path, self.meta("dim"), self.meta("vectors_base"))
 
     @contextmanager
     def writer(self) -> Iterator[None]:

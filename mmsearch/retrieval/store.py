@@ -322,7 +322,7 @@ def _folder(bind: Engine | Connection) -> str:
 
 def segments(session: Session) -> Segments:
     """The vector store of the session's index."""
-    return opened(_folder(session.get_bind()), int(get_meta(session, "dim") or 0), int(get_meta(session, "vectors_base") or 1))
+    return opened(_folder(session.get_bind()), get_meta(session, "dim"), get_meta(session, "vectors_base"))
 
 
 def put_vectors(session: Session, first_id: int, vectors: np.ndarray) -> None:

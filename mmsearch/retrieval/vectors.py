@@ -104,10 +104,11 @@ class Segments:
 _OPENED: dict[tuple[str, int, int], Segments] = {}
 
 
-def opened(index_dir: str, dim: int, base: int) -> Segments:
-    """The vector store of the index at `index_dir`: one per folder, dimension and first id, so
-    that its memory maps outlive a database session."""
-    key = (os.path.join(index_dir, DIR), dim, base)
+def opened(index_dir: str, dim: str | None, base: str | None) -> Segments:
+    """The vector store of the index at `index_dir`, with `dim` and `base` as its meta table
+    holds them (None: not recorded yet). One per folder, dimension and first id, so that its
+    memory maps outlive a database session."""
+    key = (os.path.join(index_dir, DIR), int(dim or 0), int(base or 1))
     if key not in _OPENED:
         _OPENED[key] = Segments(*key)
     return _OPENED[key]
