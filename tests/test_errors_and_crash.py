@@ -48,6 +48,23 @@ def test_a_damaged_database_is_a_clean_error(tmp_path):
         assert "cannot read its database" in msg and "not a database" in msg
 
 
+def test_damaged_pages_are_a_clean_error_too(tmp_path):
+    """A database whose header is whole but whose pages are not fails at its first read."""
+    from mmsearch.retrieval.store import open_engine
+
+    open_engine(str(tmp_path)).dispose()
+    with sqlite3.connect(tmp_path / "mmsearch.db") as c:
+        c.executemany("INSERT INTO meta VALUES (?, ?)", [(f"k{i}", "v" * 500) for i in range(40)])
+    c.close()
+    data = bytearray((tmp_path / "mmsearch.db").read_bytes())
+    page = int.from_bytes(data[16:18], "big")
+    data[page:] = b"\xff" * (len(data) - page)  # every page but the first (the header and the schema)
+    (tmp_path / "mmsearch.db").write_bytes(bytes(data))
+    for command in (("search", "a cat"), ("info",)):
+        msg = _one_line_error(run_mmsearch(*command, "--index", str(tmp_path)))
+        assert msg.startswith("mmsearch: error: the index database: ") and "malformed" in msg, msg
+
+
 @pytest.mark.parametrize(
     "spec, words",
     [

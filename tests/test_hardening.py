@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -127,6 +128,24 @@ def test_a_read_only_index_answers_and_refuses_writes(cli, tiny_clip, lib):
     assert len(out) == 2, (r.stdout, r.stderr)
     assert json.loads(out[0])[0]["path"] == str(lib / "coffee.png") and json.loads(out[1])["items"]["image"] == 3
     assert r.returncode == 2 and r.stderr == f"mmsearch: error: cannot write to index {ix}: Read-only file system\n"
+
+
+def test_an_index_whose_path_holds_uri_characters_opens_writable_and_read_only(tiny_clip, lib, tmp_path):
+    """Queries open the database as a ``file:`` URI: a '#', '?' or '%' in the index's path is
+    quoted (unquoted, a read-only index at .../ro#1 opened .../ro, creating it)."""
+    from conftest import Cli
+
+    cli = Cli(tmp_path / "ro#1 %41?x")
+    cli("index", str(lib), "--model", tiny_clip)
+    found = ["search", "--image", str(lib / "coffee.png"), "-k", "1", "--json"]
+    assert json.loads(cli(*found).stdout)[0]["path"] == str(lib / "coffee.png")
+    if subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode == 0:  # (else: writable only)
+        ix = shlex.quote(str(cli.index))
+        script = (f"mount --bind {ix} {ix} && mount -o remount,bind,ro {ix} && "
+                  f"{sys.executable} -m mmsearch {shlex.join(found)} --index {ix}")
+        r = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0 and json.loads(r.stdout)[0]["path"] == str(lib / "coffee.png"), r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lib", "ro#1 %41?x"]
 
 
 def test_an_empty_token_is_refused_not_served_open(cli):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import sys
 from contextlib import contextmanager
 from functools import wraps
@@ -60,6 +61,12 @@ def user_errors(fn):
         except KeyboardInterrupt:
             typer.echo("mmsearch: interrupted (everything committed so far is kept)", err=True)
             raise typer.Exit(130) from None
+        except Exception as e:  # the index database unreadable (damaged pages, a full disk): as SQLite or SQLAlchemy says it
+            cause = getattr(e, "orig", e)
+            if type(cause) not in (sqlite3.DatabaseError, sqlite3.OperationalError):
+                raise
+            typer.echo(f"mmsearch: error: the index database: {cause}", err=True)
+            raise typer.Exit(2) from None
 
     return wrapper
 

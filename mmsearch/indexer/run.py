@@ -410,7 +410,7 @@ def _many(s: Session, sql: str, rows: Iterable[tuple]) -> None:
 @contextmanager
 def _bulk(s: Session) -> Iterator[None]:
     """Settings of the writing connection for bulk merges; neither touches what a commit makes
-    durable (journal and synchronous stay as `open_engine` sets them). Content digests are
+    durable (journal and synchronous stay as `db.PRAGMAS` set them). Content digests are
     random: each new file's digest lands on a random page of their index (~290 MB at 10M files),
     and with SQLite's default 2 MB cache a 20k-file batch spilled dirty pages mid-transaction and
     read them back. A 256 MiB cache (allocated as pages are used) and a WAL checkpoint every

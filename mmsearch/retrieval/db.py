@@ -10,46 +10,54 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from contextlib import closing, contextmanager
 from typing import Iterator, NamedTuple, Sequence, TypeVar
+from urllib.parse import quote
 
 DB_NAME = "mmsearch.db"
 #: the schema this release reads and writes (SQLite's ``user_version``; store.MIGRATIONS reach it)
 SCHEMA_VERSION = 5
-#: every writable connection's: WAL, so that readers never block the indexer, and vice versa
+#: every writing connection's (store.open_engine): WAL, so that readers never block the
+#: indexer, and vice versa. A reading connection sets only the busy timeout
 PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL", "PRAGMA foreign_keys=ON", "PRAGMA busy_timeout=30000")
 #: most parameters in one statement (`IN (...)` lists are cut to this): SQLite allows 32,766
 #: since 3.32 and 999 before
 SQL_CHUNK = 30_000 if sqlite3.sqlite_version_info >= (3, 32) else 900
 
 
-def location(index_dir: str) -> tuple[str, bool]:
-    """The database of the index at `index_dir` as a path or a ``file:`` URI, and whether it is
-    read-only. An index in a folder we may not write (a read-only mount, someone else's copy) is
-    read-only. SQLite cannot create WAL's files there: with them present it reads through them;
-    without them the database file holds every commit, and it is opened immutable (else it could
-    not be opened at all)."""
-    path = os.path.join(index_dir, DB_NAME)
-    if not os.path.exists(path) or os.access(index_dir, os.W_OK):
-        return path, False
+def database(index_dir: str) -> str:
+    return os.path.join(index_dir, DB_NAME)
+
+
+def read_only(index_dir: str) -> bool:
+    """Whether the index is in a folder we may not write (a read-only mount, someone else's copy)."""
+    return os.path.exists(database(index_dir)) and not os.access(index_dir, os.W_OK)
+
+
+def uri(index_dir: str) -> str:
+    """The index's database as a ``file:`` URI (sqlite3 with ``uri=True``) that never creates it:
+    read-write, or read-only where `read_only`. SQLite cannot create WAL's files there: with them
+    present it reads through them; without them the database file holds every commit, and it is
+    opened immutable (else it could not be opened at all). The path is quoted: a ``#``, ``?`` or
+    ``%`` in it would end or change the URI (``/data/ro#1`` opened ``/data/ro``)."""
+    path = database(index_dir)
+    if not read_only(index_dir):
+        return f"file:{quote(path)}?mode=rw"
     wal = all(os.path.exists(path + suffix) for suffix in ("-wal", "-shm"))
-    return f"file:{path}?mode=ro{'' if wal else '&immutable=1'}", True
+    return f"file:{quote(path)}?mode=ro{'' if wal else '&immutable=1'}"
+
+
+def connect(index_dir: str) -> sqlite3.Connection:
+    """A connection to read the index at `index_dir` with (`sqlite3.Error` where it has no
+    database), for the thread that opens it."""
+    conn = sqlite3.connect(uri(index_dir), uri=True)
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
 
 
 def prepare(conn: sqlite3.Connection) -> None:
-    """Set `PRAGMAS` on a new writable connection."""
+    """Set `PRAGMAS` on a new writing connection."""
     for pragma in PRAGMAS:
         conn.execute(pragma)
-
-
-@contextmanager
-def reading(index_dir: str) -> Iterator[sqlite3.Connection]:
-    """A connection to read the index at `index_dir` with, closed after."""
-    where, read_only = location(index_dir)
-    with closing(sqlite3.connect(where, uri=read_only)) as conn:
-        if not read_only:
-            prepare(conn)
-        yield conn
 
 
 def schema_version(conn: sqlite3.Connection) -> int:
@@ -59,6 +67,11 @@ def schema_version(conn: sqlite3.Connection) -> int:
 def get_meta(conn: sqlite3.Connection, key: str) -> str | None:
     row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
     return row[0] if row else None
+
+
+def get_metas(conn: sqlite3.Connection, *keys: str) -> dict[str, str]:
+    """Several meta values read at once (one snapshot); absent keys are absent."""
+    return dict(conn.execute(f"SELECT key, value FROM meta WHERE key IN ({', '.join('?' * len(keys))})", keys).fetchall())
 
 
 def as_list(value: str | None) -> list[str]:

@@ -13,7 +13,7 @@ import math
 import os
 import sqlite3
 import threading
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
@@ -87,6 +87,7 @@ class Index:
             os.makedirs(self.path, exist_ok=True)
         self._engine: Engine | None = None
         self._engine_lock = threading.Lock()
+        self._readers = threading.local()
         try:
             current = exists and self._schema_version() == db.SCHEMA_VERSION
         except sqlite3.DatabaseError as e:  # (a damaged file, another program's, no permission)
@@ -119,12 +120,20 @@ class Index:
         return Session(self.engine, expire_on_commit=False)
 
     def reading(self) -> AbstractContextManager[sqlite3.Connection]:
-        """A sqlite3 connection to read the database with (no SQLAlchemy), closed after."""
-        return db.reading(self.path)
+        """A sqlite3 connection to read the database with (no SQLAlchemy): this thread's, kept
+        open; each statement sees the newest commit. (One opened and closed for each read made
+        SQLite checkpoint and delete the WAL files at every close where no other connection
+        was open: file writes in every query.)"""
+        conn = getattr(self._readers, "conn", None)
+        if conn is None:
+            conn = self._readers.conn = db.connect(self.path)
+        return nullcontext(conn)
 
     def segments(self) -> Segments:
         """The stored vectors."""
-        return opened(self.path, self.meta("dim"), self.meta("vectors_base"))
+        with self.reading() as conn:
+            meta = db.get_metas(conn, "dim", "vectors_base")
+        return opened(self.path, meta.get("dim"), meta.get("vectors_base"))
 
     @contextmanager
     def writer(self) -> Iterator[None]:

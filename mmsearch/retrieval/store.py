@@ -31,13 +31,13 @@ from sqlalchemy import (
 from sqlalchemy import (
     Index as SqlIndex,
 )
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 from sqlalchemy.schema import CreateTable
 
 from ..errors import UserError
 from . import lexical
-from .db import SCHEMA_VERSION, SQL_CHUNK, as_list, chunks, location, prepare, stored_ids
+from .db import SCHEMA_VERSION, SQL_CHUNK, as_list, chunks, database, prepare, read_only, stored_ids, uri
 from .vectors import DIR as VECTORS_DIR
 from .vectors import Segments, opened
 
@@ -262,20 +262,21 @@ assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
 def open_engine(index_dir: str) -> Engine:
-    """The index's database, migrated to this release's schema; read-only where `db.location`
-    says so."""
-    where, read_only = location(index_dir)
-    if read_only:
-        engine = create_engine(f"sqlite:///{where}&uri=true")
-    else:
-        engine = create_engine(f"sqlite:///{where}")
+    """The index's database, migrated to this release's schema; read-only where `db.read_only`
+    says so (connected through `db.uri`)."""
+    writable = not read_only(index_dir)
+    url = URL.create("sqlite", database=database(index_dir))  # (not parsed: a '?' or '#' in the path is the path's)
+    if writable:
+        engine = create_engine(url)
         event.listen(engine, "connect", lambda dbapi_conn, _: prepare(dbapi_conn))
+    else:
+        engine = create_engine(url, creator=lambda: sqlite3.connect(uri(index_dir), uri=True, check_same_thread=False))
 
     with engine.begin() as conn:
         version = conn.execute(text("PRAGMA user_version")).scalar_one()
         if version > SCHEMA_VERSION:
             raise UserError(f"index schema v{version} is newer than this mmsearch (v{SCHEMA_VERSION}); upgrade mmsearch")
-        if version < SCHEMA_VERSION and read_only:
+        if version < SCHEMA_VERSION and not writable:
             raise UserError(f"index {index_dir} is read-only and needs an upgrade to schema v{SCHEMA_VERSION}: "
                             "open it once where it is writable")
         for v in range(version, SCHEMA_VERSION):
@@ -315,9 +316,9 @@ def bump_generation(session: Session) -> None:
 
 
 def _folder(bind: Engine | Connection) -> str:
-    """The index folder of a database connection (read-only ones are opened as file: URIs)."""
+    """The index folder of a database connection."""
     engine = bind.engine if isinstance(bind, Connection) else bind
-    return os.path.dirname(str(engine.url.database).removeprefix("file:"))
+    return os.path.dirname(str(engine.url.database))
 
 
 def segments(session: Session) -> Segments:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
@@ -33,7 +34,7 @@ from PIL import Image
 
 from ...media.image import geometry
 from ...paths import cache_root
-from ..db import DB_NAME, get_meta
+from ..db import connect, get_meta
 from . import MAX_TEXT_CHARS
 
 #: changes whenever the exported graphs' inputs, outputs, quantisation or files change, so older
@@ -197,9 +198,8 @@ def preload(index_dir: str, texts: bool = True, images: bool = False, ahead: Seq
     GIL), session 0.05 s, one text 0.06–0.11 s (ONNX Runtime releases the GIL), so the text is
     ready when the search asks for it. Reads the index's model with sqlite3 alone: this runs
     before the rest is imported. Does nothing when anything is missing."""
-    db = Path(index_dir).expanduser() / DB_NAME
     try:
-        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        with closing(connect(os.path.expanduser(index_dir))) as conn:
             identity = get_meta(conn, "model_identity")
     except sqlite3.Error:
         return

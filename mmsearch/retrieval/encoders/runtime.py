@@ -453,7 +453,9 @@ def pixel_encoder(encoder: Encoder, folder: Path | None = None, runtime: str = "
     try:
         return opened or onnx_encoder(export(encoder, folder)[runtime]), runtime
     except Exception:  # a damaged cached file: made anew (once), else PyTorch rather than fail
-        (folder / VISUAL[runtime]).unlink(missing_ok=True)
+        for name in {runtime, "onnx"}:  # (int8 is quantised from the fp32 graph, whose weights may be the damage)
+            for damaged in (folder / VISUAL[name], _weights(folder / VISUAL[name])):
+                damaged.unlink(missing_ok=True)
         try:
             return onnx_encoder(export(encoder, folder)[runtime]), runtime
         except Exception:
