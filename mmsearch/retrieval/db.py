@@ -16,9 +16,11 @@ from urllib.parse import quote
 DB_NAME = "mmsearch.db"
 #: the schema this release reads and writes (SQLite's ``user_version``; store.MIGRATIONS reach it)
 SCHEMA_VERSION = 5
+#: how long a connection waits for a lock before it fails: every connection sets it
+BUSY = "PRAGMA busy_timeout=30000"
 #: every writing connection's (store.open_engine): WAL, so that readers never block the
-#: indexer, and vice versa. A reading connection sets only the busy timeout
-PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL", "PRAGMA foreign_keys=ON", "PRAGMA busy_timeout=30000")
+#: indexer, and vice versa. A reading connection sets only `BUSY`
+PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL", "PRAGMA foreign_keys=ON", BUSY)
 #: most parameters in one statement (`IN (...)` lists are cut to this): SQLite allows 32,766
 #: since 3.32 and 999 before
 SQL_CHUNK = 30_000 if sqlite3.sqlite_version_info >= (3, 32) else 900
@@ -50,7 +52,7 @@ def connect(index_dir: str) -> sqlite3.Connection:
     """A connection to read the index at `index_dir` with (`sqlite3.Error` where it has no
     database), for the thread that opens it."""
     conn = sqlite3.connect(uri(index_dir), uri=True)
-    conn.execute("PRAGMA busy_timeout=30000")
+    conn.execute(BUSY)
     return conn
 
 
@@ -71,7 +73,7 @@ def get_meta(conn: sqlite3.Connection, key: str) -> str | None:
 
 def get_metas(conn: sqlite3.Connection, *keys: str) -> dict[str, str]:
     """Several meta values read at once (one snapshot); absent keys are absent."""
-    return dict(conn.execute(f"SELECT key, value FROM meta WHERE key IN ({', '.join('?' * len(keys))})", keys).fetchall())
+    return dict(conn.execute(f"SELECT key, value FROM meta WHERE key IN ({marks(keys)})", keys).fetchall())
 
 
 def as_list(value: str | None) -> list[str]:
@@ -87,6 +89,11 @@ def chunks(seq: Sequence[T], size: int = SQL_CHUNK) -> Iterator[Sequence[T]]:
     """`seq` in slices small enough to be the parameters of one statement."""
     for i in range(0, len(seq), size):
         yield seq[i : i + size]
+
+
+def marks(values: Sequence | set) -> str:
+    """The parameter marks of an ``IN (...)`` list of `values`: ``?, ?, ?``."""
+    return ", ".join("?" * len(values))
 
 
 class Found(NamedTuple):
@@ -120,7 +127,7 @@ def found(conn: sqlite3.Connection, ids: Sequence[int]) -> dict[int, Found]:
     """The rows of those of items `ids` still stored, by id."""
     out: dict[int, Found] = {}
     for part in chunks(ids):
-        sql = f"SELECT {FOUND} FROM items JOIN files ON files.id = items.file_id WHERE items.id IN ({', '.join('?' * len(part))})"
+        sql = f"SELECT {FOUND} FROM items JOIN files ON files.id = items.file_id WHERE items.id IN ({marks(part)})"
         out |= {row[0]: Found(*row) for row in conn.execute(sql, part)}
     return out
 
@@ -131,5 +138,5 @@ def stored_ids(conn: sqlite3.Connection, ids: Sequence[int] | None = None) -> li
         return [row[0] for row in conn.execute("SELECT id FROM items ORDER BY id")]
     live: list[int] = []
     for part in chunks(ids):
-        live += (row[0] for row in conn.execute(f"SELECT id FROM items WHERE id IN ({', '.join('?' * len(part))})", part))
+        live += (row[0] for row in conn.execute(f"SELECT id FROM items WHERE id IN ({marks(part)})", part))
     return live

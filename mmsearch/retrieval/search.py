@@ -19,7 +19,7 @@ from ..media.image import load_image
 from ..media.kinds import kind_of
 from ..media.video import frame_at
 from . import lexical
-from .db import Found, found
+from .db import Found, found, marks
 from .index import Index
 from .request import DEFAULT_PER_VIDEO, MAX_PARTS, MAX_WEIGHT, SearchRequest
 
@@ -86,7 +86,7 @@ class Filters:
             params.extend(values)
 
         if self.kinds:
-            cond(f"items.kind IN ({', '.join('?' * len(self.kinds))})", *sorted(self.kinds))
+            cond(f"items.kind IN ({marks(self.kinds)})", *sorted(self.kinds))
         if self.path_glob:
             cond("files.path GLOB ?", path_pattern(self.path_glob))
         if self.after_ns is not None:

@@ -37,7 +37,7 @@ from sqlalchemy.schema import CreateTable
 
 from ..errors import UserError
 from . import lexical
-from .db import SCHEMA_VERSION, SQL_CHUNK, as_list, chunks, database, prepare, read_only, stored_ids, uri
+from .db import SCHEMA_VERSION, SQL_CHUNK, as_list, chunks, database, marks, prepare, read_only, stored_ids, uri
 from .vectors import DIR as VECTORS_DIR
 from .vectors import Segments, opened
 
@@ -375,7 +375,7 @@ def files_by_key(session: Session, keys: Sequence[bytes]) -> dict[bytes, tuple[i
     out: dict[bytes, tuple[int, int, int, str, str | None]] = {}
     dbapi = _dbapi(session)
     for part in chunks(sorted({k.decode("utf-8", errors="replace") for k in wanted})):
-        sql = f"SELECT path_key, id, size, mtime_ns, status, error FROM files WHERE path IN ({', '.join('?' * len(part))})"
+        sql = f"SELECT path_key, id, size, mtime_ns, status, error FROM files WHERE path IN ({marks(part)})"
         out |= {r[0]: r[1:] for r in dbapi.execute(sql, part) if r[0] in wanted}
     return out
 
