@@ -320,7 +320,7 @@ def choose(encoder: Encoder, folder: Path, onnx: bool = True,
         reference = torch_forward(pixels)
     # the image tower traced first, then `beside` (which then optimises its query tower from that
     # file rather than tracing it again) while this quantises it and opens the sessions, each on a
-    # core of its own (ViT-B-32-256 on the AMD EPYC: tracing 6.3 s, quantising 2.3 s)
+    # core of its own (ViT-B-32-256 on the AMD EPYC: tracing and folding ~3 s, quantising 1.55 s)
     export(encoder, folder, int8=False)
     running = beside() if beside is not None else None
     files = export(encoder, folder)
