@@ -85,6 +85,21 @@ def test_every_bad_file_is_skipped_with_its_reason(cli, tiny_clip, photos, messy
     assert "locked.png" not in {os.path.basename(s["path"]) for s in cli.json("info")["skipped"]}
 
 
+def test_a_caption_beside_an_image_whose_name_is_not_utf8(cli, tiny_clip, photos, tmp_path):
+    """Its link is stored as paths are shown (replacement signs): storing the name's undecodable
+    bytes as text ended the whole run with a UnicodeEncodeError. Settled after one run."""
+    d = tmp_path / "odd"
+    d.mkdir()
+    shutil.copy2(photos / "coffee.png", os.fsencode(d) + b"/caf\xe9.png")
+    with open(os.fsencode(d) + b"/caf\xe9.txt", "w") as f:
+        f.write("A cup of coffee.\n")
+    s = cli.json("index", str(d), "--model", tiny_clip)
+    assert (s["new"], s["skipped"]) == (2, [])
+    hit = cli.json("search", "coffee", "--type", "text", "-k", "1")[0]
+    assert hit["link_path"] == str(d / "caf\ufffd.png") and hit["path"] == str(d / "caf\ufffd.txt")
+    assert cli.json("index", str(d))["embedded"] == 0
+
+
 def test_symlink_loops_are_followed_once(cli, tiny_clip, photos, tmp_path):
     d = tmp_path / "loop"
     (d / "sub").mkdir(parents=True)

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 
 from .errors import DecodeError, regular_size
-from .files import is_uri
+from .files import display_path, is_uri
 from .kinds import IMAGE_EXTS, VIDEO_EXTS, is_table
 from .tables import CAPTION_COLUMNS, IMAGE_COLUMNS, first_column, read_table
 
@@ -39,7 +39,8 @@ def text_units(path: str, opts: TextOptions = TextOptions(), origin: str | None 
         return _table(path, opts, origin)
     with open(path, "rb") as f:
         body = f.read().decode("utf-8", errors="replace")
-    link = None if is_uri(origin) else sidecar_of(origin)
+    # (the image's path as files' paths are shown: one that is not UTF-8 could not be stored)
+    link = None if is_uri(origin) or (beside := sidecar_of(origin)) is None else display_path(beside)
     units = [{"kind": "text", "text": t, "offset": off, "link_path": link} for off, t in passages(body)]
     if not units:
         raise DecodeError("no text")
