@@ -67,10 +67,13 @@ def test_unchanged_run_does_not_load_the_model(cli, tiny_clip, photos, tmp_path,
     cli("index", str(lib), "--model", tiny_clip)
     from mmsearch.retrieval import index as index_module
 
-    def boom(*a, **k):
-        raise AssertionError("model loaded for an unchanged folder")
+    def boom(what="model loaded for an unchanged folder", *a, **k):
+        raise AssertionError(what)
 
     monkeypatch.setattr(index_module, "load_encoder", boom)
+    # nor its FAISS index: it was left current by the run before, and reading it only to drop it
+    # grew with the index (200k files: 133 → 190 MB)
+    monkeypatch.setattr(index_module, "_read_index", lambda *a, **k: boom("FAISS index read for an unchanged folder"))
     assert cli.json("index", str(lib))["unchanged"] == 1
 
 
@@ -156,6 +159,44 @@ def test_caption_links_follow_their_images(cli, tiny_clip, photos, tmp_path):
     assert cli.json("index", str(lib))["embedded"] == 0  # settled: the next run re-embeds nothing
 
 
+@pytest.mark.parametrize("part", [1, None])
+def test_the_plan_reads_the_scan_a_part_at_a_time(cli, tiny_clip, photos, tmp_path, monkeypatch, part):
+    """The plan compares the scan with the store a part at a time (here, with `part` 1: a folder
+    at a time): content moved to another folder is reused, files gone are swept, captions are
+    relinked, exactly as when it reads the scan whole."""
+    from mmsearch.indexer import plan
+
+    if part:
+        monkeypatch.setattr(plan, "PART", part)
+    parts: list[int] = []
+    split = plan._parts
+    monkeypatch.setattr(plan, "_parts", lambda entries, size: (parts.append(len(p)) or p for p in split(entries, size)))
+    lib = tmp_path / "lib"
+    for folder, files in {"a": ["coffee.png"], "b": ["moon.png", "chelsea.png"], "c": []}.items():
+        (lib / folder).mkdir(parents=True)
+        for n in files:
+            shutil.copy2(photos / n, lib / folder / n)
+    (lib / "a" / "coffee.txt").write_text("A cup of coffee.\n")
+    (lib / "c" / "later.txt").write_text("A caption with no image beside it yet.\n")
+
+    def links() -> dict[str, str | None]:
+        hits = cli.json("search", "coffee", "--type", "text", "-k", "10")
+        return {os.path.basename(h["path"]): h.get("link_path") for h in hits}
+
+    cli.ref = photos / "coffee.png"
+    cli.json("index", str(lib), "--model", tiny_clip)
+    assert parts == ([2, 2, 1] if part else [5])
+    assert links() == {"coffee.txt": str(lib / "a" / "coffee.png"), "later.txt": None}
+    os.rename(lib / "a" / "coffee.png", lib / "b" / "cup.png")  # to another folder, read in another part
+    os.remove(lib / "b" / "moon.png")
+    shutil.copy2(photos / "moon.png", lib / "c" / "later.png")  # an image appears beside a caption
+    s = cli.json("index", str(lib))
+    assert (s["new"], s["updated"], s["unchanged"], s["reused"], s["removed"], s["embedded"]) == (2, 2, 1, 2, 2, 2)
+    assert links() == {"coffee.txt": None, "later.txt": str(lib / "c" / "later.png")}
+    assert sorted(os.path.relpath(p, lib) for p in _paths(cli)) == ["a/coffee.txt", "b/chelsea.png", "b/cup.png", "c/later.png", "c/later.txt"]
+    assert cli.json("index", str(lib))["embedded"] == 0
+
+
 def test_a_run_rebuilds_the_approximate_index_an_earlier_run_failed_to_build(cli, tiny_clip, image_set, monkeypatch):
     """A run whose FAISS build failed at its end (a Ray cluster lost then) leaves no file for its
     generation; the next run, though nothing changed, builds it rather than leave readers on an
@@ -177,7 +218,8 @@ def test_a_run_rebuilds_the_approximate_index_an_earlier_run_failed_to_build(cli
 def test_a_bulk_run_builds_the_digest_index_after_storing(tmp_path, tiny_clip, photos, monkeypatch):
     """A run storing many files (here: 2 or more) drops the content-digest index while it stores
     them and builds it after; one killed meanwhile leaves it missing, and the next run makes it
-    again before its plan, which finds renamed content by it."""
+    again before its plan, which finds renamed content by it. The index holds the digests' first
+    8 bytes; an index made before, of whole digests, is replaced by the next run."""
     from sqlalchemy import text
 
     from mmsearch.indexer import run
@@ -185,7 +227,7 @@ def test_a_bulk_run_builds_the_digest_index_after_storing(tmp_path, tiny_clip, p
     from mmsearch.retrieval.index import Index
 
     def has_index(s) -> bool:
-        return s.scalar(text("SELECT count(*) FROM sqlite_master WHERE name = 'ix_files_digest'")) == 1
+        return s.scalars(text("SELECT name FROM sqlite_master WHERE name LIKE 'ix_files_digest%'")).all() == ["ix_files_digest8"]
 
     monkeypatch.setattr(run, "BULK_FILES", 2)
     lib = tmp_path / "lib"
@@ -213,5 +255,14 @@ def test_a_bulk_run_builds_the_digest_index_after_storing(tmp_path, tiny_clip, p
     os.rename(lib / "chelsea.png", lib / "cat.png")
     s = run.index_paths(index, [str(lib)], opts, embed=here)
     assert (s.reused, s.embedded) == (1, 0)
+    with index.session() as s:  # as mmsearch made it until 2026-12-05
+        s.execute(text("DROP INDEX ix_files_digest8"))
+        s.execute(text("CREATE INDEX ix_files_digest ON files (digest)"))
+        s.commit()
+    os.rename(lib / "cat.png", lib / "kitten.png")
+    s = run.index_paths(index, [str(lib)], opts, embed=here)
+    assert (s.reused, s.embedded) == (1, 0)
+    with index.session() as s:
+        assert has_index(s)
     with index.session() as s:
         assert has_index(s)

@@ -150,3 +150,31 @@ def test_bulk_settings_are_put_back_after_a_batch(tmp_path):
         set_meta(s, "dim", "4")
         commit_batch(s, Plan(), Summary(), Batch.of([(Entry("/x/a.jpg", "image", 1, 1), "d" * 32, [{"kind": "image", "vector": np.ones(4, np.float32)}], None, None)]))
     assert pragmas() == before != (-262144, 20000)
+
+
+def test_content_is_found_by_digest_within_sqlites_parameter_limit(tmp_path):
+    """The plan asks for stored content by the digests' first 8 bytes (the index holds those) and
+    compares them whole itself: a plan of 20k new files stays within SQLite's default limit of
+    32,766 parameters a statement (asked by both lists, it bound 40,001; Debian's SQLite allows
+    250,000, python.org's builds the default)."""
+    import hashlib
+
+    from sqlalchemy import text
+
+    from mmsearch.indexer.plan import _items_by_digest
+    from mmsearch.retrieval.index import Index
+    from mmsearch.retrieval.store import ensure_digest_index
+
+    index = Index(tmp_path / "index", create=True)
+    with index.session() as s:
+        ensure_digest_index(s)
+        dbapi = s.connection().connection.driver_connection
+        if not hasattr(dbapi, "setlimit"):  # (Python < 3.11)
+            return
+        dbapi.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 32766)
+        s.execute(text("INSERT INTO files (id, path, size, mtime_ns, digest, kind, status) VALUES "
+                       "(1, '/a.png', 1, 1, :d, 'image', 'ok')"), {"d": hashlib.blake2b(b"0", digest_size=16).digest()})
+        s.execute(text("INSERT INTO items (id, file_id, kind) VALUES (1, 1, 'image')"))
+        digests = {hashlib.blake2b(str(i).encode(), digest_size=16).hexdigest() for i in range(20_000)}
+        found = _items_by_digest(s, digests | {"f" * 32})
+        assert list(found) == [hashlib.blake2b(b"0", digest_size=16).hexdigest()] and found[next(iter(found))][0].id == 1

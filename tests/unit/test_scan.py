@@ -109,3 +109,29 @@ def test_non_utf8_name(tmp_path):
         f.write(b"x")
     (entry,) = scan([str(tmp_path)])
     assert entry.key == name and entry.error is None and entry.kind == "image"
+
+
+def test_plan_parts_end_where_a_folder_does():
+    """The plan reads the scan in parts of about a given size, never splitting a folder (a caption
+    and its image are compared together), and loses or reorders nothing."""
+    from mmsearch.indexer.plan import _parts
+    from mmsearch.indexer.scan import Entry
+
+    entries = [Entry(f"/r/{d}/{i}.jpg", "image") for d, n in (("a", 3), ("b", 1), ("c", 4), ("d", 2)) for i in range(n)]
+    parts = list(_parts(iter(entries), 2))
+    assert [e for p in parts for e in p] == entries
+    folders = [sorted({os.path.basename(os.path.dirname(e.path)) for e in p}) for p in parts]
+    assert folders == [["a"], ["b", "c"], ["d"]]  # (b alone is under the size: c joins it)
+    assert [len(p) for p in _parts(entries, 4)] == [4, 4, 2]  # a+b, c, d: at least the size, then the folder's end
+    assert list(_parts([], 2)) == []
+
+
+def test_plan_finds_what_the_scan_did_not_see():
+    from mmsearch.indexer.plan import _Seen
+
+    seen = _Seen()
+    assert list(seen.unseen([(b"/x", 1)])) == [(b"/x", 1)]  # nothing seen: everything stored is unseen
+    seen.add([b"/a", b"/c"])
+    seen.add([b"/e"])
+    stored = [(b"/a", 1), (b"/b", 2), (b"/c", 3), (b"/d", 4), (b"/e", 5), (b"/\xff", 6)]
+    assert list(seen.unseen(iter(stored))) == [(b"/b", 2), (b"/d", 4), (b"/\xff", 6)]
