@@ -36,6 +36,7 @@ from ..retrieval.store import (
     segments,
     set_list,
     set_meta,
+    sqlite_of,
 )
 from . import annotate
 from .options import IndexOptions
@@ -307,8 +308,7 @@ def _file_ids(s: Session, entries: list[Entry], status: str, digests: list, erro
     keys = [e.key for e in entries]
     shown = [k.decode("utf-8", errors="replace") for k in keys]  # (display_path, from the key)
     wanted, found = set(keys), dict[bytes, int]()
-    dbapi = s.connection().connection.driver_connection
-    assert dbapi is not None
+    dbapi = sqlite_of(s)
     for paths in chunks(sorted(set(shown))):  # (through sqlite3: SQLAlchemy's IN took 0.3 s per 200k)
         sql = f"SELECT path_key, id FROM files WHERE path IN ({marks(paths)})"
         found |= {key: i for key, i in dbapi.execute(sql, paths) if key in wanted}
@@ -404,9 +404,7 @@ def _insert(s: Session, table: str, columns: dict[str, Sequence]) -> None:
 
 def _many(s: Session, sql: str, rows: Iterable[tuple]) -> None:
     """`sql` once per row, on the session's own connection (its transaction), through sqlite3."""
-    dbapi = s.connection().connection.driver_connection
-    assert dbapi is not None
-    dbapi.executemany(sql, rows)
+    sqlite_of(s).executemany(sql, rows)
 
 
 @contextmanager
@@ -420,8 +418,7 @@ def _bulk(s: Session) -> Iterator[None]:
     37k → 44k items/s. Both are put back after the batch: the connection returns to the pool, and
     a session that later only read (a watch run's plan, a search) kept the big cache (+60 MiB on
     a 110 MB store) and the ~80 MB WAL."""
-    dbapi = s.connection().connection.driver_connection
-    assert dbapi is not None
+    dbapi = sqlite_of(s)
     settings = {"cache_size": "-262144", "wal_autocheckpoint": "20000"}
     saved = {name: dbapi.execute(f"PRAGMA {name}").fetchone()[0] for name in settings}
     for name, value in settings.items():

@@ -356,7 +356,7 @@ def load_vectors(session: Session) -> tuple[np.ndarray, np.ndarray]:
 
 def vectors_by_id(session: Session, ids: list[int]) -> dict[int, np.ndarray]:
     """The stored vectors of `ids` (ids no longer stored are absent)."""
-    live = stored_ids(_dbapi(session), ids)
+    live = stored_ids(sqlite_of(session), ids)
     return dict(zip(live, segments(session).get(live))) if live else {}
 
 
@@ -373,8 +373,9 @@ def vectors_to_file(session: Session, path: str, n: int, dim: int, chunk: int = 
     return ids, vecs[: len(ids)]
 
 
-def _dbapi(session: Session) -> sqlite3.Connection:
-    """The sqlite3 connection under `session` (plain tuples, no statement compiling)."""
+def sqlite_of(session: Session) -> sqlite3.Connection:
+    """The sqlite3 connection under `session`, in its transaction (plain tuples, no statement
+    compiling: bulk reads and writes)."""
     dbapi = session.connection().connection.driver_connection
     assert dbapi is not None
     return dbapi
@@ -388,7 +389,7 @@ def files_by_key(session: Session, keys: Sequence[bytes]) -> dict[bytes, tuple[i
     parameters doubled the plan's time."""
     wanted: set[bytes] = set(keys)
     out: dict[bytes, tuple[int, int, int, str, str | None]] = {}
-    dbapi = _dbapi(session)
+    dbapi = sqlite_of(session)
     for part in chunks(sorted({k.decode("utf-8", errors="replace") for k in wanted})):
         sql = f"SELECT path_key, id, size, mtime_ns, status, error FROM files WHERE path IN ({marks(part)})"
         out |= {r[0]: r[1:] for r in dbapi.execute(sql, part) if r[0] in wanted}
@@ -397,4 +398,4 @@ def files_by_key(session: Session, keys: Sequence[bytes]) -> dict[bytes, tuple[i
 
 def stored_keys(session: Session) -> Iterator[tuple[bytes, int]]:
     """Every stored file's (path key, id), streamed."""
-    yield from _dbapi(session).execute("SELECT path_key, id FROM files")
+    yield from sqlite_of(session).execute("SELECT path_key, id FROM files")
