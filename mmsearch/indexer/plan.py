@@ -19,8 +19,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from itertools import islice
-from typing import Iterable, Iterator, TypeVar
+from typing import Iterable, Iterator
 
 import numpy as np
 from sqlalchemy import select
@@ -33,8 +32,6 @@ from ..media.kinds import is_table
 from ..retrieval.db import SQL_CHUNK, chunks
 from ..retrieval.store import DIGEST_KEY, File, Item, digest_prefix, files_by_key, stored_keys
 from .scan import FOLDER, Entry
-
-T = TypeVar("T")
 
 
 @dataclass
@@ -139,17 +136,11 @@ class _Seen:
     def unseen(self, stored: Iterable[tuple[bytes, int]]) -> Iterator[tuple[bytes, int]]:
         """The (key, id) of `stored` whose key was not seen."""
         found = np.sort(np.concatenate(self.parts)) if self.parts else np.zeros(0, np.int64)
-        for rows in _batched(stored, PART):
+        for rows in chunks(stored, PART):
             hashes = np.fromiter((hash(k) for k, _ in rows), np.int64, len(rows))
             at = np.minimum(np.searchsorted(found, hashes), max(len(found) - 1, 0))
             hit = found[at] == hashes if len(found) else np.zeros(len(rows), bool)
             yield from (row for row, h in zip(rows, hit) if not h)
-
-
-def _batched(rows: Iterable[T], size: int) -> Iterator[list[T]]:
-    it = iter(rows)
-    while batch := list(islice(it, size)):
-        yield batch
 
 
 def _captions(session: Session) -> dict[str, list[str]]:

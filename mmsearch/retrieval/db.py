@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from typing import Iterator, NamedTuple, Sequence, TypeVar
+from itertools import islice
+from typing import Iterable, Iterator, NamedTuple, Sequence, TypeVar
 from urllib.parse import quote
 
 DB_NAME = "mmsearch.db"
@@ -85,10 +86,12 @@ def as_list(value: str | None) -> list[str]:
 T = TypeVar("T")
 
 
-def chunks(seq: Sequence[T], size: int = SQL_CHUNK) -> Iterator[Sequence[T]]:
-    """`seq` in slices small enough to be the parameters of one statement."""
-    for i in range(0, len(seq), size):
-        yield seq[i : i + size]
+def chunks(items: Iterable[T], size: int = SQL_CHUNK) -> Iterator[list[T]]:
+    """`items` in lists small enough to be the parameters of one statement (a stream is read a
+    list at a time)."""
+    it = iter(items)
+    while part := list(islice(it, size)):
+        yield part
 
 
 def marks(values: Sequence | set) -> str:
