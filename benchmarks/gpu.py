@@ -53,12 +53,12 @@ def make_photos(n: int, out: Path) -> Path:
     return out
 
 
-def timed(cmd: list[str], env: dict) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS in MB, output) of a fresh process; its RSS from wait4, not from
-    /usr/bin/time as rclip_compare.timed reads it: nothing can be installed on a lent GPU machine,
-    and its image's listing does not name that program."""
+def timed(cmd: list[str], env: dict | None = None, cwd: Path | None = None) -> tuple[float, float, str]:
+    """(wall seconds, peak RSS in MB, last line of output) of a fresh process; its RSS from wait4,
+    not from /usr/bin/time as rclip_compare.timed reads it: nothing can be installed on a lent
+    GPU machine, and its image's listing does not name that program."""
     t = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=cwd, text=True)
     out = p.stdout.read() if p.stdout else ""
     _, status, usage = os.wait4(p.pid, 0)
     p.returncode = os.waitstatus_to_exitcode(status)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -21,6 +20,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import gpu  # (its timed: wall, peak RSS and output of a fresh process)
+from scale import cpu
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,11 +51,6 @@ idx.faiss_index()
 """
 
 
-def cpu() -> str:
-    flags = set(open("/proc/cpuinfo").read().split())
-    return f"{os.cpu_count()} cores; " + ", ".join(f"{f} {'yes' if f in flags else 'no'}" for f in ("avx2", "avx512f", "avx512_vnni"))
-
-
 def make_files(root: Path, n: int) -> None:
     for k in range(n):
         folder = root / f"{k // 1000:05}"
@@ -63,16 +60,8 @@ def make_files(root: Path, n: int) -> None:
 
 
 def timed(tree: Path, *args: str) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS MiB, stdout) of `python -m mmsearch ARGS` run from `tree` (the
-    RSS as GNU time reads it)."""
-    with tempfile.NamedTemporaryFile("r") as rss:
-        t = time.perf_counter()
-        p = subprocess.run(["/usr/bin/time", "-o", rss.name, "-f", "%M", sys.executable, "-m", "mmsearch", *args],
-                           cwd=tree, stdout=subprocess.PIPE, text=True)
-        wall = time.perf_counter() - t
-        if p.returncode:
-            raise SystemExit(f"mmsearch {' '.join(args)} failed in {tree}")
-        return wall, int(rss.read().split()[-1]) / 1024, p.stdout
+    """(wall seconds, peak RSS MiB, last line of output) of `python -m mmsearch ARGS` run from `tree`."""
+    return gpu.timed([sys.executable, "-m", "mmsearch", *args], cwd=tree)
 
 
 def main() -> None:
