@@ -58,8 +58,9 @@ def make_plan(session: Session, entries: Iterable[Entry], roots: list[str], work
     unlisted: list[str] = []  # folders that could not be listed: their files are kept as they are, not swept
     captions: dict[str, list[str]] | None = None  # the stored captions' image paths by stem, read at need
     for part in _parts(entries, PART):
-        stored = files_by_key(session, [e.key for e in part])
-        seen.add([e.key for e in part])
+        keys = [e.key for e in part]
+        stored = files_by_key(session, keys)
+        seen.add(keys)
         texts: list[Entry] = []  # unchanged text files
         for e in part:
             row = stored.get(e.key)  # (id, size, mtime_ns, status, error)
