@@ -19,6 +19,7 @@ from ...errors import ModelLoadError
 from . import identity
 from .base import Encoder, TextExport
 from .identity import is_local
+from .openclip_import import open_clip as import_open_clip
 
 
 def _resolve_arch(arch: str) -> str:
@@ -82,9 +83,8 @@ def _no_random_init() -> Iterator[None]:
 
 class OpenClipEncoder(Encoder):
     def __init__(self, spec: str):
-        import open_clip
-
         parts = spec.split(":", 2)
+        open_clip = import_open_clip(parts[1] if len(parts) == 3 else "")
         name = _resolve_arch(parts[1]) if len(parts) == 3 else ""
         self.spec, self.identity = identity.open_clip(spec)  # (a malformed spec is refused here)
         weights = self.spec.split(":", 2)[2]

@@ -1,0 +1,67 @@
+"""open_clip imported with only what a model needs (encoders/openclip_import.py): what each of
+open_clip's own configs asks for, and, in a fresh interpreter, that a plain CLIP leaves
+transformers, timm and torch._dynamo unimported yet a later model that needs them gets them."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from mmsearch.retrieval.encoders.openclip_import import OPTIONAL, needs
+
+
+@pytest.mark.parametrize(("arch", "wanted"), [
+    ("ViT-B-32", set()),
+    ("ViT-B-32-256", set()),
+    ("RN50", set()),
+    ("roberta-ViT-B-32", {"transformers"}),  # a Hugging Face text tower
+    ("coca_ViT-B-32", {"transformers"}),  # caption generation
+    ("ViT-B-16-SigLIP", {"timm"}),  # a timm image tower
+    ("no-such-architecture", set(OPTIONAL)),  # unknown: nothing left out
+])
+def test_needs_of_packaged_configs(arch, wanted):
+    assert needs(arch) == wanted
+
+
+def test_needs_of_a_config_file(tmp_path):
+    cfg = tmp_path / "mine.json"
+    cfg.write_text(json.dumps({"embed_dim": 8, "vision_cfg": {"timm_model_name": "x"}, "text_cfg": {"hf_model_name": "y"}}))
+    assert needs(str(cfg)) == {"timm", "transformers"}
+    cfg.write_text(json.dumps({"embed_dim": 8, "vision_cfg": {"width": 8}, "text_cfg": {"width": 8}}))
+    assert needs(str(cfg)) == set()
+    cfg.write_text("{not json")
+    assert needs(str(cfg)) == set(OPTIONAL)
+
+
+PROBE = """
+import sys
+from mmsearch.retrieval.encoders.openclip_import import open_clip
+
+left_out = ("transformers", "timm", "torch._dynamo")
+oc = open_clip("ViT-B-32")
+assert not [m for m in left_out if m in sys.modules], [m for m in left_out if m in sys.modules]
+model = oc.create_model("ViT-B-32-256", pretrained=None)  # (built without them)
+
+import torch, torchvision
+boxes = torch.tensor([[0, 0, 0, 4, 4.0]])
+assert torchvision.ops.roi_align(torch.rand(1, 1, 8, 8), boxes, 2).shape == (1, 1, 2, 2)
+assert "torch._dynamo" not in sys.modules
+assert sys.modules["torchvision.ops.roi_align"].is_compile_supported("cpu") in (True, False)  # (what it took)
+assert type(sys.modules["torch._dynamo"]).__name__ == "module"  # the real one, at first use
+assert torch._dynamo.is_compiling() is False
+
+assert oc.hf_model.transformers is None
+assert open_clip("roberta-ViT-B-32") is oc and oc.hf_model.transformers is not None  # reloaded for it
+assert oc.timm_model.timm is None
+open_clip("ViT-B-16-SigLIP")
+assert oc.timm_model.timm is not None
+print("ok")
+"""
+
+
+def test_a_plain_clip_imports_less_and_later_models_get_the_rest():
+    out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
+
