@@ -65,3 +65,21 @@ def test_a_plain_clip_imports_less_and_later_models_get_the_rest():
     out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=180)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
 
+
+def test_a_checkpoint_in_torchs_zip_format_is_mapped_while_it_loads(tmp_path):
+    import torch
+    from torch.utils.serialization import config
+
+    from mmsearch.retrieval.encoders.openclip import _mapped
+
+    torch.save({"w": torch.ones(2)}, tmp_path / "zip.pt")
+    torch.save({"w": torch.ones(2)}, tmp_path / "pickled.pt", _use_new_zipfile_serialization=False)
+    before = config.load.mmap
+    with _mapped(str(tmp_path / "zip.pt")):
+        assert config.load.mmap is True
+        assert float(torch.load(tmp_path / "zip.pt")["w"].sum()) == 2.0
+    assert config.load.mmap == before
+    for other in (tmp_path / "pickled.pt", "laion2b_s34b_b79k"):  # (mapping a pickled one fails)
+        with _mapped(str(other)):
+            assert config.load.mmap == before
+    assert float(torch.load(tmp_path / "pickled.pt")["w"].sum()) == 2.0
