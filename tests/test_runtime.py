@@ -95,6 +95,28 @@ def test_auto_measures_once_and_keeps_its_choice(tiny_clip, tmp_path, monkeypatc
     assert choice_file.stat().st_mtime_ns == stamp
 
 
+@pytest.mark.parametrize(("speeds", "settled"), [
+    ({"onnx": 14.0, "onnx-int8": 25.0}, True),  # ViT-B-32-256 on an AVX2 CPU: int8 leads by 1.55 after its margin
+    ({"onnx": 20.0, "onnx-int8": 25.0}, False),  # 1.09: timed again
+    ({"onnx": 30.0, "onnx-int8": 25.0}, True),  # fp32 leads by 1.38
+    ({"onnx": 25.0, "onnx-int8": 25.0}, False),
+    ({"onnx": 25.0}, True),
+])
+def test_timing_stops_once_a_round_decides(speeds, settled):
+    assert choosing._settled(speeds) is settled
+    runs = {name: 0 for name in speeds}
+
+    def encoder(name: str) -> choosing.PixelEncoder:
+        def encode(batch: np.ndarray) -> np.ndarray:
+            runs[name] += 1
+            return np.zeros((len(batch), 4), np.float32)
+        return choosing.PixelEncoder(encode, lanes=1)
+
+    pixels = np.zeros((4, 8, 8, 3), np.uint8)
+    choosing._measure({name: encoder(name) for name in speeds}, pixels, repeats=3, settled=lambda best: settled)
+    assert set(runs.values()) == {1 + (1 if settled else 3)}  # (a warm-up, then the rounds)
+
+
 def test_bfloat16_wins_without_exporting_anything_and_small_jobs_keep_the_query_tower(tiny_clip, tmp_path, monkeypatch):
     """Where PyTorch bf16 outruns float32 by BF16_MIN_SPEEDUP (here: made to), it is chosen for a
     job of any size with no image tower traced; a later big job runs it (loading PyTorch), a

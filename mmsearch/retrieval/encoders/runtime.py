@@ -44,6 +44,10 @@ from .query import EXPORT_FORMAT, META, TEXT_VERSION, QueryEncoder, model_dir, u
 MIN_COSINE = 0.99
 CALIBRATION_IMAGES = 8
 INT8_MARGIN = 1.15
+#: the ONNX runtimes are timed once more only while the winner's lead, beyond the int8 margin, is
+#: under this: a round on these shared cores strayed by up to ~15 %, and ViT-B-32-256 led by 1.55
+#: (int8 25 images/s, fp32 14 on the AMD EPYC; ~3 with VNNI): two rounds of ~0.9 s saved
+CLEAR_LEAD = 1.3
 #: PyTorch in bfloat16 is taken without exporting anything when it runs this many times as fast
 #: as PyTorch in float32 on the calibration batch: more than ONNX Runtime int8 did on the same
 #: CPUs. On a Xeon with AMX, ViT-B-32-256: bf16 3.3× on 8 images (4.2× at 32), int8 1.85×
@@ -234,13 +238,14 @@ def _traced(module: torch.nn.Module, example: tuple[torch.Tensor, ...], axes: di
 
 
 def _measure(encoders: dict[str, PixelEncoder], pixels: np.ndarray, repeats: int = 3,
-             others: list[float] | None = None) -> dict[str, tuple[float, np.ndarray]]:
+             others: list[float] | None = None,
+             settled: Callable[[dict[str, float]], bool] | None = None) -> dict[str, tuple[float, np.ndarray]]:
     """(images/s, vectors) of each encoder on the calibration batch, split across its lanes,
     after a warm-up: the best of `repeats` timings, taken in turns, one runtime after another, so
-    that the machine's drift falls on all of them alike. (Timed in blocks, a runtime that was no
-    faster won by over the int8 margin in 1 of 4 choices on these shared cores.) Appends to
-    `others` how busy other processes kept this process's CPUs meanwhile, in cores per thread
-    of the model's."""
+    that the machine's drift falls on all of them alike (timed in blocks, a runtime that was no
+    faster won by over the int8 margin in 1 of 4 choices on these shared cores), or fewer once
+    `settled` says the speeds so far decide. Appends to `others` how busy other processes kept
+    this process's CPUs meanwhile, in cores per thread of the model's."""
     for encode in encoders.values():
         encode.many([pixels[:2]] * encode.lanes)
     best, out = dict.fromkeys(encoders, 0.0), {}
@@ -250,6 +255,8 @@ def _measure(encoders: dict[str, PixelEncoder], pixels: np.ndarray, repeats: int
             t = time.perf_counter()
             out[name] = encode.many(np.array_split(pixels, encode.lanes))
             best[name] = max(best[name], len(pixels) / (time.perf_counter() - t))
+        if settled is not None and settled(best):
+            break
     if others is not None and start is not None and (end := _usage()) is not None:
         wall, busy, ours = (b - a for a, b in zip(start, end))
         # as a share of the cores the model's threads want (not of every logical CPU: on 8 of them
@@ -327,13 +334,20 @@ def choose(encoder: Encoder, folder: Path, onnx: bool = True,
     encoders: dict[str, PixelEncoder] = {name: onnx_encoder(path) for name, path in files.items()}
     if running is not None:
         running.result()
-    measured |= {name: _judged(speed, out, reference) for name, (speed, out) in _measure(encoders, pixels, others=others).items()}
+    timed = _measure(encoders, pixels, others=others, settled=_settled)
+    measured |= {name: _judged(speed, out, reference) for name, (speed, out) in timed.items()}
     if bf16 is not None:
         encoders[BF16] = bf16
     ok = {k: v for k, v in measured.items() if k != "torch" and v.get("min_cosine", 0) >= MIN_COSINE}
     # int8 must win clearly to be worth its small loss of precision (a tie is timing noise)
     runtime = max(ok, key=lambda k: ok[k]["images_per_s"] / (INT8_MARGIN if k == "onnx-int8" else 1)) if ok else "torch"
     return _chosen(encoder, folder, measured, runtime, others), encoders.get(runtime)
+
+
+def _settled(speeds: dict[str, float]) -> bool:
+    """Whether the fastest ONNX runtime, int8 after its margin, leads the next by `CLEAR_LEAD`."""
+    fair = sorted(v / (INT8_MARGIN if k == "onnx-int8" else 1) for k, v in speeds.items())
+    return len(fair) < 2 or fair[-1] >= CLEAR_LEAD * fair[-2]
 
 
 def _judged(speed: float, vectors: np.ndarray, reference: np.ndarray) -> dict:
