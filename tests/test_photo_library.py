@@ -98,6 +98,21 @@ def test_capture_metadata_in_hits_and_info(library):
     assert info["ocr"]["with_text"] >= 4
 
 
+def test_a_files_capture_is_read_as_it_is_decoded(library, tmp_path, monkeypatch):
+    """In the decode workers, beside the model, and stored with the file's row: the pass after
+    the embedding (annotate.captures) finds none left to read."""
+    from mmsearch.indexer import annotate
+
+    _, d = library
+    for name in ("coffee_cup.jpg", "clip.mp4", "rocket.jpg"):
+        shutil.copy2(d / name, tmp_path / name)
+    left: list[int] = []
+    monkeypatch.setattr(annotate, "captures", lambda *a, _read=annotate.captures: left.append(_read(*a)) or left[-1])
+    idx = SearchIndex(tmp_path / "index", create=True)
+    idx.add([str(tmp_path)])
+    assert left == [0] and idx.info()["taken_from"] == {"exif": 1, "metadata": 1, "file": 1}
+
+
 def test_capture_filters(library):
     idx, d = library
 

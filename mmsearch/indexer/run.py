@@ -174,7 +174,7 @@ def _embed_here(s: Session, index: Index, encoder, plan: Plan, opts: IndexOption
         for batch in embedded(plan.embed, encoder, opts, batch_size=opts.batch_size, workers=opts.decode_workers(summary.runtime),
                               progress=opts.progress, encode_pixels=encode_pixels, processes=opts.processes):
             commit_batch(s, plan, summary, Batch.of([(d.entry, d.digest, d.items(), d.size, d.error) for d in batch],
-                                                    [d.capture for d in batch]))  # (an object's, read while it was fetched)
+                                                    [d.capture for d in batch]))  # (read as decoded)
         summary.query_export = side.result() if side else _export_for_queries(encoder)
     finally:
         if side:
@@ -198,7 +198,7 @@ class Batch:
     entries: list[Entry] = field(default_factory=list)
     digests: list[str] = field(default_factory=list)
     sizes: list[tuple[int, int] | None] = field(default_factory=list)
-    #: each file's capture columns (`annotate.capture_fields`) when read already (on a Ray node),
+    #: each file's capture columns (`annotate.capture_fields`) when read already (as it was decoded),
     #: stored with its row; a file's None, or None for all: read after (`annotate.captures`)
     captures: list[dict | None] | None = None
     owners: list[int] = field(default_factory=list)  # each item's file: its place in `entries`
