@@ -320,10 +320,13 @@ def test_a_side_export_that_cannot_start_leaves_the_export_to_after_the_embeddin
     assert side_export.SideExport.start(enc) is None
 
 
-def test_the_query_export_runs_while_the_image_tower_is_quantised_and_is_over_before_timing(tiny_clip, tmp_path, monkeypatch):
-    """A first run that measures the runtimes starts its query export (a forked child) once the
-    image tower is traced, to run while it is quantised, and waits for it before timing
-    anything: nothing else runs on the CPUs while the runtimes are timed."""
+def test_the_query_export_runs_beside_the_image_towers_export_and_is_over_before_timing(tiny_clip, tmp_path, monkeypatch):
+    """A first run that measures the runtimes starts its query export (a forked child) as the
+    image tower's export begins: the child makes the text tower meanwhile and its image tower
+    from the indexer's file once that is traced, while the tower is quantised; it is waited for
+    before anything is timed: nothing else runs on the CPUs while the runtimes are timed."""
+    import time
+
     from mmsearch.indexer.side_export import SideExport
     from mmsearch.retrieval.encoders import exported, runtime
 
@@ -334,14 +337,19 @@ def test_the_query_export_runs_while_the_image_tower_is_quantised_and_is_over_be
     sides: list[SideExport] = []
 
     def beside() -> SideExport:
-        assert (folder / exported.VISUAL["onnx"]).exists() and not (folder / exported.VISUAL["onnx-int8"]).exists()
-        sides.append(SideExport(enc))  # (`start` forks only where no other Python thread runs; pytest has some)
+        assert not (folder / exported.VISUAL["onnx"]).exists()  # as the export begins
+        sides.append(SideExport(enc, after_tower=True))  # (`start` forks only where no other Python thread runs; pytest has some)
         return sides[-1]
+
+    parent, trace = os.getpid(), runtime._traced  # (the parent's tracing slowed: the child must wait for it)
+    monkeypatch.setattr(runtime, "_traced", lambda *a, **k: (os.getpid() == parent and time.sleep(2)) or trace(*a, **k))
 
     timed = []
     measure = runtime._measure
     monkeypatch.setattr(runtime, "_measure", lambda *a, **k: timed.append(sides[0].process.exitcode) or measure(*a, **k))
     choice, _ = runtime.choose(enc, folder, beside=beside)
     assert len(sides) == 1 and timed == [0]  # the child had ended, without error, before the timing
+    made = {f: (folder / f).stat().st_mtime_ns for f in (exported.VISUAL["onnx"], "visual.query.onnx")}
+    assert made["visual.query.onnx"] >= made[exported.VISUAL["onnx"]]  # from the parent's file, not traced first
     assert sides[0].result() and QueryEncoder.read(enc.identity, folder) is not None  # (known: asked again)
     assert choice["runtime"] in exported.VISUAL and choice["others"] < exported.MAX_OTHERS

@@ -155,8 +155,8 @@ def _embed_here(s: Session, index: Index, encoder, plan: Plan, opts: IndexOption
     encoder = index.indexer(opts.runtime, images)
     summary.processes = opts.processes
     # a first run with a model loaded also makes its query export, for searches without PyTorch,
-    # in a forked child (side_export.py) beside other work: the image tower's quantising when
-    # the runtimes are measured (`runtime.choose`), else the embedding when PyTorch embeds (300
+    # in a forked child (side_export.py) beside other work: the image tower's export when the
+    # runtimes are measured (`runtime.choose`), else the embedding when PyTorch embeds (300
     # images, ViT-B-32-256 on PyTorch bf16, 2 cores: 13.4-13.9 s, vs 14.7-15.1 s in a thread and
     # ~20 s one after the other); after ONNX Runtime's forward, which takes every core (beside
     # it, in a thread: 27.6-28.5 s vs 26.2-27.2 s)
@@ -164,7 +164,7 @@ def _embed_here(s: Session, index: Index, encoder, plan: Plan, opts: IndexOption
 
     def beside() -> SideExport | None:
         nonlocal side
-        side = SideExport.start(encoder)
+        side = SideExport.start(encoder, after_tower=True)
         return side
 
     try:
@@ -256,7 +256,7 @@ def _ocr_on(s: Session, opts: IndexOptions) -> bool:
     return get_meta(s, "ocr") == "on"
 
 
-def _export_for_queries(encoder) -> bool:
+def _export_for_queries(encoder, tower_ready: Callable[[], Any] | None = None) -> bool:
     from ..retrieval.encoders.exported import ExportedEncoder
 
     if isinstance(encoder, ExportedEncoder):  # made from the sealed export, unless it was found damaged
@@ -269,7 +269,7 @@ def _export_for_queries(encoder) -> bool:
     from ..retrieval.encoders.runtime import export_for_queries
 
     try:
-        return export_for_queries(encoder)
+        return export_for_queries(encoder, tower_ready=tower_ready)
     except Exception:  # an exporter failure costs the next query its speed, never the run
         return False
 

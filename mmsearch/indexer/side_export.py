@@ -2,7 +2,7 @@
 
 A first index run with a new model also writes the model's query export (searches without
 PyTorch: runtime.export_for_queries). Made beside other work, not after it: the image tower's
-quantising where the runtimes are measured, else a PyTorch embedding (run._embed_here); in a
+ONNX export where the runtimes are measured, else a PyTorch embedding (run._embed_here); in a
 child forked with the model loaded, not in a thread: tracing holds the GIL for a second or
 more at a time, which stalled the embedding's Python between operators (ViT-B-32-256, 300
 images on 2 cores, a thread: the embedding ran at 36 images/s beside it instead of ~100).
@@ -30,30 +30,33 @@ class SideExport:
     """`run._export_for_queries(encoder)` in a forked child; `result` waits for its answer."""
 
     @classmethod
-    def start(cls, encoder: Any) -> SideExport | None:
+    def start(cls, encoder: Any, after_tower: bool = False) -> SideExport | None:
         """Started, or None where a fork is not safe or not possible here: on other systems than
         Linux (macOS's frameworks are not fork-safe, Windows has none), beside other Python
         threads (a program using the API: a lock one of them held would stay locked in the
         child), in a daemonic process (a multiprocessing pool's worker may have no children), or
-        when the fork fails (no memory, a process limit). The caller then exports after embedding."""
+        when the fork fails (no memory, a process limit). The caller then exports after embedding.
+        With `after_tower`, the child makes the text tower, then waits for `tower_ready` before
+        the image tower: the parent is tracing it, and the child optimises it from that file."""
         import multiprocessing
 
         if sys.platform != "linux" or threading.active_count() > 1 or multiprocessing.current_process().daemon:
             return None
         try:
-            return cls(encoder)
+            return cls(encoder, after_tower)
         except Exception:
             return None
 
-    def __init__(self, encoder: Any):
+    def __init__(self, encoder: Any, after_tower: bool = False):
         import multiprocessing
 
         self.ok: bool | None = None  # (the answer, once `result` has it)
         fork = multiprocessing.get_context("fork")
+        self.tower = fork.Event() if after_tower else None
         # the answer comes through a pipe, not the exit code: a program that ignores SIGCHLD (or
         # reaps its children itself) leaves no exit code to read, and waiting for one never ended
         self.answer, told = fork.Pipe(duplex=False)
-        self.process = fork.Process(target=_child, args=(encoder, told, os.getpid()), name="query-export")
+        self.process = fork.Process(target=_child, args=(encoder, told, os.getpid(), self.tower), name="query-export")
         # the parent's objects are never collected in the child: one owning a thread pool (an ONNX
         # Runtime session in a cycle) blocked the child's garbage collection for good, its
         # destructor waiting on a condition variable of threads the fork did not copy. (Objects
@@ -82,6 +85,7 @@ class SideExport:
 
         if self.ok is not None:
             return self.ok
+        self.tower_ready()  # (never waiting for a child that waits for us)
         last, still = -1, 0.0
         while not wait([self.answer, self.process.sentinel], 1.0):
             spent = _cpu_ticks(self.process.pid or 0)  # (started: it has a pid)
@@ -97,6 +101,11 @@ class SideExport:
             self.ok = False
         self.cancel()  # (reaped: it has told, or ended)
         return self.ok
+
+    def tower_ready(self) -> None:
+        """The image tower's ONNX file is written, or will not be (the child then traces its own)."""
+        if self.tower is not None:
+            self.tower.set()
 
     def cancel(self) -> None:
         """End the child at once (a failed or interrupted run): what it wrote is unsealed, and
@@ -117,7 +126,7 @@ def _cpu_ticks(pid: int) -> int:
         return -1
 
 
-def _child(encoder: Any, told: Any, parent: int) -> None:
+def _child(encoder: Any, told: Any, parent: int, tower: Any) -> None:
     import ctypes
 
     import torch
@@ -129,6 +138,7 @@ def _child(encoder: Any, told: Any, parent: int) -> None:
         os._exit(1)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # (not the program's own handler)
     torch.set_num_threads(1)  # OpenMP's threads did not survive the fork; with one, none is needed
-    ok = _export_for_queries(encoder)  # (an exporter failure costs the next query its speed, never the run)
+    # (an exporter failure costs the next query its speed, never the run)
+    ok = _export_for_queries(encoder, tower.wait if tower is not None else None)
     told.send(ok)
     os._exit(0)  # (no teardown: the parent's connections and files are the parent's)

@@ -293,10 +293,11 @@ def choose(encoder: Encoder, folder: Path, onnx: bool = True,
     nothing is saved. PyTorch float32 is the reference, not a contender: ONNX Runtime fp32 does
     the same arithmetic and was never slower (lite 41 vs 10 images/s, ViT-B-32 15.6 vs 8.2), and
     timing it took two thirds of the choice (ViT-B-32: 12 of 18 s); it is timed only to judge
-    bfloat16 (8 images). `beside`, when given, is called once the image tower is traced, to
-    start other work (the query export, in a child process: side_export.py) on the cores its
-    quantising leaves idle; what it returns, unless None, has a `result()`, awaited before the
-    ONNX runtimes are timed so that nothing else runs on the CPUs meanwhile."""
+    bfloat16 (8 images). `beside`, when given, is called as the image tower's export begins,
+    to start other work (the query export, in a child process: side_export.py) on the cores it
+    leaves idle; what it returns, unless None, has `tower_ready()`, called once the tower's
+    fp32 file is written (or failed), and `result()`, awaited before the ONNX runtimes are timed
+    so that nothing else runs on the CPUs meanwhile."""
     measured: dict[str, dict] = {"torch": {"min_cosine": 1.0, "role": "reference"}}
     others: list[float] = []  # (how busy other processes kept the CPUs while timing: `_chosen`)
     bf16 = None
@@ -325,11 +326,15 @@ def choose(encoder: Encoder, folder: Path, onnx: bool = True,
         return None, None
     if not timed:
         reference = torch_forward(pixels)
-    # the image tower traced first, then `beside` (which then optimises its query tower from that
-    # file rather than tracing it again) while this quantises it and opens the sessions, each on a
-    # core of its own (ViT-B-32-256 on the AMD EPYC: tracing and folding ~3 s, quantising 1.55 s)
-    export(encoder, folder, int8=False)
+    # `beside` makes its text tower while this traces the image tower, then optimises its query
+    # image tower from that file while this quantises it and opens the sessions, each on a core
+    # of its own (ViT-B-32-256 on the AMD EPYC: tracing and folding ~3 s, quantising 1.3 s)
     running = beside() if beside is not None else None
+    try:
+        export(encoder, folder, int8=False)
+    finally:
+        if running is not None:
+            running.tower_ready()
     files = export(encoder, folder)
     encoders: dict[str, PixelEncoder] = {name: onnx_encoder(path) for name, path in files.items()}
     if running is not None:
@@ -485,10 +490,12 @@ CHECK_TEXTS = ["a dog on a beach", "a cup of coffee", "x", "Ein Fahrrad lehnt an
 QUERY_MIN_COSINE = 0.999
 
 
-def export_for_queries(encoder: Encoder, folder: Path | None = None) -> bool:
+def export_for_queries(encoder: Encoder, folder: Path | None = None, tower_ready: Callable[[], Any] | None = None) -> bool:
     """Write and seal the model's query export (text tower, and image tower where its geometry
     allows) in `folder` (default: its folder in the user cache), unless a sealed one is there.
-    False when the model has no text export or its export does not agree with PyTorch."""
+    False when the model has no text export or its export does not agree with PyTorch.
+    `tower_ready`, if given, is waited for before the image tower: the indexer's own export of
+    it is being written (`choose`), and the query tower is optimised from that file."""
     folder = folder or model_dir(encoder.identity)
     if QueryEncoder.read(encoder.identity, folder) is not None:  # (whether its files load, a query finds out)
         return True
@@ -512,6 +519,8 @@ def export_for_queries(encoder: Encoder, folder: Path | None = None) -> bool:
     axes = {name: {0: "batch", 1: "tokens"} for name in spec.inputs}
     traced = _traced(spec.module, example, axes)
     optimise(traced, folder / text["file"])
+    if tower_ready is not None:
+        tower_ready()
     image = _image_export(encoder, folder)
     query = QueryEncoder(folder, encoder.identity, encoder.dim, text, image, prepack=False)  # one run each
     agree = float((query.encode_texts(CHECK_TEXTS) * encoder.encode_texts(CHECK_TEXTS)).sum(1).min())
