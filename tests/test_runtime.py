@@ -273,3 +273,31 @@ def test_lite_fused_resize_crop_matches_timms_transform(photos, tuxpaint):
     assert (ours - theirs).abs().mean() < 0.1 * level
     cosine = (enc.encode_pixels(ours) * enc.encode_pixels(theirs)).sum(1)
     assert cosine.min() > 0.999 and cosine.mean() > 0.9999  # measured: 0.99955 (a brick texture), mean 0.99998
+
+
+def test_int8_is_taken_untimed_where_it_wins_beyond_doubt(tiny_clip, tmp_path, monkeypatch):
+    """An AVX2 CPU and a tower of matrix products (the tiny model's share, ~0.66, made to count
+    here): int8 is checked against PyTorch and taken without timing float32 against it; a CPU
+    without AVX2, or a tower under the share, has both timed."""
+    monkeypatch.setattr(exported, "bf16_hardware", lambda: False)
+    enc = load_encoder(tiny_clip)
+    timings: list[set[str]] = []
+    measure = choosing._measure
+    monkeypatch.setattr(choosing, "_measure", lambda encoders, *a, **k: timings.append(set(encoders)) or measure(encoders, *a, **k))
+
+    monkeypatch.setattr(exported, "int8_hardware", lambda: True)
+    monkeypatch.setattr(choosing, "INT8_PLAIN_SHARE", 0.5)
+    choice, forward = choosing.choose(enc, tmp_path / "plain")
+    assert choice["runtime"] == "onnx-int8" and "not timed" in choice["measured"]["onnx"] and timings == []
+    assert choice["measured"]["onnx-int8"]["min_cosine"] >= MIN_COSINE
+    assert exported.saved_choice(tmp_path / "plain") == "onnx-int8"
+    pixels = choosing.calibration_pixels(enc, 2)
+    assert float((forward(pixels) * enc.pixel_prep.torch_encoder(enc)(pixels)).sum(1).min()) >= MIN_COSINE
+
+    monkeypatch.setattr(choosing, "INT8_PLAIN_SHARE", 0.9)  # (the tiny tower's share is under it)
+    choice, _ = choosing.choose(enc, tmp_path / "share")
+    assert timings == [{"onnx", "onnx-int8"}] and "images_per_s" in choice["measured"]["onnx"]
+    monkeypatch.setattr(choosing, "INT8_PLAIN_SHARE", 0.5)
+    monkeypatch.setattr(exported, "int8_hardware", lambda: False)
+    choosing.choose(enc, tmp_path / "cpu")
+    assert timings == [{"onnx", "onnx-int8"}] * 2

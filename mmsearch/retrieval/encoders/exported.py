@@ -100,15 +100,25 @@ def onnx_encoder(path: Path) -> PixelEncoder:
 
 
 @functools.cache
-def bf16_hardware() -> bool:
-    """Whether the CPU has bfloat16 arithmetic (AMX, or AVX-512 BF16), by Linux's CPU flags:
-    elsewhere PyTorch emulates it, 5-10 × slower than float32 (ViT-B-32 with oneDNN held to
-    AVX-512 VNNI: 7 vs 38 images/s). Read once a process (`saved_choice` asks twice a call)."""
+def cpu_flags() -> frozenset[str]:
+    """The CPU's flags as Linux lists them (none elsewhere); read once a process."""
     try:
-        flags = Path("/proc/cpuinfo").read_text().split("\nflags", 1)[1].split("\n", 1)[0].split()
+        return frozenset(Path("/proc/cpuinfo").read_text().split("\nflags", 1)[1].split("\n", 1)[0].split())
     except (OSError, IndexError):
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+        return frozenset()
+
+
+def bf16_hardware() -> bool:
+    """Whether the CPU has bfloat16 arithmetic (AMX, or AVX-512 BF16): elsewhere PyTorch emulates
+    it, 5-10 × slower than float32 (ViT-B-32 with oneDNN held to AVX-512 VNNI: 7 vs 38 images/s)."""
+    return bool({"amx_bf16", "avx512_bf16"} & cpu_flags())
+
+
+def int8_hardware() -> bool:
+    """Whether the CPU multiplies 8-bit integers faster than float32 by design: x86 with AVX2,
+    where ONNX Runtime's integer products do 32 multiply-adds an instruction (an FMA does 8 in
+    float32); AVX-512 VNNI does more."""
+    return "avx2" in cpu_flags()
 
 
 def gpu_present() -> bool:

@@ -8,9 +8,10 @@ first index run with a model measures: bfloat16 against float32 where the CPU ha
 once when it wins clearly: nothing is exported), else the image forward (uint8 pixels -> raw
 embedding, normalisation and head included; see pixels.py) exported to ONNX, a quantised copy,
 both timed on a calibration batch; the fastest whose vectors agree with PyTorch's float32
-(cosine >= `MIN_COSINE` on every calibration image) is used from then on. Everything lands in
-the model's folder of the user cache (`query.model_dir`), with a ``choice.json`` saying what was
-measured, for this core count and CPU, so the cost is paid once per model and machine; later
+(cosine >= `MIN_COSINE` on every calibration image) is used from then on; where int8 wins
+beyond doubt (an AVX2 CPU, a transformer's tower) it is only checked for agreement. Everything
+lands in the model's folder of the user cache (`query.model_dir`), with a ``choice.json`` saying
+what was measured, for this core count and CPU, so the cost is paid once per model and machine; later
 runs index from the ONNX files without loading the model (exported.py), or, with bfloat16
 chosen and 200 images or more, load it. This module also writes the query export (text tower,
 and image tower where it can; query.py), checked against PyTorch before it is sealed.
@@ -48,6 +49,12 @@ INT8_MARGIN = 1.15
 #: under this: a round on these shared cores strayed by up to ~15 %, and ViT-B-32-256 led by 1.55
 #: (int8 25 images/s, fp32 14 on the AMD EPYC; ~3 with VNNI): two rounds of ~0.9 s saved
 CLEAR_LEAD = 1.3
+#: int8 is taken without timing float32 against it (`_int8_plain`) on a CPU with AVX2 for a tower
+#: with this share of its weights or more in matrix products (ViT-B-32-256: 0.97; lite's
+#: EfficientNet: 0.26, where int8 ran 1.04 × fp32 and fp32 is kept). ViT-B-32-256's int8 ran 1.8 ×
+#: fp32 on the AMD EPYC with AVX2 only and 2-3 × with VNNI; timing fp32 (opening its sessions, a
+#: warm-up and a round) was ~2 s of a first index of 300 images
+INT8_PLAIN_SHARE = 0.9
 #: PyTorch in bfloat16 is taken without exporting anything when it runs this many times as fast
 #: as PyTorch in float32 on the calibration batch: more than ONNX Runtime int8 did on the same
 #: CPUs. On a Xeon with AMX, ViT-B-32-256: bf16 3.3× on 8 images (4.2× at 32), int8 1.85×
@@ -290,14 +297,15 @@ def choose(encoder: Encoder, folder: Path, onnx: bool = True,
     ready (None: PyTorch float32). PyTorch bfloat16 goes first where the CPU has bfloat16
     arithmetic, and when it wins by `BF16_MIN_SPEEDUP` nothing is exported; else the ONNX
     runtimes are exported and timed — unless not `onnx` (a small job): then (None, None) and
-    nothing is saved. PyTorch float32 is the reference, not a contender: ONNX Runtime fp32 does
+    nothing is saved — or, where int8 wins beyond doubt (`_int8_plain`), int8 is taken once it
+    agrees, untimed. PyTorch float32 is the reference, not a contender: ONNX Runtime fp32 does
     the same arithmetic and was never slower (lite 41 vs 10 images/s, ViT-B-32 15.6 vs 8.2), and
     timing it took two thirds of the choice (ViT-B-32: 12 of 18 s); it is timed only to judge
     bfloat16 (8 images). `beside`, when given, is called as the image tower's export begins,
     to start other work (the query export, in a child process: side_export.py) on the cores it
     leaves idle; what it returns, unless None, has `tower_ready()`, called once the tower's
     fp32 file is written (or failed), and `result()`, awaited before the ONNX runtimes are timed
-    so that nothing else runs on the CPUs meanwhile."""
+    so that nothing else runs on the CPUs meanwhile (untimed, it goes on beside the embedding)."""
     measured: dict[str, dict] = {"torch": {"min_cosine": 1.0, "role": "reference"}}
     others: list[float] = []  # (how busy other processes kept the CPUs while timing: `_chosen`)
     bf16 = None
@@ -336,6 +344,12 @@ def choose(encoder: Encoder, folder: Path, onnx: bool = True,
         if running is not None:
             running.tower_ready()
     files = export(encoder, folder)
+    if bf16 is None and _int8_plain(files["onnx"]):  # (the query export goes on beside the embedding)
+        int8 = onnx_encoder(files["onnx-int8"])
+        measured["onnx-int8"] = {"min_cosine": _cosine(int8.many(np.array_split(pixels, int8.lanes)), reference)}
+        if measured["onnx-int8"]["min_cosine"] >= MIN_COSINE:
+            measured["onnx"] = {"not timed": "int8 wins with AVX2 on a tower of matrix products"}
+            return _chosen(encoder, folder, measured, "onnx-int8", []), int8
     encoders: dict[str, PixelEncoder] = {name: onnx_encoder(path) for name, path in files.items()}
     if running is not None:
         running.result()
@@ -355,8 +369,28 @@ def _settled(speeds: dict[str, float]) -> bool:
     return len(fair) < 2 or fair[-1] >= CLEAR_LEAD * fair[-2]
 
 
+def _int8_plain(graph: Path) -> bool:
+    """Whether ONNX Runtime's int8 image tower outruns its float32 one here beyond doubt, so that
+    only its agreement is checked: a CPU whose integer products do more per instruction than its
+    float ones (`exported.int8_hardware`), and a tower whose weights (`graph`: the float32 one)
+    are mostly in the matrix products the quantiser makes integer (`INT8_PLAIN_SHARE`)."""
+    if not exported.int8_hardware():
+        return False
+    import onnx
+
+    model = onnx.load(str(graph), load_external_data=False)
+    sizes = {t.name: int(np.prod(t.dims)) for t in model.graph.initializer}
+    products = {n.input[1] for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1:2] and n.input[1] in sizes}
+    return sum(sizes[w] for w in products) >= INT8_PLAIN_SHARE * sum(sizes.values()) > 0
+
+
+def _cosine(vectors: np.ndarray, reference: np.ndarray) -> float:
+    """The least cosine between `vectors` and `reference`, row by row (unit vectors both)."""
+    return round(float((vectors * reference).sum(1).min()), 5)
+
+
 def _judged(speed: float, vectors: np.ndarray, reference: np.ndarray) -> dict:
-    return {"images_per_s": round(speed, 2), "min_cosine": round(float((vectors * reference).sum(1).min()), 5)}
+    return {"images_per_s": round(speed, 2), "min_cosine": _cosine(vectors, reference)}
 
 
 def _chosen(encoder: Encoder, folder: Path, measured: dict, runtime: str, others: list[float]) -> dict:
