@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import os
 import re
 import shutil
@@ -131,56 +130,79 @@ def export(encoder: Encoder, folder: Path, int8: bool = True) -> dict[str, Path]
         return {"onnx": files["onnx"]}
     if not files["onnx-int8"].exists():
         tmp = folder / f"visual.int8.{os.getpid()}.tmp.onnx"
-        logging.disable(logging.WARNING)  # its advice to pre-process the graph first, on the root logger
-        try:
-            _quantise(files["onnx"], tmp)
-        finally:
-            logging.disable(logging.NOTSET)
+        _quantise(files["onnx"], tmp)
         os.replace(tmp, files["onnx-int8"])
     return files
 
 
 def _quantise(src: Path, dst: Path) -> None:
-    """Dynamic int8 weights for the matrix products of `src`, as `quantize_dynamic` makes them,
-    without its passes of ONNX shape inference over the whole graph, each a deep copy of the
-    model written to a scratch folder, inferred and read back (two in `quantize_dynamic`, two
-    more inside `ONNXQuantizer`): all the quantiser needs from them is the type of a matrix
-    product's output, and every one in these towers is float. ViT-B-32-256 on the AMD EPYC:
-    3.7 -> 2.3 s (before the first two went, 2026-12-03: 3.5 -> 2.5 s); the same nodes and
-    weights either way (tests/test_runtime.py). `quantize_dynamic` itself where its internals
-    differ."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    """`src` with every matrix product by a weight (a MatMul, or a Gemm with a weight and a bias)
+    made ONNX Runtime's DynamicQuantizeMatMul: the weight in int8, 7-bit symmetric per tensor
+    (`_int8`), the activations quantised as it runs. That is what `quantize_dynamic` makes (the
+    same integer weights and scales) once ONNX Runtime has fused its MatMulInteger nodes on
+    loading, made without its passes over a protobuf copy of the whole graph: ViT-B-32-256 on the
+    AMD EPYC 1.3-1.5 s -> 0.6 s (tests/test_runtime.py compares the two). Matrix products only:
+    they are where a transformer spends its time, and ONNX Runtime's integer convolutions are
+    slower than its float ones on CPU."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
 
-    # matrix products only: they are where a transformer spends its time, and ONNX Runtime's
-    # integer convolutions are slower than its float ones on CPU. 7-bit weights (reduce_range):
-    # on CPUs without VNNI the u8×s8 products are summed in pairs into int16 and saturate with
-    # full 8-bit weights (measured: ViT-B-32 cosine to PyTorch 0.983 on an AMD EPYC without
-    # VNNI, 0.9996 with reduce_range, same speed)
-    ops, options = ["MatMul", "Gemm"], {"MatMulConstBOnly": True}
-    try:
-        import onnx
-        from onnxruntime.quantization import base_quantizer, onnx_quantizer
-        from onnxruntime.quantization.quant_utils import QuantizationMode
-        from onnxruntime.quantization.quantize import update_opset_version
+    model = onnx.load(str(src), load_external_data=False)
+    stored = np.memmap(_weights(src), np.uint8, "r") if _weights(src).exists() else None
+    weights = {t.name: t for t in model.graph.initializer}
 
-        model = update_opset_version(onnx.load(str(src)), QuantType.QInt8)
-        inferring = {m: m.save_and_reload_model_with_shape_infer for m in (base_quantizer, onnx_quantizer)}
-        for module in inferring:  # (the model as it is: an output's type comes from DefaultTensorType)
-            module.save_and_reload_model_with_shape_infer = lambda model: model
-        try:
-            quantizer = onnx_quantizer.ONNXQuantizer(
-                model, per_channel=False, reduce_range=True, mode=QuantizationMode.IntegerOps, static=False,
-                weight_qType=QuantType.QInt8, activation_qType=QuantType.QUInt8, tensors_range=None,
-                nodes_to_quantize=None, nodes_to_exclude=None, op_types_to_quantize=ops,
-                extra_options={**options, "DefaultTensorType": onnx.TensorProto.FLOAT})
-        finally:
-            for module, infer in inferring.items():
-                module.save_and_reload_model_with_shape_infer = infer
-        quantizer.quantize_model()
-        quantizer.model.save_model_to_file(str(dst), False)
-    except (ImportError, TypeError, AttributeError):  # another onnxruntime's internals
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=ops, reduce_range=True,
-                         extra_options=options)
+    def array(name: str) -> np.ndarray:
+        t = weights[name]
+        if t.data_location != TensorProto.EXTERNAL:
+            return numpy_helper.to_array(t)
+        where = {e.key: e.value for e in t.external_data}
+        start = int(where.get("offset", 0))
+        raw = stored[start : start + int(where["length"])]  # type: ignore[index]
+        return np.frombuffer(raw, helper.tensor_dtype_to_np_dtype(t.data_type)).reshape(tuple(t.dims))
+
+    made: dict[str, list[str]] = {}  # a weight's int8 inputs, made once however many products share it
+    kept, nodes, out = set(), [], []
+    for n in model.graph.node:
+        options = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        bias = n.input[2:3] if n.op_type == "Gemm" else []
+        plain = (n.op_type == "MatMul" or (n.op_type == "Gemm" and not options.get("transA") and options.get("alpha", 1.0) == 1.0
+                                           and options.get("beta", 1.0) == 1.0 and all(b in weights and len(weights[b].dims) == 1 for b in bias)))
+        if not (plain and n.input[1] in weights and len(weights[n.input[1]].dims) == 2):
+            nodes.append(n)
+            kept.update(n.input)
+            continue
+        w = n.input[1]
+        key = f"{w}:t" if options.get("transB") else w
+        if key not in made:
+            q, scale = _int8(array(w).T if options.get("transB") else array(w))
+            made[key] = [f"{key}_int8", f"{key}_scale", f"{key}_zero"]
+            out += [numpy_helper.from_array(q, made[key][0]), numpy_helper.from_array(scale, made[key][1]),
+                    numpy_helper.from_array(np.zeros((), np.int8), made[key][2])]
+        nodes.append(helper.make_node("DynamicQuantizeMatMul", [n.input[0], *made[key], *bias], list(n.output),
+                                      name=n.name, domain="com.microsoft"))
+        kept.update(bias)
+    out += [numpy_helper.from_array(array(name), name) for name in weights if name in kept]
+    del model.graph.node[:], model.graph.initializer[:]
+    model.graph.node.extend(nodes)
+    model.graph.initializer.extend(out)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    with open(dst, "wb") as f:
+        f.write(model.SerializeToString())
+
+
+def _int8(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`w` as int8 in [-64, 64] and its float32 scale, symmetric per tensor, rounded half to even,
+    as onnxruntime's quantiser makes them with `reduce_range`: 7-bit weights, because on CPUs
+    without VNNI the u8×s8 products are summed in pairs into int16 and saturate with full 8-bit
+    ones (ViT-B-32 cosine to PyTorch 0.983 on an AMD EPYC without VNNI, 0.9996 with 7 bits, same
+    speed)."""
+    w = w.astype(np.float32, copy=False)
+    absmax = max(-float(w.min()), float(w.max()), 0.0)
+    scale = np.float32(2 * absmax / 128)  # (a range of 128 steps, computed in float64 as theirs is)
+    if scale < np.finfo(np.float32).tiny:
+        scale = np.float32(1.0)
+    return np.clip((w / scale).round(), -128, 127).astype(np.int8), np.array(scale, np.float32)
 
 
 #: one trace at a time: concurrent torch.onnx.export calls trip over the exporter's global state
