@@ -52,9 +52,8 @@ def open_clip(arch: str) -> Any:
     wanted = needs(arch)
     if "open_clip" not in sys.modules:
         with _absent(set(OPTIONAL) - wanted), _dynamo_later():
-            import open_clip as module
-    import open_clip as module
-
+            importlib.import_module("open_clip")
+    module = importlib.import_module("open_clip")
     for name in wanted:
         bound = [sys.modules[m] for m in OPTIONAL[name] if m in sys.modules]
         if bound and getattr(bound[0], name, None) is None and importlib.util.find_spec(name) is not None:
