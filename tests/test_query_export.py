@@ -279,6 +279,33 @@ def test_a_side_export_that_stops_working_is_killed_and_the_run_goes_on(tiny_cli
     assert time.perf_counter() - t < 20
 
 
+def test_a_child_that_dies_waiting_for_the_image_tower_leaves_the_run_going(tiny_clip, tmp_path, monkeypatch):
+    """Killed while it waits for the parent's image tower (the OOM killer, a SIGTERM to the
+    process group): telling it the tower is ready returns at once, and `result` says no export.
+    (A multiprocessing Event's set() waited for good on such a child.)"""
+    import signal
+    import threading
+    import time
+
+    from mmsearch.indexer import side_export
+    from mmsearch.retrieval.encoders import runtime
+
+    monkeypatch.setenv("MMSEARCH_CACHE", str(tmp_path))
+    waiting = tmp_path / "waiting"
+    monkeypatch.setattr(runtime, "export_for_queries", lambda encoder, tower_ready: waiting.touch() or tower_ready())  # (as the child has it)
+    side = side_export.SideExport(load_encoder(tiny_clip), after_tower=True)
+    deadline = time.monotonic() + 60
+    while not waiting.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # (in its read of the pipe)
+    os.kill(side.process.pid, signal.SIGKILL)
+    told = threading.Thread(target=side.tower_ready, daemon=True)
+    told.start()
+    told.join(10)
+    assert waiting.exists() and not told.is_alive()
+    assert side.result() is False
+
+
 def test_a_side_export_answers_where_the_program_ignores_sigchld(tiny_clip, tmp_path, monkeypatch):
     """A program that ignores SIGCHLD (children reaped by the kernel) leaves no exit code to
     read: the answer comes through a pipe, and `result` returns (it waited for good)."""

@@ -52,11 +52,15 @@ class SideExport:
 
         self.ok: bool | None = None  # (the answer, once `result` has it)
         fork = multiprocessing.get_context("fork")
-        self.tower = fork.Event() if after_tower else None
+        # the image tower's file is ready when the parent closes its end of this pipe: the child
+        # reads an end of file. (A multiprocessing Event's set() waited for good on a child that
+        # had died waiting on it: killed, or a SIGTERM to the process group.)
+        tower = os.pipe() if after_tower else None
+        self.tower = tower[1] if tower else None
         # the answer comes through a pipe, not the exit code: a program that ignores SIGCHLD (or
         # reaps its children itself) leaves no exit code to read, and waiting for one never ended
         self.answer, told = fork.Pipe(duplex=False)
-        self.process = fork.Process(target=_child, args=(encoder, told, os.getpid(), self.tower), name="query-export")
+        self.process = fork.Process(target=_child, args=(encoder, told, os.getpid(), tower), name="query-export")
         # the parent's objects are never collected in the child: one owning a thread pool (an ONNX
         # Runtime session in a cycle) blocked the child's garbage collection for good, its
         # destructor waiting on a condition variable of threads the fork did not copy. (Objects
@@ -72,6 +76,8 @@ class SideExport:
             if not frozen:
                 gc.unfreeze()
             told.close()
+            if tower:
+                os.close(tower[0])  # (the child's end)
 
     def result(self) -> bool:
         """Whether the export is in place (False: failed or rejected; queries then load PyTorch);
@@ -105,11 +111,13 @@ class SideExport:
     def tower_ready(self) -> None:
         """The image tower's ONNX file is written, or will not be (the child then traces its own)."""
         if self.tower is not None:
-            self.tower.set()
+            os.close(self.tower)
+            self.tower = None
 
     def cancel(self) -> None:
         """End the child at once (a failed or interrupted run): what it wrote is unsealed, and
         its half-written files are swept by the next export (runtime._sweep)."""
+        self.tower_ready()  # (our end of the pipe closed)
         if self.process.exitcode is None:
             self.process.kill()  # (a child already gone, and not reaped by us: nothing to kill)
         self.process.join()
@@ -126,7 +134,7 @@ def _cpu_ticks(pid: int) -> int:
         return -1
 
 
-def _child(encoder: Any, told: Any, parent: int, tower: Any) -> None:
+def _child(encoder: Any, told: Any, parent: int, tower: tuple[int, int] | None) -> None:
     import ctypes
 
     import torch
@@ -138,7 +146,13 @@ def _child(encoder: Any, told: Any, parent: int, tower: Any) -> None:
         os._exit(1)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # (not the program's own handler)
     torch.set_num_threads(1)  # OpenMP's threads did not survive the fork; with one, none is needed
-    # (an exporter failure costs the next query its speed, never the run)
-    ok = _export_for_queries(encoder, tower.wait if tower is not None else None)
+    ready = None
+    if tower is not None:
+        end, parents = tower
+        os.close(parents)  # (its copy of the parent's end: the end of file comes once the parent closes its own)
+
+        def ready() -> bytes:
+            return os.read(end, 1)
+    ok = _export_for_queries(encoder, ready)  # (an exporter failure costs the next query its speed, never the run)
     told.send(ok)
     os._exit(0)  # (no teardown: the parent's connections and files are the parent's)
