@@ -37,7 +37,10 @@ def test_needs_of_a_config_file(tmp_path):
 
 PROBE = """
 import sys
+from mmsearch.retrieval.encoders import openclip_import
 from mmsearch.retrieval.encoders.openclip_import import open_clip
+
+openclip_import.LEAVE_OUT = True  # (as the command line sets it)
 
 left_out = ("transformers", "timm", "torch._dynamo")
 oc = open_clip("ViT-B-32")
@@ -64,6 +67,13 @@ print("ok")
 def test_a_plain_clip_imports_less_and_later_models_get_the_rest():
     out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=180)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
+
+
+def test_a_program_that_imports_mmsearch_gets_open_clip_whole():
+    probe = ("import sys; from mmsearch.retrieval.encoders.openclip_import import open_clip; oc = open_clip('ViT-B-32'); "
+             "print(oc.timm_model.timm is not None, 'transformers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=180)
+    assert out.stdout.split() == ["True", "True"], out.stderr[-3000:]
 
 
 def test_a_checkpoint_in_torchs_zip_format_is_mapped_while_it_loads(tmp_path):

@@ -479,6 +479,9 @@ def console() -> None:
     the interpreter's teardown, which spent 0.2–0.3 s of a one-shot query freeing ONNX sessions
     and modules (`lite` text query 1.06 → 0.87 s). Everything is committed by then, and the
     output is flushed first."""
+    from ..retrieval.encoders import openclip_import
+
+    openclip_import.LEAVE_OUT = True  # (this process is ours: open_clip without what its model leaves unused)
     code = _run()
     for stream in (sys.stdout, sys.stderr):
         try:

@@ -7,7 +7,8 @@ roi_align imports one function from it, timm's layers use it). For an architectu
 asks for neither (ViT-B-32, ViT-L-14, the ResNets: 55 of open_clip's 144 configs), open_clip is
 imported with those two packages absent, which it allows for, and torch._dynamo as a stand-in
 that imports the real module at its first use: 0.57 s. A later model in the same process that
-needs them gets them: `open_clip` reloads the modules that bound them as missing.
+needs them gets them: `open_clip` reloads the modules that bound them as missing. Only the
+command line does this (`LEAVE_OUT`); a program that imports mmsearch gets open_clip whole.
 """
 from __future__ import annotations
 
@@ -47,10 +48,17 @@ def needs(arch: str) -> set[str]:
     return wanted
 
 
+#: whether open_clip may be imported without what the model leaves unused: set by the command
+#: line (`cli.main`), whose process has no other user of open_clip. A program that imports
+#: mmsearch gets open_clip whole: its own later `open_clip.create_model` of a timm or Hugging
+#: Face model would find their packages missing, and its threads would meet the stand-ins
+LEAVE_OUT = False
+
+
 def open_clip(arch: str) -> Any:
     """The open_clip module, ready for a model of `arch`."""
-    wanted = needs(arch)
-    if "open_clip" not in sys.modules:
+    wanted = needs(arch) if LEAVE_OUT else set(OPTIONAL)
+    if LEAVE_OUT and "open_clip" not in sys.modules:
         with _absent(set(OPTIONAL) - wanted), _dynamo_later():
             importlib.import_module("open_clip")
     module = importlib.import_module("open_clip")
