@@ -314,3 +314,55 @@ def test_int8_is_taken_untimed_where_it_wins_beyond_doubt(tiny_clip, tmp_path, m
     monkeypatch.setattr(exported, "int8_hardware", lambda: False)
     choosing.choose(enc, tmp_path / "cpu")
     assert timings == [{"onnx", "onnx-int8"}] * 2
+
+
+def test_the_quantiser_keeps_what_the_graph_still_needs(tmp_path):
+    """Hand-made graphs the exports do not make: a Gemm whose bias broadcasts (left float), a
+    weight that is also an output (kept), one read in an If's branch (kept), and weights in a
+    file of another name."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from mmsearch.retrieval.encoders.runtime import _quantise
+
+    rng = np.random.default_rng(0)
+    w1, w2, w3 = (rng.normal(size=s).astype(np.float32) for s in ((64, 32), (32, 32), (32, 32)))
+    branch = helper.make_graph([helper.make_node("Identity", ["w3"], ["picked"])], "b", [],
+                               [helper.make_tensor_value_info("picked", TensorProto.FLOAT, [32, 32])])
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]),
+             helper.make_node("Gemm", ["h", "w2", "one"], ["y"], transB=1),  # (a bias of 1: broadcast)
+             helper.make_node("If", ["cond"], ["z"], then_branch=branch, else_branch=branch)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 64])],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in (("y", [2, 32]), ("z", [32, 32]),
+                                                                                                   ("w1", [64, 32]))],
+                              [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (w2, "w2"), (w3, "w3"),
+                                                                          (np.ones(1, np.float32), "one"))]
+                              + [numpy_helper.from_array(np.array(True), "cond")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.normal(size=(2, 64)).astype(np.float32)
+
+    def run(source, outputs=None) -> list[np.ndarray]:
+        return ort.InferenceSession(source, providers=["CPUExecutionProvider"]).run(outputs, {"x": x})
+
+    expected = run(model.SerializeToString())  # (before its weights go to a file: saving moves them)
+    onnx.save(model, str(tmp_path / "f.onnx"), save_as_external_data=True, location="other.bin", size_threshold=0)
+    _quantise(tmp_path / "f.onnx", tmp_path / "q.onnx")
+    q = onnx.load(str(tmp_path / "q.onnx"))
+    onnx.checker.check_model(q)
+    assert [n.op_type for n in q.graph.node] == ["MatMul", "Gemm", "If"]  # w1 is an output, w2's bias broadcasts
+    for a, b in zip(expected, run(str(tmp_path / "q.onnx"))):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+    model = onnx.load(str(tmp_path / "f.onnx"))  # (the weights back in it)
+    model.graph.node.pop(1)  # a bias per column and w1 no output: both products made integer
+    model.graph.node.insert(1, helper.make_node("Gemm", ["h", "w2", "bias"], ["y"], transB=1))
+    model.graph.initializer.append(numpy_helper.from_array(np.ones(32, np.float32), "bias"))
+    del model.graph.output[2]
+    y = run(model.SerializeToString(), ["y"])[0]
+    onnx.save(model, str(tmp_path / "f2.onnx"), save_as_external_data=True, location="other2.bin", size_threshold=0)
+    _quantise(tmp_path / "f2.onnx", tmp_path / "q2.onnx")
+    q = onnx.load(str(tmp_path / "q2.onnx"))
+    assert [n.op_type for n in q.graph.node] == ["DynamicQuantizeMatMul", "DynamicQuantizeMatMul", "If"]
+    y_int8 = run(str(tmp_path / "q2.onnx"), ["y"])[0]
+    assert float((y * y_int8).sum() / np.linalg.norm(y) / np.linalg.norm(y_int8)) > 0.99

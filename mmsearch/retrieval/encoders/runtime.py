@@ -148,29 +148,43 @@ def _quantise(src: Path, dst: Path) -> None:
     from onnx import TensorProto, helper, numpy_helper
 
     model = onnx.load(str(src), load_external_data=False)
-    stored = np.memmap(_weights(src), np.uint8, "r") if _weights(src).exists() else None
+    files: dict[str, np.memmap] = {}  # (the weights file each initializer names, mapped once)
     weights = {t.name: t for t in model.graph.initializer}
+    # names the graph shows outside its top-level products: never dropped, nor made integer
+    kept = {v.name for v in (*model.graph.input, *model.graph.output)} | _subgraph_inputs(model.graph)
 
     def array(name: str) -> np.ndarray:
         t = weights[name]
         if t.data_location != TensorProto.EXTERNAL:
             return numpy_helper.to_array(t)
         where = {e.key: e.value for e in t.external_data}
+        stored = files.get(where["location"])
+        if stored is None:
+            stored = files[where["location"]] = np.memmap(src.parent / where["location"], np.uint8, "r")
         start = int(where.get("offset", 0))
-        raw = stored[start : start + int(where["length"])]  # type: ignore[index]
+        raw = stored[start : start + int(where["length"])]
         return np.frombuffer(raw, helper.tensor_dtype_to_np_dtype(t.data_type)).reshape(tuple(t.dims))
 
-    made: dict[str, list[str]] = {}  # a weight's int8 inputs, made once however many products share it
-    kept, nodes, out = set(), [], []
-    for n in model.graph.node:
+    def product(n: Any) -> bool:  # a product by a 2-D weight that DynamicQuantizeMatMul computes the same
+        w = weights.get(n.input[1]) if len(n.input) > 1 and n.input[1] not in kept else None
+        if w is None or len(w.dims) != 2:
+            return False
+        if n.op_type == "MatMul":
+            return True
         options = {a.name: helper.get_attribute_value(a) for a in n.attribute}
-        bias = n.input[2:3] if n.op_type == "Gemm" else []
-        plain = (n.op_type == "MatMul" or (n.op_type == "Gemm" and not options.get("transA") and options.get("alpha", 1.0) == 1.0
-                                           and options.get("beta", 1.0) == 1.0 and all(b in weights and len(weights[b].dims) == 1 for b in bias)))
-        if not (plain and n.input[1] in weights and len(weights[n.input[1]].dims) == 2):
+        columns = w.dims[0] if options.get("transB") else w.dims[1]
+        return (n.op_type == "Gemm" and not options.get("transA") and options.get("alpha", 1.0) == 1.0
+                and options.get("beta", 1.0) == 1.0 and all(b in weights and list(weights[b].dims) == [columns] for b in n.input[2:3]))
+
+    made: dict[str, list[str]] = {}  # a weight's int8 inputs, made once however many products share it
+    nodes, out = [], []
+    for n in model.graph.node:
+        if not product(n):
             nodes.append(n)
             kept.update(n.input)
             continue
+        options = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        bias = n.input[2:3] if n.op_type == "Gemm" else []
         w = n.input[1]
         key = f"{w}:t" if options.get("transB") else w
         if key not in made:
@@ -189,6 +203,18 @@ def _quantise(src: Path, dst: Path) -> None:
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     with open(dst, "wb") as f:
         f.write(model.SerializeToString())
+
+
+def _subgraph_inputs(graph: Any) -> set[str]:
+    """The names the nodes of `graph`'s subgraphs (an If's branches, a Loop's body) read."""
+    from onnx import AttributeProto
+
+    names: set[str] = set()
+    for n in graph.node:
+        for a in n.attribute:
+            for g in [a.g] if a.type == AttributeProto.GRAPH else list(a.graphs) if a.type == AttributeProto.GRAPHS else []:
+                names |= {i for m in g.node for i in m.input} | _subgraph_inputs(g)
+    return names
 
 
 def _int8(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
