@@ -28,7 +28,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Container
 
 import numpy as np
 import torch
@@ -165,21 +165,10 @@ def _quantise(src: Path, dst: Path) -> None:
         raw = stored[start : start + int(where["length"])]
         return np.frombuffer(raw, helper.tensor_dtype_to_np_dtype(t.data_type)).reshape(tuple(t.dims))
 
-    def product(n: Any) -> bool:  # a product by a 2-D weight that DynamicQuantizeMatMul computes the same
-        w = weights.get(n.input[1]) if len(n.input) > 1 and n.input[1] not in kept else None
-        if w is None or len(w.dims) != 2:
-            return False
-        if n.op_type == "MatMul":
-            return True
-        options = {a.name: helper.get_attribute_value(a) for a in n.attribute}
-        columns = w.dims[0] if options.get("transB") else w.dims[1]
-        return (n.op_type == "Gemm" and not options.get("transA") and options.get("alpha", 1.0) == 1.0
-                and options.get("beta", 1.0) == 1.0 and all(b in weights and list(weights[b].dims) == [columns] for b in n.input[2:3]))
-
     made: dict[str, list[str]] = {}  # a weight's int8 inputs, made once however many products share it
     nodes, out = [], []
     for n in model.graph.node:
-        if not product(n):
+        if not _by_weight(n, weights, kept):
             nodes.append(n)
             kept.update(n.input)
             continue
@@ -203,6 +192,23 @@ def _quantise(src: Path, dst: Path) -> None:
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     with open(dst, "wb") as f:
         f.write(model.SerializeToString())
+
+
+def _by_weight(n: Any, weights: dict[str, Any], kept: Container[str] = ()) -> bool:
+    """Whether node `n` is a product by a 2-D weight of `weights` (initializers by name; not one
+    of `kept`) that DynamicQuantizeMatMul computes alike: a MatMul, or a Gemm with neither transA,
+    alpha nor beta, whose bias (if any) has one value a column."""
+    from onnx import helper
+
+    w = weights.get(n.input[1]) if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and n.input[1] not in kept else None
+    if w is None or len(w.dims) != 2:
+        return False
+    if n.op_type == "MatMul":
+        return True
+    options = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+    columns = w.dims[0] if options.get("transB") else w.dims[1]
+    return (not options.get("transA") and options.get("alpha", 1.0) == 1.0 and options.get("beta", 1.0) == 1.0
+            and all(b in weights and list(weights[b].dims) == [columns] for b in n.input[2:3]))
 
 
 def _subgraph_inputs(graph: Any) -> set[str]:
@@ -421,14 +427,15 @@ def _int8_plain(graph: Path) -> bool:
     """Whether ONNX Runtime's int8 image tower outruns its float32 one here beyond doubt, so that
     only its agreement is checked: a CPU whose integer products do more per instruction than its
     float ones (`exported.int8_hardware`), and a tower whose weights (`graph`: the float32 one)
-    are mostly in the matrix products the quantiser makes integer (`INT8_PLAIN_SHARE`)."""
+    are mostly in the matrix products the quantiser makes integer (`_by_weight`, `INT8_PLAIN_SHARE`)."""
     if not exported.int8_hardware():
         return False
     import onnx
 
     model = onnx.load(str(graph), load_external_data=False)
-    sizes = {t.name: int(np.prod(t.dims)) for t in model.graph.initializer}
-    products = {n.input[1] for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1:2] and n.input[1] in sizes}
+    weights = {t.name: t for t in model.graph.initializer}
+    sizes = {name: int(np.prod(t.dims)) for name, t in weights.items()}
+    products = {n.input[1] for n in model.graph.node if _by_weight(n, weights)}
     return sum(sizes[w] for w in products) >= INT8_PLAIN_SHARE * sum(sizes.values()) > 0
 
 
