@@ -102,7 +102,8 @@ class File(Base):
     height: Mapped[int | None] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String, default="ok")  # ok | skipped
     error: Mapped[str | None] = mapped_column(Text)
-    # capture metadata (media/capture.py), read after embedding; taken_from NULL: not read yet
+    # capture metadata (media/capture.py), read as the file is decoded, else after embedding
+    # (annotate.py); taken_from NULL: not read yet
     taken_ns: Mapped[int | None] = mapped_column(Integer)
     offset_min: Mapped[int | None] = mapped_column(Integer)
     taken_from: Mapped[str | None] = mapped_column(String)
