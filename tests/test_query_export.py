@@ -24,7 +24,7 @@ from mmsearch.retrieval.encoders.query import (
     preloaded,
     unit,
 )
-from mmsearch.retrieval.encoders.runtime import export, export_for_queries
+from mmsearch.retrieval.encoders.runtime import export_for_queries
 
 
 def _captions(tuxpaint, n=40) -> list[str]:
@@ -155,23 +155,17 @@ def test_towers_are_saved_optimised_with_their_weights_apart(tiny_clip, photos, 
     assert QueryEncoder.read(enc.identity, tmp_path) is None
 
 
-@pytest.mark.parametrize("damaged", ["text.onnx.data", "visual.query.onnx.data", "visual.onnx"])
+@pytest.mark.parametrize("damaged", ["text.onnx.data", "visual.query.onnx.data"])
 def test_damaged_weights_are_rebuilt(damaged, tiny_clip, photos, tmp_path):
     """A truncated weights file fails to open (ONNX Runtime checks each tensor against the file's
     length, so a mapped file never ends under a session): the folder is unsealed and the next
-    export writes it anew; a damaged visual.onnx (the indexer's, which the query tower is made
-    from) is traced again."""
+    export writes it anew."""
     enc = load_encoder(tiny_clip)
-    if damaged == "visual.onnx":  # (an ONNX runtime choice exports it; the query export alone does not)
-        export(enc, tmp_path, int8=False)
     assert export_for_queries(enc, tmp_path)
     want = QueryEncoder.load(enc.identity, tmp_path, images=True).encode_texts(["a rocket"])
     f = tmp_path / damaged
     f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
-    if damaged == "visual.onnx":
-        (tmp_path / META).unlink()  # as a failed load of the towers would
-    else:
-        assert QueryEncoder.load(enc.identity, tmp_path, images=True) is None and not (tmp_path / META).exists()
+    assert QueryEncoder.load(enc.identity, tmp_path, images=True) is None and not (tmp_path / META).exists()
     assert export_for_queries(enc, tmp_path)
     query = QueryEncoder.load(enc.identity, tmp_path, images=True)
     assert query is not None and np.allclose(query.encode_texts(["a rocket"]), want, atol=1e-5)
@@ -292,7 +286,7 @@ def test_a_child_that_dies_waiting_for_the_image_tower_leaves_the_run_going(tiny
 
     monkeypatch.setenv("MMSEARCH_CACHE", str(tmp_path))
     waiting = tmp_path / "waiting"
-    monkeypatch.setattr(runtime, "export_for_queries", lambda encoder, tower_ready: waiting.touch() or tower_ready())  # (as the child has it)
+    monkeypatch.setattr(runtime, "export_for_queries", lambda encoder, tower: waiting.touch() or tower())  # (as the child has it)
     side = side_export.SideExport(load_encoder(tiny_clip), after_tower=True)
     deadline = time.monotonic() + 60
     while not waiting.exists() and time.monotonic() < deadline:
@@ -350,8 +344,8 @@ def test_a_side_export_that_cannot_start_leaves_the_export_to_after_the_embeddin
 def test_the_query_export_runs_beside_the_image_towers_export_and_is_over_before_timing(tiny_clip, tmp_path, monkeypatch):
     """A first run that measures the runtimes starts its query export (a forked child) as the
     image tower's export begins: the child makes the text tower meanwhile and its image tower
-    from the indexer's file once that is traced, while the tower is quantised; it is waited for
-    before anything is timed: nothing else runs on the CPUs while the runtimes are timed."""
+    from the graph the parent traced (not tracing it again), while the tower is quantised; it is
+    waited for before anything is timed: nothing else runs on the CPUs while the runtimes are timed."""
     import time
 
     from mmsearch.indexer.side_export import SideExport
@@ -368,15 +362,21 @@ def test_the_query_export_runs_beside_the_image_towers_export_and_is_over_before
         sides.append(SideExport(enc, after_tower=True))  # (`start` forks only where no other Python thread runs; pytest has some)
         return sides[-1]
 
-    parent, trace = os.getpid(), runtime._traced  # (the parent's tracing slowed: the child must wait for it)
-    monkeypatch.setattr(runtime, "_traced", lambda *a, **k: (os.getpid() == parent and time.sleep(2)) or trace(*a, **k))
+    parent, trace, traces = os.getpid(), runtime._traced, tmp_path / "traces"
+
+    def traced(module, *a):  # (the parent's tracing slowed: the child must wait for it)
+        with traces.open("a") as f:
+            f.write(f"{'parent' if os.getpid() == parent else 'child'} {type(module).__name__}\n")
+        if os.getpid() == parent:
+            time.sleep(2)
+        return trace(module, *a)
+    monkeypatch.setattr(runtime, "_traced", traced)
 
     timed = []
     measure = runtime._measure
     monkeypatch.setattr(runtime, "_measure", lambda *a, **k: timed.append(sides[0].process.exitcode) or measure(*a, **k))
     choice, _ = runtime.choose(enc, folder, beside=beside)
     assert len(sides) == 1 and timed == [0]  # the child had ended, without error, before the timing
-    made = {f: (folder / f).stat().st_mtime_ns for f in (exported.VISUAL["onnx"], "visual.query.onnx")}
-    assert made["visual.query.onnx"] >= made[exported.VISUAL["onnx"]]  # from the parent's file, not traced first
+    assert sorted(traces.read_text().splitlines()) == ["child _ClipText", "parent _ImageForward"]
     assert sides[0].result() and QueryEncoder.read(enc.identity, folder) is not None  # (known: asked again)
     assert choice["runtime"] in exported.VISUAL and choice["others"] < exported.MAX_OTHERS

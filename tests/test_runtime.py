@@ -61,7 +61,7 @@ def test_the_quantiser_makes_what_onnxruntimes_quantize_dynamic_makes(tiny_clip,
     import onnxruntime as ort
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from mmsearch.retrieval.encoders.runtime import _quantise, export
+    from mmsearch.retrieval.encoders.runtime import _image_graph, _quantise, _traced, export
 
     enc = load_encoder(tiny_clip)
     fp32 = export(enc, tmp_path, int8=False)["onnx"]
@@ -91,6 +91,19 @@ def test_the_quantiser_makes_what_onnxruntimes_quantize_dynamic_makes(tiny_clip,
     out = [ort.InferenceSession(str(tmp_path / f), providers=["CPUExecutionProvider"]).run(None, {"input": pixels})[0]
            for f in ("ours.onnx", "theirs.onnx")]
     np.testing.assert_allclose(out[0], out[1], rtol=0, atol=1e-5)
+    # quantised straight from the traced graph (no fold first: its weights reach the products
+    # through Transpose nodes): the same integers, the same vectors, and no float weight left
+    # that only the integer products read
+    _quantise(_traced(*_image_graph(enc)), tmp_path / "traced.onnx")
+    straight = onnx.load(str(tmp_path / "traced.onnx"))
+    assert integers(straight) == integers(ours) and scales(straight) == scales(ours)
+    assert {i.name for i in straight.graph.initializer} <= {x for n in straight.graph.node for x in n.input}
+
+    def floats(model) -> int:
+        return sum(len(i.raw_data) for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT)
+    assert floats(straight) <= floats(ours)
+    got = ort.InferenceSession(str(tmp_path / "traced.onnx"), providers=["CPUExecutionProvider"]).run(None, {"input": pixels})[0]
+    np.testing.assert_array_equal(got, out[0])
 
 
 def test_auto_measures_once_and_keeps_its_choice(tiny_clip, tmp_path, monkeypatch):

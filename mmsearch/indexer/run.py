@@ -256,7 +256,7 @@ def _ocr_on(s: Session, opts: IndexOptions) -> bool:
     return get_meta(s, "ocr") == "on"
 
 
-def _export_for_queries(encoder, tower_ready: Callable[[], Any] | None = None) -> bool:
+def _export_for_queries(encoder, tower: Callable[[], bytes | None] | None = None) -> bool:
     from ..retrieval.encoders.exported import ExportedEncoder
 
     if isinstance(encoder, ExportedEncoder):  # made from the sealed export, unless it was found damaged
@@ -269,7 +269,7 @@ def _export_for_queries(encoder, tower_ready: Callable[[], Any] | None = None) -
     from ..retrieval.encoders.runtime import export_for_queries
 
     try:
-        return export_for_queries(encoder, tower_ready=tower_ready)
+        return export_for_queries(encoder, tower=tower)
     except Exception:  # an exporter failure costs the next query its speed, never the run
         return False
 

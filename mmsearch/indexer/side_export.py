@@ -14,6 +14,7 @@ import gc
 import os
 import signal
 import sys
+import tempfile
 import threading
 from typing import Any
 
@@ -37,7 +38,7 @@ class SideExport:
         child), in a daemonic process (a multiprocessing pool's worker may have no children), or
         when the fork fails (no memory, a process limit). The caller then exports after embedding.
         With `after_tower`, the child makes the text tower, then waits for `tower_ready` before
-        the image tower: the parent is tracing it, and the child optimises it from that file."""
+        the image tower: the parent is tracing it, and hands the child the graph it traced."""
         import multiprocessing
 
         if sys.platform != "linux" or threading.active_count() > 1 or multiprocessing.current_process().daemon:
@@ -52,11 +53,13 @@ class SideExport:
 
         self.ok: bool | None = None  # (the answer, once `result` has it)
         fork = multiprocessing.get_context("fork")
-        # the image tower's file is ready when the parent closes its end of this pipe: the child
-        # reads an end of file. (A multiprocessing Event's set() waited for good on a child that
-        # had died waiting on it: killed, or a SIGTERM to the process group.)
-        tower = os.pipe() if after_tower else None
-        self.tower = tower[1] if tower else None
+        # the image tower is traced when the parent closes its end of this pipe: the child reads
+        # an end of file, then the traced graph from a file both share, unnamed (0.25 MB for
+        # ViT-B-32; a pipe holds 64 KB: a write would wait for the child). (A multiprocessing
+        # Event's set() waited for good on a child that had died waiting on it: killed, or a
+        # SIGTERM to the process group.)
+        tower = (*os.pipe(), tempfile.TemporaryFile()) if after_tower else None
+        self.tower = tower[1:] if tower else None
         # the answer comes through a pipe, not the exit code: a program that ignores SIGCHLD (or
         # reaps its children itself) leaves no exit code to read, and waiting for one never ended
         self.answer, told = fork.Pipe(duplex=False)
@@ -108,11 +111,19 @@ class SideExport:
         self.cancel()  # (reaped: it has told, or ended)
         return self.ok
 
-    def tower_ready(self) -> None:
-        """The image tower's ONNX file is written, or will not be (the child then traces its own)."""
+    def tower_ready(self, graph: bytes | None = None) -> None:
+        """The image tower is traced (`graph`, its ONNX graph without weights), or will not be (None:
+        the child then traces its own)."""
         if self.tower is not None:
-            os.close(self.tower)
+            end, shared = self.tower
             self.tower = None
+            try:
+                if graph:
+                    shared.write(graph)
+                    shared.flush()
+            finally:
+                os.close(end)
+                shared.close()  # (the child's copy stays open)
 
     def cancel(self) -> None:
         """End the child at once (a failed or interrupted run): what it wrote is unsealed, and
@@ -134,7 +145,7 @@ def _cpu_ticks(pid: int) -> int:
         return -1
 
 
-def _child(encoder: Any, told: Any, parent: int, tower: tuple[int, int] | None) -> None:
+def _child(encoder: Any, told: Any, parent: int, tower: tuple[int, int, Any] | None) -> None:
     import ctypes
 
     import torch
@@ -146,13 +157,14 @@ def _child(encoder: Any, told: Any, parent: int, tower: tuple[int, int] | None) 
         os._exit(1)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # (not the program's own handler)
     torch.set_num_threads(1)  # OpenMP's threads did not survive the fork; with one, none is needed
-    ready = None
+    traced = None
     if tower is not None:
-        end, parents = tower
+        end, parents, shared = tower
         os.close(parents)  # (its copy of the parent's end: the end of file comes once the parent closes its own)
 
-        def ready() -> bytes:
-            return os.read(end, 1)
-    ok = _export_for_queries(encoder, ready)  # (an exporter failure costs the next query its speed, never the run)
+        def traced() -> bytes | None:
+            os.read(end, 1)
+            return os.pread(shared.fileno(), os.fstat(shared.fileno()).st_size, 0) or None
+    ok = _export_for_queries(encoder, traced)  # (an exporter failure costs the next query its speed, never the run)
     told.send(ok)
     os._exit(0)  # (no teardown: the parent's connections and files are the parent's)

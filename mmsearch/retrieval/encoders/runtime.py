@@ -113,45 +113,87 @@ def _sweep(folder: Path) -> None:
             pass
 
 
-def export(encoder: Encoder, folder: Path, int8: bool = True) -> dict[str, Path]:
-    """visual.onnx (fp32, its weights apart in visual.onnx.data) and, with `int8`,
-    visual.int8.onnx (dynamic int8 weights) for `encoder`."""
+def export(encoder: Encoder, folder: Path, fp32: bool = True, int8: bool = True, traced: Traced | None = None) -> dict[str, Path]:
+    """The image tower's files that are asked for, made where missing from `traced` (default:
+    traced now, when needed): with `fp32`, visual.onnx (its weights apart in visual.onnx.data);
+    with `int8`, visual.int8.onnx (dynamic int8 weights)."""
     folder.mkdir(parents=True, exist_ok=True)
     _sweep(folder)
-    files = {name: folder / fn for name, fn in VISUAL.items()}
-    if not (files["onnx"].exists() and _weights(files["onnx"]).exists()):
+    files = {name: folder / fn for name, fn in VISUAL.items() if (fp32, int8)[name == "onnx-int8"]}
+    if "onnx" in files and not (files["onnx"].exists() and _weights(files["onnx"]).exists()):
         # traced without its weights and folded by ONNX Runtime, as the query towers are, but
-        # into standard operators only, which the quantiser reads. ViT-B-32-256 on the AMD EPYC:
-        # 5.0 s with the exporter folding and serialising the weights into the file, 1.45 s to
-        # trace + 1.5 s to fold and write; and without the exporter's constant nodes the graph
-        # quantises in 1.55 s instead of 2.3 (the same 49 integer matrix products, the same cosine)
-        optimise(_traced(*_image_graph(encoder)), files["onnx"], fusions=False)
-    if not int8:
-        return {"onnx": files["onnx"]}
-    if not files["onnx-int8"].exists():
+        # into standard operators only. ViT-B-32-256 on the AMD EPYC: 5.0 s with the exporter
+        # folding and serialising the weights into the file, 1.45 s to trace + 1.5 s to fold and write
+        traced = traced or _traced(*_image_graph(encoder))
+        optimise(traced, files["onnx"], fusions=False)
+    if "onnx-int8" in files and not files["onnx-int8"].exists():
+        # quantised from the traced graph, not from visual.onnx: nothing waits for a fold
+        # (ViT-B-32-256: 1.2-2.0 s), and ONNX Runtime folds the rest as it loads (+0.05 s a session)
         tmp = folder / f"visual.int8.{os.getpid()}.tmp.onnx"
-        _quantise(files["onnx"], tmp)
+        _quantise(traced or _traced(*_image_graph(encoder)), tmp)
         os.replace(tmp, files["onnx-int8"])
     return files
 
 
-def _quantise(src: Path, dst: Path) -> None:
-    """`src` with every matrix product by a weight (a MatMul, or a Gemm with a weight and a bias)
-    made ONNX Runtime's DynamicQuantizeMatMul: the weight in int8, 7-bit symmetric per tensor
-    (`_int8`), the activations quantised as it runs. That is what `quantize_dynamic` makes (the
-    same integer weights and scales) once ONNX Runtime has fused its MatMulInteger nodes on
-    loading, made without its passes over a protobuf copy of the whole graph: ViT-B-32-256 on the
-    AMD EPYC 1.3-1.5 s -> 0.6 s (tests/test_runtime.py compares the two). Matrix products only:
-    they are where a transformer spends its time, and ONNX Runtime's integer convolutions are
-    slower than its float ones on CPU."""
+def _quantise(src: Path | Traced, dst: Path) -> None:
+    """`src` (a traced module, or a graph file) with every matrix product by a weight (a MatMul,
+    or a Gemm with a weight and a bias; the weight an initializer or its transpose) made ONNX
+    Runtime's DynamicQuantizeMatMul: the weight in int8, 7-bit symmetric per tensor (`_int8`),
+    the activations quantised as it runs. That is what `quantize_dynamic` makes (the same integer
+    weights and scales) once ONNX Runtime has fused its MatMulInteger nodes on loading, made
+    without its passes over a protobuf copy of the whole graph: ViT-B-32-256 on the AMD EPYC
+    1.3-1.5 s -> 0.6 s (tests/test_runtime.py compares the two). Matrix products only: they are
+    where a transformer spends its time, and ONNX Runtime's integer convolutions are slower than
+    its float ones on CPU. What no longer feeds an output (a transposed weight now integer) goes."""
+    from onnx import helper, numpy_helper
+
+    model, array = _graph(src)
+    weights = {t.name: t for t in model.graph.initializer}
+    # names the graph shows outside its top-level products: never dropped, nor made integer
+    shown = {v.name for v in (*model.graph.input, *model.graph.output)} | _subgraph_inputs(model.graph)
+    flipped = _transposed(model.graph, weights)
+    made: dict[str, list[str]] = {}  # a weight's int8 inputs, made once however many products share it
+    nodes, out = [], []
+    for n in model.graph.node:
+        if (weight := _weight(n, weights, flipped, shown)) is None:
+            nodes.append(n)
+            continue
+        name, transpose = weight
+        key = f"{name}:t" if transpose else name
+        if key not in made:
+            q, scale = _int8(array(name))  # (turned round after: 4 × fewer bytes to move than floats)
+            q = np.ascontiguousarray(q.T) if transpose else q
+            made[key] = [f"{key}_int8", f"{key}_scale", f"{key}_zero"]
+            out += [numpy_helper.from_array(q, made[key][0]), numpy_helper.from_array(scale, made[key][1]),
+                    numpy_helper.from_array(np.zeros((), np.int8), made[key][2])]
+        bias = n.input[2:3] if n.op_type == "Gemm" else []
+        nodes.append(helper.make_node("DynamicQuantizeMatMul", [n.input[0], *made[key], *bias], list(n.output),
+                                      name=n.name, domain="com.microsoft"))
+    needed = set(shown)  # (from the outputs back: the nodes, then the weights, something still reads)
+    for n in reversed(nodes):
+        if needed.intersection(n.output):
+            needed.update(n.input)
+    out += [numpy_helper.from_array(array(name), name) for name in weights if name in needed]
+    del model.graph.node[:], model.graph.initializer[:]
+    model.graph.node.extend(n for n in nodes if needed.intersection(n.output))
+    model.graph.initializer.extend(out)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    with open(dst, "wb") as f:
+        f.write(model.SerializeToString())
+
+
+def _graph(src: Path | Traced) -> tuple[Any, Callable[[str], np.ndarray]]:
+    """`src`'s graph, its weights left out, and a reader of a weight by name: a traced module's
+    from memory, a file's from the file its initializer names (mapped, not loaded)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
+    if isinstance(src, Traced):
+        return onnx.load_from_string(src.graph), src.weights.__getitem__
     model = onnx.load(str(src), load_external_data=False)
-    files: dict[str, np.memmap] = {}  # (the weights file each initializer names, mapped once)
     weights = {t.name: t for t in model.graph.initializer}
-    # names the graph shows outside its top-level products: never dropped, nor made integer
-    kept = {v.name for v in (*model.graph.input, *model.graph.output)} | _subgraph_inputs(model.graph)
+    files: dict[str, np.memmap] = {}  # (the weights file each initializer names, mapped once)
 
     def array(name: str) -> np.ndarray:
         t = weights[name]
@@ -165,50 +207,45 @@ def _quantise(src: Path, dst: Path) -> None:
         raw = stored[start : start + int(where["length"])]
         return np.frombuffer(raw, helper.tensor_dtype_to_np_dtype(t.data_type)).reshape(tuple(t.dims))
 
-    made: dict[str, list[str]] = {}  # a weight's int8 inputs, made once however many products share it
-    nodes, out = [], []
-    for n in model.graph.node:
-        if not _by_weight(n, weights, kept):
-            nodes.append(n)
-            kept.update(n.input)
-            continue
-        options = {a.name: helper.get_attribute_value(a) for a in n.attribute}
-        bias = n.input[2:3] if n.op_type == "Gemm" else []
-        w = n.input[1]
-        key = f"{w}:t" if options.get("transB") else w
-        if key not in made:
-            q, scale = _int8(array(w).T if options.get("transB") else array(w))
-            made[key] = [f"{key}_int8", f"{key}_scale", f"{key}_zero"]
-            out += [numpy_helper.from_array(q, made[key][0]), numpy_helper.from_array(scale, made[key][1]),
-                    numpy_helper.from_array(np.zeros((), np.int8), made[key][2])]
-        nodes.append(helper.make_node("DynamicQuantizeMatMul", [n.input[0], *made[key], *bias], list(n.output),
-                                      name=n.name, domain="com.microsoft"))
-        kept.update(bias)
-    out += [numpy_helper.from_array(array(name), name) for name in weights if name in kept]
-    del model.graph.node[:], model.graph.initializer[:]
-    model.graph.node.extend(nodes)
-    model.graph.initializer.extend(out)
-    if not any(o.domain == "com.microsoft" for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    with open(dst, "wb") as f:
-        f.write(model.SerializeToString())
+    return model, array
 
 
-def _by_weight(n: Any, weights: dict[str, Any], kept: Container[str] = ()) -> bool:
-    """Whether node `n` is a product by a 2-D weight of `weights` (initializers by name; not one
-    of `kept`) that DynamicQuantizeMatMul computes alike: a MatMul, or a Gemm with neither transA,
-    alpha nor beta, whose bias (if any) has one value a column."""
+def _transposed(graph: Any, weights: dict[str, Any]) -> dict[str, str]:
+    """The outputs of `graph`'s Transpose nodes that turn a 2-D weight of `weights` round, each
+    with that weight's name: how the exporter writes a linear layer on a batch of sequences, when
+    it folds no constants (MatMul(x, Transpose(W)))."""
     from onnx import helper
 
-    w = weights.get(n.input[1]) if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and n.input[1] not in kept else None
-    if w is None or len(w.dims) != 2:
-        return False
+    turned = {}
+    for n in graph.node:
+        perm = next((helper.get_attribute_value(a) for a in n.attribute if a.name == "perm"), [1, 0])
+        if n.op_type == "Transpose" and n.input[0] in weights and len(weights[n.input[0]].dims) == 2 and list(perm) == [1, 0]:
+            turned[n.output[0]] = n.input[0]
+    return turned
+
+
+def _weight(n: Any, weights: dict[str, Any], transposed: dict[str, str], shown: Container[str] = ()) -> tuple[str, bool] | None:
+    """The weight node `n` multiplies by, as (its name in `weights`, whether the product takes it
+    transposed), when `n` is a product DynamicQuantizeMatMul computes alike: a MatMul, or a Gemm
+    with neither transA, alpha nor beta, whose bias (if any) has one value a column; its second
+    input a 2-D weight, or one turned round (`transposed`), and not one of `shown`. Else None."""
+    from onnx import helper
+
+    if n.op_type not in ("MatMul", "Gemm") or len(n.input) < 2 or n.input[1] in shown:
+        return None
+    name, turned = (transposed[n.input[1]], True) if n.input[1] in transposed else (n.input[1], False)
+    w = weights.get(name)
+    if w is None or len(w.dims) != 2 or name in shown:
+        return None
     if n.op_type == "MatMul":
-        return True
+        return name, turned
     options = {a.name: helper.get_attribute_value(a) for a in n.attribute}
-    columns = w.dims[0] if options.get("transB") else w.dims[1]
-    return (not options.get("transA") and options.get("alpha", 1.0) == 1.0 and options.get("beta", 1.0) == 1.0
-            and all(b in weights and list(weights[b].dims) == [columns] for b in n.input[2:3]))
+    turned ^= bool(options.get("transB"))
+    columns = w.dims[0] if turned else w.dims[1]
+    if (options.get("transA") or options.get("alpha", 1.0) != 1.0 or options.get("beta", 1.0) != 1.0
+            or not all(b in weights and list(weights[b].dims) == [columns] for b in n.input[2:3])):
+        return None
+    return name, turned
 
 
 def _subgraph_inputs(graph: Any) -> set[str]:
@@ -254,6 +291,19 @@ class Traced:
     graph: bytes
     weights: dict[str, np.ndarray]
 
+    @classmethod
+    def of(cls, graph: bytes, module: torch.nn.Module) -> Traced:
+        """`graph`, traced from `module` or from a copy of it (a forked child's), with `module`'s
+        weights, by the names its initializers give."""
+        import onnx
+
+        state = module.state_dict()
+        return cls(graph, {t.name: _array(state[t.name]) for t in onnx.load_from_string(graph).graph.initializer})
+
+
+def _array(weight: torch.Tensor) -> np.ndarray:
+    return weight.detach().contiguous().numpy()
+
 
 def _traced(module: torch.nn.Module, example: tuple[torch.Tensor, ...], axes: dict) -> Traced:
     """`module` traced to ONNX without its weights, which ONNX Runtime takes from memory when it
@@ -280,13 +330,12 @@ def _traced(module: torch.nn.Module, example: tuple[torch.Tensor, ...], axes: di
             torch.backends.mha.set_fastpath_enabled(fastpath)
     model = onnx.load_from_string(out.getvalue())
     state = module.state_dict()
-    weights = {}
     for value in model.graph.input:
         if value.name in axes:
             continue
         if value.name not in state:
             raise ValueError(f"traced graph input {value.name!r} is neither an input nor a weight")
-        array = weights[value.name] = state[value.name].detach().contiguous().numpy()
+        array = _array(state[value.name])
         tensor = onnx.TensorProto(name=value.name, data_type=onnx.helper.np_dtype_to_tensor_dtype(array.dtype),
                                   dims=array.shape, data_location=onnx.TensorProto.EXTERNAL)
         for key, v in (("location", "memory"), ("offset", "0"), ("length", str(array.nbytes))):
@@ -295,7 +344,7 @@ def _traced(module: torch.nn.Module, example: tuple[torch.Tensor, ...], axes: di
     inputs = [v for v in model.graph.input if v.name in axes]
     del model.graph.input[:]
     model.graph.input.extend(inputs)
-    return Traced(model.SerializeToString(), weights)
+    return Traced.of(model.SerializeToString(), module)
 
 
 def _measure(encoders: dict[str, PixelEncoder], pixels: np.ndarray, repeats: int = 3,
@@ -357,8 +406,8 @@ def choose(encoder: Encoder, folder: Path, onnx: bool = True,
     timing it took two thirds of the choice (ViT-B-32: 12 of 18 s); it is timed only to judge
     bfloat16 (8 images). `beside`, when given, is called as the image tower's export begins,
     to start other work (the query export, in a child process: side_export.py) on the cores it
-    leaves idle; what it returns, unless None, has `tower_ready()`, called once the tower's
-    fp32 file is written (or failed), and `result()`, awaited before the ONNX runtimes are timed
+    leaves idle; what it returns, unless None, has `tower_ready(graph)`, called once the tower
+    is traced (None: failed), and `result()`, awaited before the ONNX runtimes are timed
     so that nothing else runs on the CPUs meanwhile (untimed, it goes on beside the embedding)."""
     measured: dict[str, dict] = {"torch": {"min_cosine": 1.0, "role": "reference"}}
     others: list[float] = []  # (how busy other processes kept the CPUs while timing: `_chosen`)
@@ -388,23 +437,23 @@ def choose(encoder: Encoder, folder: Path, onnx: bool = True,
         return None, None
     if not timed:
         reference = torch_forward(pixels)
-    # `beside` makes its text tower while this traces the image tower, then optimises its query
-    # image tower from that file while this quantises it and opens the sessions, each on a core
-    # of its own (ViT-B-32-256 on the AMD EPYC: tracing and folding ~3 s, quantising 1.3 s)
+    # `beside` makes and checks its text tower while this traces the image tower, quantises it
+    # and opens its sessions, each on a core of its own; then its query image tower from the
+    # graph traced here (ViT-B-32-256 on the AMD EPYC: tracing 1.5 s, quantising 0.5)
     running = beside() if beside is not None else None
+    traced = None
     try:
-        export(encoder, folder, int8=False)
+        traced = _traced(*_image_graph(encoder))
     finally:
         if running is not None:
-            running.tower_ready()
-    files = export(encoder, folder)
-    if bf16 is None and _int8_plain(files["onnx"]):  # (the query export goes on beside the embedding)
-        int8 = onnx_encoder(files["onnx-int8"])
+            running.tower_ready(traced.graph if traced else None)
+    if bf16 is None and _int8_plain(traced):  # (the query export goes on beside the embedding)
+        int8 = onnx_encoder(export(encoder, folder, fp32=False, traced=traced)["onnx-int8"])
         measured["onnx-int8"] = {"min_cosine": _cosine(int8.many(np.array_split(pixels, int8.lanes)), reference)}
         if measured["onnx-int8"]["min_cosine"] >= MIN_COSINE:
             measured["onnx"] = {"not timed": "int8 wins with AVX2 on a tower of matrix products"}
             return _chosen(encoder, folder, measured, "onnx-int8", []), int8
-    encoders: dict[str, PixelEncoder] = {name: onnx_encoder(path) for name, path in files.items()}
+    encoders = {name: onnx_encoder(path) for name, path in export(encoder, folder, traced=traced).items()}
     if running is not None:
         running.result()
     timed = _measure(encoders, pixels, others=others, settled=_settled)
@@ -423,19 +472,19 @@ def _settled(speeds: dict[str, float]) -> bool:
     return len(fair) < 2 or fair[-1] >= CLEAR_LEAD * fair[-2]
 
 
-def _int8_plain(graph: Path) -> bool:
+def _int8_plain(src: Path | Traced) -> bool:
     """Whether ONNX Runtime's int8 image tower outruns its float32 one here beyond doubt, so that
     only its agreement is checked: a CPU whose integer products do more per instruction than its
-    float ones (`exported.int8_hardware`), and a tower whose weights (`graph`: the float32 one)
-    are mostly in the matrix products the quantiser makes integer (`_by_weight`, `INT8_PLAIN_SHARE`)."""
+    float ones (`exported.int8_hardware`), and a tower (`src`: traced, or the float32 file) whose
+    weights are mostly in the matrix products the quantiser makes integer (`_weight`,
+    `INT8_PLAIN_SHARE`)."""
     if not exported.int8_hardware():
         return False
-    import onnx
-
-    model = onnx.load(str(graph), load_external_data=False)
+    model, _ = _graph(src)
     weights = {t.name: t for t in model.graph.initializer}
     sizes = {name: int(np.prod(t.dims)) for name, t in weights.items()}
-    products = {n.input[1] for n in model.graph.node if _by_weight(n, weights)}
+    flipped = _transposed(model.graph, weights)
+    products = {w[0] for n in model.graph.node if (w := _weight(n, weights, flipped)) is not None}
     return sum(sizes[w] for w in products) >= INT8_PLAIN_SHARE * sum(sizes.values()) > 0
 
 
@@ -558,14 +607,16 @@ def pixel_encoder(encoder: Encoder, folder: Path | None = None, runtime: str = "
         return on_torch
     if runtime == CUDA:
         return cuda_encoder(encoder), CUDA
+    def made() -> Path:
+        return export(encoder, folder, fp32=runtime == "onnx", int8=runtime == "onnx-int8")[runtime]
+
     try:
-        return opened or onnx_encoder(export(encoder, folder)[runtime]), runtime
+        return opened or onnx_encoder(made()), runtime
     except Exception:  # a damaged cached file: made anew (once), else PyTorch rather than fail
-        for name in {runtime, "onnx"}:  # (int8 is quantised from the fp32 graph, whose weights may be the damage)
-            for damaged in (folder / VISUAL[name], _weights(folder / VISUAL[name])):
-                damaged.unlink(missing_ok=True)
+        for damaged in (folder / VISUAL[runtime], _weights(folder / VISUAL[runtime])):
+            damaged.unlink(missing_ok=True)
         try:
-            return onnx_encoder(export(encoder, folder)[runtime]), runtime
+            return onnx_encoder(made()), runtime
         except Exception:
             if not auto:
                 raise
@@ -579,12 +630,12 @@ CHECK_TEXTS = ["a dog on a beach", "a cup of coffee", "x", "Ein Fahrrad lehnt an
 QUERY_MIN_COSINE = 0.999
 
 
-def export_for_queries(encoder: Encoder, folder: Path | None = None, tower_ready: Callable[[], Any] | None = None) -> bool:
+def export_for_queries(encoder: Encoder, folder: Path | None = None, tower: Callable[[], bytes | None] | None = None) -> bool:
     """Write and seal the model's query export (text tower, and image tower where its geometry
     allows) in `folder` (default: its folder in the user cache), unless a sealed one is there.
     False when the model has no text export or its export does not agree with PyTorch.
-    `tower_ready`, if given, is waited for before the image tower: the indexer's own export of
-    it is being written (`choose`), and the query tower is optimised from that file."""
+    `tower`, if given, is waited for once the text tower is made and checked: the image tower's
+    graph as the indexer traced it (`choose`), or None when it was not (then traced here)."""
     folder = folder or model_dir(encoder.identity)
     if QueryEncoder.read(encoder.identity, folder) is not None:  # (whether its files load, a query finds out)
         return True
@@ -606,18 +657,14 @@ def export_for_queries(encoder: Encoder, folder: Path | None = None, tower_ready
         spec.tokenizer.save(str(folder / text["tokenizer"]))
     example = tuple(torch.ones((2, spec.pad_to or 8), dtype=torch.int64) for _ in spec.inputs)
     axes = {name: {0: "batch", 1: "tokens"} for name in spec.inputs}
-    traced = _traced(spec.module, example, axes)
-    optimise(traced, folder / text["file"])
-    if tower_ready is not None:
-        tower_ready()
-    image = _image_export(encoder, folder)
-    query = QueryEncoder(folder, encoder.identity, encoder.dim, text, image, prepack=False)  # one run each
+    optimise(_traced(spec.module, example, axes), folder / text["file"])
+    query = QueryEncoder(folder, encoder.identity, encoder.dim, text, None, prepack=False)  # (one run)
     agree = float((query.encode_texts(CHECK_TEXTS) * encoder.encode_texts(CHECK_TEXTS)).sum(1).min())
     seal = {"identity": encoder.identity, "format": EXPORT_FORMAT, "text_version": TEXT_VERSION, "min_cosine": round(agree, 6)}
     if agree < QUERY_MIN_COSINE:  # sealed as rejected, so that it is not measured again
         seal["rejected"] = f"vectors disagree with PyTorch's (cosine {agree:.4f} < {QUERY_MIN_COSINE})"
     else:
-        seal |= {"dim": encoder.dim, "text": text, "image": image}
+        seal |= {"dim": encoder.dim, "text": text, "image": _image_export(encoder, folder, tower() if tower else None)}
     _seal(folder, seal)
     return "rejected" not in seal
 
@@ -662,10 +709,11 @@ def _seal(folder: Path, seal: dict) -> None:
     os.replace(folder / f"{META}.tmp", folder / META)
 
 
-def _image_export(encoder: Encoder, folder: Path) -> dict | None:
-    """The image side of the query export: its geometry and the fp32 image tower (optimised from
-    the indexer's visual.onnx), when PIL makes the model's very pixels (checked on odd-sized
-    pictures) and the tower agrees with PyTorch on them."""
+def _image_export(encoder: Encoder, folder: Path, graph: bytes | None = None) -> dict | None:
+    """The image side of the query export: its geometry and the fp32 image tower, optimised from
+    `graph` (the indexer's trace of it, with this process's copy of the weights) or else traced
+    here, when PIL makes the model's very pixels (checked on odd-sized pictures) and the tower
+    agrees with PyTorch on them."""
     from PIL import Image
 
     image = encoder.query_geometry()
@@ -675,15 +723,9 @@ def _image_export(encoder: Encoder, folder: Path) -> dict | None:
     shape = geometry(image)
     if not all(np.array_equal(np.asarray(shape(p.convert("RGB"))), encoder.pixel_prep(p)) for p in pictures):
         return None
-    image["file"] = "visual.query.onnx"  # beside the indexer's visual.onnx, if any (ViT-B-32: +352 MB)
-    indexers = folder / VISUAL["onnx"]
-    if indexers.exists():
-        try:
-            optimise(indexers, folder / image["file"])
-        except Exception:  # a damaged visual.onnx (the indexer's too): traced anew
-            indexers.unlink(missing_ok=True)
-    if not indexers.exists():
-        optimise(_traced(*_image_graph(encoder)), folder / image["file"])
+    image["file"] = "visual.query.onnx"  # (ViT-B-32: 352 MB)
+    module, example, axes = _image_graph(encoder)
+    optimise(Traced.of(graph, module) if graph else _traced(module, example, axes), folder / image["file"])
     tower = QueryEncoder(folder, encoder.identity, encoder.dim, {}, image, prepack=False)
     measured = float((tower.encode_images(pictures) * encoder.encode_images(pictures)).sum(1).min())
     return image if measured >= QUERY_MIN_COSINE else None
