@@ -229,7 +229,7 @@ def test_towers_are_traced_without_their_weights_and_optimised_from_memory(tiny_
     """The traced graph carries no weights (ONNX Runtime takes them from the module's memory: no
     serialising and parsing them back, no 2 GiB protobuf limit for big towers); what it optimises
     into computes what PyTorch does, with ONNX Runtime's fused operators (the query towers) or
-    with standard operators only (the indexer's visual.onnx, which the int8 quantiser reads)."""
+    with standard operators only (the fp32 runtime's visual.onnx)."""
     import onnx
     import onnxruntime as ort
 

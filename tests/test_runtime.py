@@ -379,3 +379,47 @@ def test_the_quantiser_keeps_what_the_graph_still_needs(tmp_path):
     assert [n.op_type for n in q.graph.node] == ["DynamicQuantizeMatMul", "DynamicQuantizeMatMul", "If"]
     y_int8 = run(str(tmp_path / "q2.onnx"), ["y"])[0]
     assert float((y * y_int8).sum() / np.linalg.norm(y) / np.linalg.norm(y_int8)) > 0.99
+
+
+def test_a_trace_whose_types_disagree_is_traced_again_with_the_exporters_shape_inference(monkeypatch):
+    """Traced without the exporter's shape inference (twice as fast), attention with a given
+    scale (as MiniLM's) squares a double beside float tensors: ONNX's strict inference finds it
+    (`_typed`), and `_traced` traces again with the exporter's own, whose graph ONNX Runtime
+    loads and which computes what PyTorch does."""
+    import io
+    import warnings
+
+    import onnxruntime as ort
+    import torch
+
+    from mmsearch.retrieval.encoders.runtime import _exporter, _traced, _typed
+
+    class Attention(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.linear(x)
+            return torch.nn.functional.scaled_dot_product_attention(h, h, h, scale=0.5)
+
+    module, x = Attention().eval(), torch.randn(1, 2, 3, 4)
+    options = dict(input_names=["x"], output_names=["output"], dynamic_axes={"x": {0: "batch"}, "output": {0: "batch"}},
+                   opset_version=17, do_constant_folding=False, export_params=False, keep_initializers_as_inputs=True)
+    exporter, out = _exporter(), io.BytesIO()
+    assert exporter is not None
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        exporter(module, (x,), out, onnx_shape_inference=False, **options)
+    assert _typed(out.getvalue()) is None
+    traced = _traced(module, (x,), {"x": {0: "batch"}})
+    assert _typed(traced.graph) is not None
+    session = ort.SessionOptions()
+    session.add_external_initializers(list(traced.weights), [ort.OrtValue.ortvalue_from_numpy(a) for a in traced.weights.values()])
+    got = ort.InferenceSession(traced.graph, session, providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0]
+    np.testing.assert_allclose(got, module(x).detach().numpy(), rtol=1e-5, atol=1e-6)
+
+    def public(*a, **k):
+        raise AssertionError("traced twice")
+    monkeypatch.setattr(torch.onnx, "export", public)  # a graph whose types agree is traced once, fast
+    assert _typed(_traced(module.linear, (x,), {"x": {0: "batch"}}).graph) is not None

@@ -284,6 +284,41 @@ def _image_graph(encoder: Encoder) -> tuple[torch.nn.Module, tuple[torch.Tensor,
     return _ImageForward(encoder), (torch.from_numpy(calibration_pixels(encoder, 2)),), {INPUT: {0: "batch"}}
 
 
+def _exporter() -> Callable[..., None] | None:
+    """torch's TorchScript ONNX exporter as `torch.onnx.export` calls it, which can leave out its
+    shape inference (the public call cannot): the exporter infers each node's shapes as it adds
+    it, for annotations ONNX Runtime infers again as it loads, and for the types of Python numbers
+    (`_typed` checks those). ViT-B-32-256 traced in 0.7-0.9 s instead of 1.7-2.2, its text tower
+    in 0.7 instead of 1.4, the optimised and quantised towers computing bit-identical vectors as
+    fast. None where this torch has it elsewhere."""
+    import importlib
+    import inspect
+
+    for where in ("torch.onnx._internal.torchscript_exporter.utils", "torch.onnx.utils"):  # (its place now; before)
+        try:
+            export = importlib.import_module(where)._export
+            if "onnx_shape_inference" in inspect.signature(export).parameters:
+                return export
+        except (ImportError, AttributeError, TypeError, ValueError):
+            continue
+    return None
+
+
+def _typed(graph: bytes) -> Any:
+    """`graph` (an ONNX model) parsed, when its operators' types agree (ONNX's own shape inference,
+    strict: 2-35 ms), else None. Traced without the exporter's shape inference, a Python number
+    in a product stays a double beside float tensors (MiniLM's attention scale), which ONNX
+    Runtime refuses to load."""
+    import onnx
+
+    model = onnx.load_from_string(graph)
+    try:
+        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    except Exception:  # (onnx raises its InferenceError, or a ValidationError)
+        return None
+    return model
+
+
 @dataclass
 class Traced:
     """A module traced for `optimise`: its ONNX graph, each weight declared as an initializer with
@@ -315,20 +350,26 @@ def _traced(module: torch.nn.Module, example: tuple[torch.Tensor, ...], axes: di
     through a scratch file)."""
     import onnx
 
-    out = io.BytesIO()
     with _TRACING:
         fastpath = torch.backends.mha.get_fastpath_enabled()
         try:  # the tracer cannot export fused attention kernels
             torch.backends.mha.set_fastpath_enabled(False)
             with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
-                torch.onnx.export(module.eval(), example, out,  # type: ignore[arg-type]  # (a file object works)
-                                  input_names=list(axes), output_names=["output"],
-                                  dynamic_axes={**axes, "output": {0: "batch"}}, dynamo=False, opset_version=17,
-                                  do_constant_folding=False, export_params=False, keep_initializers_as_inputs=True)
+                options = dict(input_names=list(axes), output_names=["output"], dynamic_axes={**axes, "output": {0: "batch"}},
+                               opset_version=17, do_constant_folding=False, export_params=False,
+                               keep_initializers_as_inputs=True)
+                model = None
+                if (exporter := _exporter()) is not None:
+                    out = io.BytesIO()
+                    exporter(module.eval(), example, out, onnx_shape_inference=False, **options)
+                    model = _typed(out.getvalue())
+                if model is None:
+                    out = io.BytesIO()
+                    torch.onnx.export(module.eval(), example, out, dynamo=False, **options)  # type: ignore[arg-type]  # (a file object works)
+                    model = onnx.load_from_string(out.getvalue())
         finally:
             torch.backends.mha.set_fastpath_enabled(fastpath)
-    model = onnx.load_from_string(out.getvalue())
     state = module.state_dict()
     for value in model.graph.input:
         if value.name in axes:
