@@ -1,6 +1,7 @@
 """open_clip imported with only what a model needs (encoders/openclip_import.py): what each of
-open_clip's own configs asks for, and, in a fresh interpreter, that a plain CLIP leaves
-transformers, timm and torch._dynamo unimported yet a later model that needs them gets them."""
+open_clip's own configs asks for, and, in a fresh interpreter, that a plain CLIP from a local
+checkpoint leaves transformers, timm, torch._dynamo and huggingface_hub unimported yet a later
+model that needs them gets them."""
 from __future__ import annotations
 
 import json
@@ -25,6 +26,11 @@ def test_needs_of_packaged_configs(arch, wanted):
     assert needs(arch) == wanted
 
 
+def test_weights_from_the_hub_need_its_package():
+    assert needs("ViT-B-32", local=False) == {"huggingface_hub"}
+    assert needs("roberta-ViT-B-32", local=False) == {"huggingface_hub", "transformers"}
+
+
 def test_needs_of_a_config_file(tmp_path):
     cfg = tmp_path / "mine.json"
     cfg.write_text(json.dumps({"embed_dim": 8, "vision_cfg": {"timm_model_name": "x"}, "text_cfg": {"hf_model_name": "y"}}))
@@ -42,8 +48,8 @@ from mmsearch.retrieval.encoders.openclip_import import open_clip
 
 openclip_import.LEAVE_OUT = True  # (as the command line sets it)
 
-left_out = ("transformers", "timm", "torch._dynamo")
-oc = open_clip("ViT-B-32")
+left_out = ("transformers", "timm", "torch._dynamo", "huggingface_hub")
+oc = open_clip("ViT-B-32", local=True)  # (weights from a checkpoint file: no hub)
 assert not [m for m in left_out if m in sys.modules], [m for m in left_out if m in sys.modules]
 model = oc.create_model("ViT-B-32-256", pretrained=None)  # (built without them)
 
@@ -54,6 +60,10 @@ assert "torch._dynamo" not in sys.modules
 assert sys.modules["torchvision.ops.roi_align"].is_compile_supported("cpu") in (True, False)  # (what it took)
 assert type(sys.modules["torch._dynamo"]).__name__ == "module"  # the real one, at first use
 assert torch._dynamo.is_compiling() is False
+
+assert oc.pretrained.hf_hub_download is None and not oc.pretrained._has_hf_hub
+assert open_clip("ViT-B-32") is oc and "huggingface_hub" in sys.modules  # (a pretrained tag: downloaded from the hub)
+assert oc.pretrained.hf_hub_download is not None and oc.pretrained._has_hf_hub
 
 assert oc.hf_model.transformers is None
 assert open_clip("roberta-ViT-B-32") is oc and oc.hf_model.transformers is not None  # reloaded for it

@@ -303,8 +303,9 @@ def test_lite_fused_resize_crop_matches_timms_transform(photos, tuxpaint):
 
 def test_int8_is_taken_untimed_where_it_wins_beyond_doubt(tiny_clip, tmp_path, monkeypatch):
     """An AVX2 CPU and a tower of matrix products (the tiny model's share, ~0.66, made to count
-    here): int8 is checked against PyTorch and taken without timing float32 against it; a CPU
-    without AVX2, or a tower under the share, has both timed."""
+    here): int8 is checked against PyTorch (on `CHECK_IMAGES`) and taken without timing float32
+    against it; a CPU without AVX2, or a tower under the share, has both timed (and judged on
+    every calibration image)."""
     monkeypatch.setattr(exported, "bf16_hardware", lambda: False)
     enc = load_encoder(tiny_clip)
     timings: list[set[str]] = []
@@ -316,6 +317,7 @@ def test_int8_is_taken_untimed_where_it_wins_beyond_doubt(tiny_clip, tmp_path, m
     choice, forward = choosing.choose(enc, tmp_path / "plain")
     assert choice["runtime"] == "onnx-int8" and "not timed" in choice["measured"]["onnx"] and timings == []
     assert choice["measured"]["onnx-int8"]["min_cosine"] >= MIN_COSINE
+    assert not (tmp_path / "plain" / exported.VISUAL["onnx"]).exists()  # (no fp32 tower made: none is timed)
     assert exported.saved_choice(tmp_path / "plain") == "onnx-int8"
     pixels = choosing.calibration_pixels(enc, 2)
     assert float((forward(pixels) * enc.pixel_prep.torch_encoder(enc)(pixels)).sum(1).min()) >= MIN_COSINE

@@ -102,7 +102,7 @@ def _mapped(path: str) -> Iterator[None]:
 class OpenClipEncoder(Encoder):
     def __init__(self, spec: str):
         parts = spec.split(":", 2)
-        open_clip = import_open_clip(parts[1] if len(parts) == 3 else "")
+        open_clip = import_open_clip(parts[1] if len(parts) == 3 else "", local=len(parts) == 3 and is_local(parts[2]))
         name = _resolve_arch(parts[1]) if len(parts) == 3 else ""
         self.spec, self.identity = identity.open_clip(spec)  # (a malformed spec is refused here)
         weights = self.spec.split(":", 2)[2]

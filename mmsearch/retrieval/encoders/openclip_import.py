@@ -6,9 +6,11 @@ caption generation), timm (0.2 s: timm image towers) and torch._dynamo (1.3 s: t
 roi_align imports one function from it, timm's layers use it). For an architecture whose config
 asks for neither (ViT-B-32, ViT-L-14, the ResNets: 55 of open_clip's 144 configs), open_clip is
 imported with those two packages absent, which it allows for, and torch._dynamo as a stand-in
-that imports the real module at its first use: 0.57 s. A later model in the same process that
-needs them gets them: `open_clip` reloads the modules that bound them as missing. Only the
-command line does this (`LEAVE_OUT`); a program that imports mmsearch gets open_clip whole.
+that imports the real module at its first use: 0.57 s; with weights from a local checkpoint,
+without huggingface_hub too (0.25 s more: it downloads pretrained tags). A later model in the
+same process that needs them gets them: `open_clip` reloads the modules that bound them as
+missing. Only the command line does this (`LEAVE_OUT`); a program that imports mmsearch gets
+open_clip whole.
 """
 from __future__ import annotations
 
@@ -22,14 +24,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-#: open_clip's optional packages, with the modules of open_clip that bind them when imported (the
-#: first binds the package itself: None when it was absent)
-OPTIONAL = {"transformers": ("open_clip.hf_model", "open_clip.coca_model"), "timm": ("open_clip.timm_model",)}
+#: open_clip's optional packages, each with a name the first of its modules binds (None when the
+#: package was absent) and the modules of open_clip that bind it when imported
+OPTIONAL = {"transformers": ("transformers", ("open_clip.hf_model", "open_clip.coca_model")),
+            "timm": ("timm", ("open_clip.timm_model",)),
+            "huggingface_hub": ("hf_hub_download", ("open_clip.pretrained", "open_clip.push_to_hf_hub"))}
 
 
-def needs(arch: str) -> set[str]:
+def needs(arch: str, local: bool = True) -> set[str]:
     """The packages of `OPTIONAL` a model of `arch` (an open_clip name, or a config file's path)
-    needs: all of them when its config cannot be read."""
+    needs, its weights a local checkpoint or not (a pretrained tag): all of them when its config
+    cannot be read."""
     try:
         if arch.endswith(".json"):
             path = Path(arch).expanduser()
@@ -40,7 +45,7 @@ def needs(arch: str) -> set[str]:
         text, vision = cfg.get("text_cfg", {}), cfg.get("vision_cfg", {})
     except (OSError, ValueError, AttributeError, TypeError):
         return set(OPTIONAL)
-    wanted = set()
+    wanted = set() if local else {"huggingface_hub"}
     if text.get("hf_model_name") or "multimodal_cfg" in cfg:  # (a Hugging Face tokenizer imports it when made)
         wanted.add("transformers")
     if vision.get("timm_model_name"):
@@ -55,16 +60,18 @@ def needs(arch: str) -> set[str]:
 LEAVE_OUT = False
 
 
-def open_clip(arch: str) -> Any:
-    """The open_clip module, ready for a model of `arch`."""
-    wanted = needs(arch) if LEAVE_OUT else set(OPTIONAL)
+def open_clip(arch: str, local: bool = False) -> Any:
+    """The open_clip module, ready for a model of `arch` with weights from a `local` checkpoint
+    or not."""
+    wanted = needs(arch, local) if LEAVE_OUT else set(OPTIONAL)
     if LEAVE_OUT and "open_clip" not in sys.modules:
         with _absent(set(OPTIONAL) - wanted), _dynamo_later():
             importlib.import_module("open_clip")
     module = importlib.import_module("open_clip")
     for name in wanted:
-        bound = [sys.modules[m] for m in OPTIONAL[name] if m in sys.modules]
-        if bound and getattr(bound[0], name, None) is None and importlib.util.find_spec(name) is not None:
+        binds, modules = OPTIONAL[name]
+        bound = [sys.modules[m] for m in modules if m in sys.modules]
+        if bound and getattr(bound[0], binds, None) is None and importlib.util.find_spec(name) is not None:
             for m in bound:  # (their classes, held elsewhere too, look the names up in these modules)
                 importlib.reload(m)
     return module
