@@ -19,7 +19,7 @@ from mmsearch.retrieval.encoders.openclip_import import OPTIONAL, needs
     ("RN50", set()),
     ("roberta-ViT-B-32", {"transformers"}),  # a Hugging Face text tower
     ("coca_ViT-B-32", {"transformers"}),  # caption generation
-    ("ViT-B-16-SigLIP", {"timm"}),  # a timm image tower
+    ("ViT-B-16-SigLIP", {"timm", "huggingface_hub"}),  # a timm image tower (timm binds the hub as it is imported)
     ("no-such-architecture", set(OPTIONAL)),  # unknown: nothing left out
 ])
 def test_needs_of_packaged_configs(arch, wanted):
@@ -34,7 +34,7 @@ def test_weights_from_the_hub_need_its_package():
 def test_needs_of_a_config_file(tmp_path):
     cfg = tmp_path / "mine.json"
     cfg.write_text(json.dumps({"embed_dim": 8, "vision_cfg": {"timm_model_name": "x"}, "text_cfg": {"hf_model_name": "y"}}))
-    assert needs(str(cfg)) == {"timm", "transformers"}
+    assert needs(str(cfg)) == {"timm", "transformers", "huggingface_hub"}
     cfg.write_text(json.dumps({"embed_dim": 8, "vision_cfg": {"width": 8}, "text_cfg": {"width": 8}}))
     assert needs(str(cfg)) == set()
     cfg.write_text("{not json")

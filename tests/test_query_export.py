@@ -300,6 +300,27 @@ def test_a_child_that_dies_waiting_for_the_image_tower_leaves_the_run_going(tiny
     assert side.result() is False
 
 
+def test_a_tower_graph_that_cannot_be_handed_over_leaves_the_child_to_trace_its_own(tiny_clip, tmp_path, monkeypatch):
+    """A full temporary folder when the parent hands over the traced graph: no error in the
+    parent (whose runtime choice goes on), and the child reads no graph, not a part of one."""
+    from mmsearch.indexer import side_export
+    from mmsearch.retrieval.encoders import runtime
+
+    monkeypatch.setenv("MMSEARCH_CACHE", str(tmp_path))
+    got = tmp_path / "got"
+    monkeypatch.setattr(runtime, "export_for_queries", lambda encoder, tower: got.write_text(repr(tower())) > 0)
+    side = side_export.SideExport(load_encoder(tiny_clip), after_tower=True)
+    written = os.pwrite
+
+    def full(fd: int, data: bytes, at: int) -> int:  # (a part written, then the disk is full)
+        if at:
+            raise OSError(28, "No space left on device")
+        return written(fd, data[:1000], at)
+    monkeypatch.setattr(side_export.os, "pwrite", full)
+    side.tower_ready(b"graph " * 50_000)
+    assert side.result() is True and got.read_text() == "None"
+
+
 def test_a_side_export_answers_where_the_program_ignores_sigchld(tiny_clip, tmp_path, monkeypatch):
     """A program that ignores SIGCHLD (children reaped by the kernel) leaves no exit code to
     read: the answer comes through a pipe, and `result` returns (it waited for good)."""

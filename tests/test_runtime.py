@@ -387,7 +387,8 @@ def test_a_trace_whose_types_disagree_is_traced_again_with_the_exporters_shape_i
     """Traced without the exporter's shape inference (twice as fast), attention with a given
     scale (as MiniLM's) squares a double beside float tensors: ONNX's strict inference finds it
     (`_typed`), and `_traced` traces again with the exporter's own, whose graph ONNX Runtime
-    loads and which computes what PyTorch does."""
+    loads and which computes what PyTorch does; as it does where the export fails without the
+    shapes (repeat_interleave, in CoCa's text tower)."""
     import io
     import warnings
 
@@ -423,5 +424,17 @@ def test_a_trace_whose_types_disagree_is_traced_again_with_the_exporters_shape_i
 
     def public(*a, **k):
         raise AssertionError("traced twice")
-    monkeypatch.setattr(torch.onnx, "export", public)  # a graph whose types agree is traced once, fast
-    assert _typed(_traced(module.linear, (x,), {"x": {0: "batch"}}).graph) is not None
+    with monkeypatch.context() as m:
+        m.setattr(torch.onnx, "export", public)  # a graph whose types agree is traced once, fast
+        assert _typed(_traced(module.linear, (x,), {"x": {0: "batch"}}).graph) is not None
+
+    class Repeated(torch.nn.Module):  # a symbolic that fails without the shapes (as in CoCa's text tower)
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.repeat_interleave(x, 2, dim=1)
+
+    with pytest.raises(TypeError), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        exporter(Repeated(), (x,), io.BytesIO(), onnx_shape_inference=False, **options)
+    traced = _traced(Repeated(), (x,), {"x": {0: "batch"}})  # (by the public call)
+    got = ort.InferenceSession(traced.graph, providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0]
+    np.testing.assert_array_equal(got, torch.repeat_interleave(x, 2, dim=1).numpy())

@@ -116,11 +116,12 @@ class SideExport:
         the child then traces its own)."""
         if self.tower is not None:
             end, shared = self.tower
-            self.tower = None
+            self.tower, graph, written = None, graph or b"", 0
             try:
-                if graph:
-                    shared.write(graph)
-                    shared.flush()
+                while written < len(graph):
+                    written += os.pwrite(shared.fileno(), graph[written:], written)
+            except OSError:  # (a full temporary folder: the child finds nothing and traces its own)
+                os.ftruncate(shared.fileno(), 0)
             finally:
                 os.close(end)
                 shared.close()  # (the child's copy stays open)

@@ -49,7 +49,7 @@ def needs(arch: str, local: bool = True) -> set[str]:
     if text.get("hf_model_name") or "multimodal_cfg" in cfg:  # (a Hugging Face tokenizer imports it when made)
         wanted.add("transformers")
     if vision.get("timm_model_name"):
-        wanted.add("timm")
+        wanted |= {"timm", "huggingface_hub"}  # (timm binds the hub once, as it is imported)
     return wanted
 
 

@@ -292,9 +292,10 @@ def _exporter() -> Callable[..., None] | None:
     """torch's TorchScript ONNX exporter as `torch.onnx.export` calls it, which can leave out its
     shape inference (the public call cannot): the exporter infers each node's shapes as it adds
     it, for annotations ONNX Runtime infers again as it loads, and for the types of Python numbers
-    (`_typed` checks those). ViT-B-32-256 traced in 0.7-0.9 s instead of 1.7-2.2, its text tower
-    in 0.7 instead of 1.4, the optimised and quantised towers computing bit-identical vectors as
-    fast. None where this torch has it elsewhere."""
+    (`_typed` checks those; some symbolics fail without them, and the public call then traces
+    again). ViT-B-32-256 traced in 0.7-0.9 s instead of 1.7-2.2, its text tower in 0.7 instead of
+    1.4, the optimised and quantised towers computing bit-identical vectors as fast. None where
+    this torch has it elsewhere."""
     import importlib
     import inspect
 
@@ -366,8 +367,11 @@ def _traced(module: torch.nn.Module, example: tuple[torch.Tensor, ...], axes: di
                 model = None
                 if (exporter := _exporter()) is not None:
                     out = io.BytesIO()
-                    exporter(module.eval(), example, out, onnx_shape_inference=False, **options)
-                    model = _typed(out.getvalue())
+                    try:
+                        exporter(module.eval(), example, out, onnx_shape_inference=False, **options)
+                        model = _typed(out.getvalue())
+                    except Exception:  # a symbolic that needs the shapes (repeat_interleave in CoCa's text tower)
+                        model = None
                 if model is None:
                     out = io.BytesIO()
                     torch.onnx.export(module.eval(), example, out, dynamo=False, **options)  # type: ignore[arg-type]  # (a file object works)
