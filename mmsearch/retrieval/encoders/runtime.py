@@ -139,19 +139,20 @@ def export(encoder: Encoder, folder: Path, fp32: bool = True, int8: bool = True,
     return files
 
 
-def _quantise(src: Path | Traced, dst: Path) -> None:
-    """`src` (a traced module, or a graph file) with every matrix product by a weight (a MatMul,
-    or a Gemm with a weight and a bias; the weight an initializer or its transpose) made ONNX
-    Runtime's DynamicQuantizeMatMul: the weight in int8, 7-bit symmetric per tensor (`_int8`),
-    the activations quantised as it runs. That is what `quantize_dynamic` makes (the same integer
-    weights and scales) once ONNX Runtime has fused its MatMulInteger nodes on loading, made
-    without its passes over a protobuf copy of the whole graph: ViT-B-32-256 on the AMD EPYC
-    1.3-1.5 s -> 0.6 s (tests/test_runtime.py compares the two). Matrix products only: they are
-    where a transformer spends its time, and ONNX Runtime's integer convolutions are slower than
-    its float ones on CPU. What no longer feeds an output (a transposed weight now integer) goes."""
+def _quantise(traced: Traced, dst: Path) -> None:
+    """`traced` with every matrix product by a weight (a MatMul, or a Gemm with a weight and a
+    bias; the weight an initializer or its transpose) made ONNX Runtime's DynamicQuantizeMatMul:
+    the weight in int8, 7-bit symmetric per tensor (`_int8`), the activations quantised as it
+    runs. That is what `quantize_dynamic` makes (the same integer weights and scales) once ONNX
+    Runtime has fused its MatMulInteger nodes on loading, made without its passes over a
+    protobuf copy of the whole graph: ViT-B-32-256 on the AMD EPYC 1.3-1.5 s -> 0.6 s
+    (tests/test_runtime.py compares the two). Matrix products only: they are where a
+    transformer spends its time, and ONNX Runtime's integer convolutions are slower than its
+    float ones on CPU. What no longer feeds an output (a transposed weight now integer) goes."""
+    import onnx
     from onnx import helper, numpy_helper
 
-    model, array = _graph(src)
+    model, array = onnx.load_from_string(traced.graph), traced.weights
     weights = {t.name: t for t in model.graph.initializer}
     # names the graph shows outside its top-level products: never dropped, nor made integer
     shown = {v.name for v in (*model.graph.input, *model.graph.output)} | _subgraph_inputs(model.graph)
@@ -165,7 +166,7 @@ def _quantise(src: Path | Traced, dst: Path) -> None:
         name, transpose = weight
         key = f"{name}:t" if transpose else name
         if key not in made:
-            q, scale = _int8(array(name))  # (turned round after: 4 × fewer bytes to move than floats)
+            q, scale = _int8(array[name])  # (turned round after: 4 × fewer bytes to move than floats)
             q = np.ascontiguousarray(q.T) if transpose else q
             made[key] = [f"{key}_int8", f"{key}_scale", f"{key}_zero"]
             out += [numpy_helper.from_array(q, made[key][0]), numpy_helper.from_array(scale, made[key][1]),
@@ -177,7 +178,7 @@ def _quantise(src: Path | Traced, dst: Path) -> None:
     for n in reversed(nodes):
         if needed.intersection(n.output):
             needed.update(n.input)
-    out += [numpy_helper.from_array(array(name), name) for name in weights if name in needed]
+    out += [numpy_helper.from_array(array[name], name) for name in weights if name in needed]
     del model.graph.node[:], model.graph.initializer[:]
     model.graph.node.extend(n for n in nodes if needed.intersection(n.output))
     model.graph.initializer.extend(out)
@@ -185,33 +186,6 @@ def _quantise(src: Path | Traced, dst: Path) -> None:
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     with open(dst, "wb") as f:
         f.write(model.SerializeToString())
-
-
-def _graph(src: Path | Traced) -> tuple[Any, Callable[[str], np.ndarray]]:
-    """`src`'s graph, its weights left out, and a reader of a weight by name: a traced module's
-    from memory, a file's from the file its initializer names (mapped, not loaded)."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    if isinstance(src, Traced):
-        return onnx.load_from_string(src.graph), src.weights.__getitem__
-    model = onnx.load(str(src), load_external_data=False)
-    weights = {t.name: t for t in model.graph.initializer}
-    files: dict[str, np.memmap] = {}  # (the weights file each initializer names, mapped once)
-
-    def array(name: str) -> np.ndarray:
-        t = weights[name]
-        if t.data_location != TensorProto.EXTERNAL:
-            return numpy_helper.to_array(t)
-        where = {e.key: e.value for e in t.external_data}
-        stored = files.get(where["location"])
-        if stored is None:
-            stored = files[where["location"]] = np.memmap(src.parent / where["location"], np.uint8, "r")
-        start = int(where.get("offset", 0))
-        raw = stored[start : start + int(where["length"])]
-        return np.frombuffer(raw, helper.tensor_dtype_to_np_dtype(t.data_type)).reshape(tuple(t.dims))
-
-    return model, array
 
 
 def _transposed(graph: Any, weights: dict[str, Any]) -> dict[str, str]:
@@ -523,19 +497,20 @@ def _settled(speeds: dict[str, float]) -> bool:
     return len(fair) < 2 or fair[-1] >= CLEAR_LEAD * fair[-2]
 
 
-def _int8_plain(src: Path | Traced) -> bool:
+def _int8_plain(traced: Traced) -> bool:
     """Whether ONNX Runtime's int8 image tower outruns its float32 one here beyond doubt, so that
     only its agreement is checked: a CPU whose integer products do more per instruction than its
-    float ones (`exported.int8_hardware`), and a tower (`src`: traced, or the float32 file) whose
-    weights are mostly in the matrix products the quantiser makes integer (`_weight`,
-    `INT8_PLAIN_SHARE`)."""
+    float ones (`exported.int8_hardware`), and a tower (`traced`) whose weights are mostly in the
+    matrix products the quantiser makes integer (`_weight`, `INT8_PLAIN_SHARE`)."""
     if not exported.int8_hardware():
         return False
-    model, _ = _graph(src)
-    weights = {t.name: t for t in model.graph.initializer}
+    import onnx
+
+    graph = onnx.load_from_string(traced.graph).graph
+    weights = {t.name: t for t in graph.initializer}
     sizes = {name: int(np.prod(t.dims)) for name, t in weights.items()}
-    flipped = _transposed(model.graph, weights)
-    products = {w[0] for n in model.graph.node if (w := _weight(n, weights, flipped)) is not None}
+    flipped = _transposed(graph, weights)
+    products = {w[0] for n in graph.node if (w := _weight(n, weights, flipped)) is not None}
     return sum(sizes[w] for w in products) >= INT8_PLAIN_SHARE * sum(sizes.values()) > 0
 
 
