@@ -153,17 +153,14 @@ def _quantise(traced: Traced, dst: Path) -> None:
     from onnx import helper, numpy_helper
 
     model, array = onnx.load_from_string(traced.graph), traced.weights
-    weights = {t.name: t for t in model.graph.initializer}
-    # names the graph shows outside its top-level products: never dropped, nor made integer
-    shown = {v.name for v in (*model.graph.input, *model.graph.output)} | _subgraph_inputs(model.graph)
-    flipped = _transposed(model.graph, weights)
+    weights, products, shown = _products(model.graph)
     made: dict[str, list[str]] = {}  # a weight's int8 inputs, made once however many products share it
     nodes, out = [], []
-    for n in model.graph.node:
-        if (weight := _weight(n, weights, flipped, shown)) is None:
+    for i, n in enumerate(model.graph.node):
+        if i not in products:
             nodes.append(n)
             continue
-        name, transpose = weight
+        name, transpose = products[i]
         key = f"{name}:t" if transpose else name
         if key not in made:
             q, scale = _int8(array[name])  # (turned round after: 4 × fewer bytes to move than floats)
@@ -188,6 +185,18 @@ def _quantise(traced: Traced, dst: Path) -> None:
         f.write(model.SerializeToString())
 
 
+def _products(graph: Any) -> tuple[dict[str, Any], dict[int, tuple[str, bool]], set[str]]:
+    """`graph`'s initializers by name; the matrix products by a weight that the quantiser makes
+    integer, by their place among its nodes, each with its weight as `_weight` gives it; and the
+    names the graph shows outside its top-level products (its inputs and outputs, what its
+    subgraphs read): never dropped, nor made integer."""
+    weights = {t.name: t for t in graph.initializer}
+    shown = {v.name for v in (*graph.input, *graph.output)} | _subgraph_inputs(graph)
+    flipped = _transposed(graph, weights)
+    products = {i: w for i, n in enumerate(graph.node) if (w := _weight(n, weights, flipped, shown)) is not None}
+    return weights, products, shown
+
+
 def _transposed(graph: Any, weights: dict[str, Any]) -> dict[str, str]:
     """The outputs of `graph`'s Transpose nodes that turn a 2-D weight of `weights` round, each
     with that weight's name: how the exporter writes a linear layer on a batch of sequences, when
@@ -202,7 +211,7 @@ def _transposed(graph: Any, weights: dict[str, Any]) -> dict[str, str]:
     return turned
 
 
-def _weight(n: Any, weights: dict[str, Any], transposed: dict[str, str], shown: Container[str] = ()) -> tuple[str, bool] | None:
+def _weight(n: Any, weights: dict[str, Any], transposed: dict[str, str], shown: Container[str]) -> tuple[str, bool] | None:
     """The weight node `n` multiplies by, as (its name in `weights`, whether the product takes it
     transposed), when `n` is a product DynamicQuantizeMatMul computes alike: a MatMul, or a Gemm
     with neither transA, alpha nor beta, whose bias (if any) has one value a column; its second
@@ -352,13 +361,13 @@ def _traced(module: torch.nn.Module, example: tuple[torch.Tensor, ...], axes: di
                     model = onnx.load_from_string(out.getvalue())
         finally:
             torch.backends.mha.set_fastpath_enabled(fastpath)
-    state = module.state_dict()
+    state, weights = module.state_dict(), {}
     for value in model.graph.input:
         if value.name in axes:
             continue
         if value.name not in state:
             raise ValueError(f"traced graph input {value.name!r} is neither an input nor a weight")
-        array = _array(state[value.name])
+        array = weights[value.name] = _array(state[value.name])
         tensor = onnx.TensorProto(name=value.name, data_type=onnx.helper.np_dtype_to_tensor_dtype(array.dtype),
                                   dims=array.shape, data_location=onnx.TensorProto.EXTERNAL)
         for key, v in (("location", "memory"), ("offset", "0"), ("length", str(array.nbytes))):
@@ -367,7 +376,7 @@ def _traced(module: torch.nn.Module, example: tuple[torch.Tensor, ...], axes: di
     inputs = [v for v in model.graph.input if v.name in axes]
     del model.graph.input[:]
     model.graph.input.extend(inputs)
-    return Traced.of(model.SerializeToString(), module)
+    return Traced(model.SerializeToString(), weights)
 
 
 def _measure(encoders: dict[str, PixelEncoder], pixels: np.ndarray, repeats: int = 3,
@@ -506,12 +515,10 @@ def _int8_plain(traced: Traced) -> bool:
         return False
     import onnx
 
-    graph = onnx.load_from_string(traced.graph).graph
-    weights = {t.name: t for t in graph.initializer}
+    weights, products, _ = _products(onnx.load_from_string(traced.graph).graph)
     sizes = {name: int(np.prod(t.dims)) for name, t in weights.items()}
-    flipped = _transposed(graph, weights)
-    products = {w[0] for n in graph.node if (w := _weight(n, weights, flipped)) is not None}
-    return sum(sizes[w] for w in products) >= INT8_PLAIN_SHARE * sum(sizes.values()) > 0
+    integer = {name for name, _ in products.values()}
+    return sum(sizes[w] for w in integer) >= INT8_PLAIN_SHARE * sum(sizes.values()) > 0
 
 
 def _cosine(vectors: np.ndarray, reference: np.ndarray) -> float:
